@@ -1,0 +1,58 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   creates .venv, installs everything, runs the main job
+#   make test   creates .venv, installs everything, runs the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install system-deps test test-slow test-all lint demo bench build-models clean
+
+install: $(STAMP)
+
+# An optimised BLAS for MLX on Linux (see src/personal/runtime.py). Debian/Ubuntu only;
+# elsewhere personal warns at import and runs on MLX's slow reference BLAS.
+system-deps:
+	@if [ "$$(uname -s)" = Linux ] && ! ldconfig -p | grep -q 'libopenblas.so.0'; then \
+	  if command -v apt-get >/dev/null; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends libopenblas0-pthread; \
+	  else echo "warning: install OpenBLAS (libopenblas.so.0) for fast MLX"; fi; \
+	fi
+
+$(STAMP): pyproject.toml Makefile
+	$(MAKE) system-deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU build of torch first: otherwise opacus pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[all]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+test-all: install
+	$(BIN)/python -m pytest -m ''
+
+lint: install
+	$(BIN)/ruff check src tests simulators benchmarks
+	$(BIN)/ruff format --check src tests simulators benchmarks
+
+demo: install
+	$(BIN)/python -m simulators.demo
+
+bench: install
+	$(BIN)/python benchmarks/blas.py --json
+	$(BIN)/python benchmarks/lora_step.py --json
+
+# Rebuild the bundled base models (not needed by tests or the demo: they ship in the package).
+build-models: install
+	$(BIN)/python -m simulators.build_base_models --out src/personal/models
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,45 @@
+"""personal: continual, differentially private on-device personalization of a small LM.
+
+Importing this package first makes MLX fast on Linux (see :mod:`personal.runtime`); import it
+before ``mlx``. The public API is re-exported here lazily, so ``import personal`` stays cheap
+and never imports torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from personal.runtime import configure_blas
+
+configure_blas()
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; resolved on first attribute access (PEP 562).
+_EXPORTS = {
+    "PersonalError": "personal.errors",
+    "BaseModel": "personal.model.base",
+    "load_base": "personal.model.base",
+    "bundled_models": "personal.model.base",
+    "fingerprint_directory": "personal.model.fingerprint",
+    "LoRAConfig": "personal.model.lora",
+    "inject_lora": "personal.model.lora",
+    "remove_lora": "personal.model.lora",
+    "fuse_lora": "personal.model.lora",
+    "get_adapter_weights": "personal.model.lora",
+    "set_adapter_weights": "personal.model.lora",
+    "generate": "personal.model.generate",
+    "Generation": "personal.model.generate",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'personal' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,132 @@
+"""The one exception hierarchy of `personal`.
+
+Every error the library raises on bad input is a :class:`PersonalError`. Catch the narrow
+subclass you can handle; catch ``PersonalError`` at an app boundary. Each message says what is
+wrong *and* what to do about it, because the people reading it (app developers, privacy
+reviewers) usually cannot read the code that raised it.
+"""
+
+from __future__ import annotations
+
+
+class PersonalError(Exception):
+    """Base class of every error `personal` raises on purpose."""
+
+
+class PersonalWarning(UserWarning):
+    """Base class of every warning `personal` emits."""
+
+
+class SlowBLASWarning(PersonalWarning):
+    """MLX runs on the reference BLAS: training will be 10-40x slower than it should be."""
+
+
+class SeededNoiseWarning(PersonalWarning):
+    """A deterministic (seeded) noise or sampling source is in use: tests only, never private."""
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+class ConfigError(PersonalError):
+    """A configuration value (LoRA config, policy, CLI option) is invalid."""
+
+
+class PolicyError(ConfigError):
+    """A policy file or value is malformed or out of range."""
+
+
+# --- base models -----------------------------------------------------------------------------
+
+
+class ModelError(PersonalError):
+    """A base model cannot be loaded or used."""
+
+
+class ModelNotFound(ModelError):
+    """No model directory (or bundled model) exists under the given name."""
+
+
+class IncompleteModel(ModelError):
+    """The model directory lacks a required file, or its weights lack parameters."""
+
+
+class CorruptWeights(ModelError):
+    """A weights file cannot be parsed or its tensors do not fit the architecture."""
+
+
+class UnsupportedArchitecture(ModelError):
+    """The config's ``model_type`` is not one `personal` (through mlx-lm) can build."""
+
+
+class TokenizerMismatch(ModelError):
+    """The tokenizer does not fit the model (vocabulary larger than the embedding, ...)."""
+
+
+# --- adapters --------------------------------------------------------------------------------
+
+
+class AdapterError(PersonalError):
+    """A LoRA adapter cannot be injected, swapped, saved or loaded."""
+
+
+class AdapterMismatch(AdapterError):
+    """Adapter weights do not fit the live model (names, shapes, or base fingerprint)."""
+
+
+class NoLoRALayers(AdapterError):
+    """The operation needs LoRA layers but the model has none (call ``inject_lora`` first)."""
+
+
+# --- encrypted store -------------------------------------------------------------------------
+
+
+class StoreError(PersonalError):
+    """The encrypted interaction store cannot be created, opened, read or written."""
+
+
+class StoreNotFound(StoreError):
+    """No store exists at the given path."""
+
+
+class StoreExists(StoreError):
+    """A store already exists where a new one was to be created."""
+
+
+class WrongKey(StoreError):
+    """The key (passphrase, keyring entry, raw key) does not open this store."""
+
+
+class TamperDetected(StoreError):
+    """A sealed record or ledger entry failed authentication: it was modified or moved."""
+
+
+class StoreCorrupt(StoreError):
+    """The database file is truncated or fails SQLite's integrity check."""
+
+
+class SchemaTooNew(StoreError):
+    """The store was written by a newer version of `personal` than this one."""
+
+
+class RecordNotFound(StoreError):
+    """No record with the given id exists (it may have been erased)."""
+
+
+class KeyProviderError(StoreError):
+    """The key provider (keyring, key file, prompt) cannot supply a key."""
+
+
+# --- privacy ---------------------------------------------------------------------------------
+
+
+class PrivacyError(PersonalError):
+    """A privacy invariant would be violated; the operation was refused."""
+
+
+class BudgetExhausted(PrivacyError):
+    """No unit has enough privacy budget left for the requested round."""
+
+
+class LedgerIntegrityError(PrivacyError):
+    """The privacy ledger's hash chain is broken or was rolled back; training is refused."""

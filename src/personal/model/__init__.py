@@ -1,0 +1,1 @@
+"""Base models (mlx-lm format), LoRA, evaluation, generation and distillation."""
