@@ -1,0 +1,81 @@
+"""Time one LoRA training step on the reference configuration.
+
+llama-style: hidden 512, intermediate 1408, 8 layers, 8 heads, vocab 8192; sequence 128,
+batch 16; LoRA rank 8, scale 20 on all seven linear layers of every block; Adam; compiled step.
+Prints ``{"step_s", "tokens_per_s", "peak_bytes"}`` (median over timed steps). Later DP work
+(per-example gradients) compares against this number.
+
+    python benchmarks/lora_step.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import mlx.core as mx
+import mlx.optimizers as optim
+from mlx_lm.models import llama
+
+import personal  # noqa: F401  (must precede mlx: loads the fast BLAS)
+from personal.model.batching import Batch
+from personal.model.lora import LoRAConfig, inject_lora, trainable_parameter_count
+from personal.model.train import make_train_step
+from personal.runtime import blas_status, peak_memory_bytes, reset_peak_memory
+
+REFERENCE = {
+    "model_type": "llama",
+    "hidden_size": 512,
+    "intermediate_size": 1408,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "vocab_size": 8192,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    mx.random.seed(0)
+    model = llama.Model(llama.ModelArgs.from_dict(REFERENCE))
+    mx.eval(model.parameters())
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    inject_lora(model, LoRAConfig(rank=8, scale=20.0, targets=targets))
+    optimizer = optim.Adam(learning_rate=1e-4)
+    step = make_train_step(model, optimizer)
+    tokens = mx.random.randint(0, REFERENCE["vocab_size"], (args.batch, args.seq + 1))
+    batch = Batch(tokens[:, :-1], tokens[:, 1:], mx.ones((args.batch, args.seq)))
+    model.train()
+    for _ in range(2):  # warm-up: compile, allocate
+        mx.eval(step(batch), model.parameters(), optimizer.state)
+    reset_peak_memory()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        mx.eval(step(batch), model.parameters(), optimizer.state)
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    result = {
+        "step_s": round(step_s, 4),
+        "tokens_per_s": round(args.batch * args.seq / step_s, 1),
+        "peak_bytes": peak_memory_bytes(),
+        "trainable_parameters": trainable_parameter_count(model),
+        "blas": blas_status().backend,
+    }
+    if not args.json:
+        print(f"median step {step_s * 1000:.1f} ms over {args.steps} steps")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Text generation with a confidence signal.
+
+Apps route a request to a bigger (server) model when the on-device model is unsure. The signal:
+the mean log-probability the model gave to the tokens it produced and the mean entropy of its
+next-token distributions, both measured on the *untempered* distribution so they do not depend
+on the sampling temperature. ``confidence = exp(mean_logprob)`` is the geometric-mean probability
+of the generated tokens, in (0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.cache import make_prompt_cache
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generated continuation and how sure the model was of it.
+
+    Attributes:
+        text: decoded continuation (special tokens removed).
+        tokens: generated token ids (the end-of-sequence token excluded).
+        mean_logprob: mean log-probability of the chosen tokens, end-of-sequence included.
+        mean_entropy: mean entropy, in nats, of the next-token distributions.
+        finish_reason: ``"stop"`` (end-of-sequence) or ``"length"`` (``max_tokens`` reached).
+    """
+
+    text: str
+    tokens: list[int]
+    mean_logprob: float
+    mean_entropy: float
+    finish_reason: str
+
+    @property
+    def confidence(self) -> float:
+        return math.exp(self.mean_logprob)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "text": self.text,
+            "tokens": self.tokens,
+            "mean_logprob": self.mean_logprob,
+            "mean_entropy": self.mean_entropy,
+            "confidence": self.confidence,
+            "finish_reason": self.finish_reason,
+        }
+
+
+def prompt_tokens(tokenizer: object, prompt: str, *, chat: bool = True) -> list[int]:
+    """Token ids that start a generation: the chat template's user turn, or the raw prompt."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return list(tokenizer.encode(prompt))  # type: ignore[attr-defined]
+
+
+def _eos_ids(tokenizer: object) -> set[int]:
+    ids = set(getattr(tokenizer, "eos_token_ids", None) or [])
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None:
+        ids.add(int(eos))
+    return ids
+
+
+def _step_stats(logits: mx.array) -> tuple[mx.array, mx.array]:
+    """Log-probabilities and entropy of a ``(V,)`` logit vector."""
+    logprobs = logits - mx.logsumexp(logits)
+    entropy = -(mx.exp(logprobs) * logprobs).sum()
+    return logprobs, entropy
+
+
+def generate_tokens(
+    model: nn.Module,
+    prompt_ids: list[int],
+    *,
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    eos_ids: set[int] | None = None,
+    seed: int | None = None,
+) -> tuple[list[int], list[float], list[float], str]:
+    """Sample up to ``max_tokens`` ids after ``prompt_ids`` with a KV cache.
+
+    Returns the ids (end-of-sequence excluded), each chosen token's log-probability and each
+    step's entropy (end-of-sequence step included), and the finish reason.
+    ``temperature == 0`` is greedy decoding.
+    """
+    if not prompt_ids:
+        raise ValueError("generation needs at least one prompt token")
+    eos_ids = eos_ids or set()
+    key = mx.random.key(seed if seed is not None else 0)
+    cache = make_prompt_cache(model)
+    logits = model(mx.array(prompt_ids)[None], cache=cache)[0, -1].astype(mx.float32)
+    tokens: list[int] = []
+    logps: list[float] = []
+    entropies: list[float] = []
+    for _ in range(max_tokens):
+        logprobs, entropy = _step_stats(logits)
+        if temperature <= 0:
+            token = mx.argmax(logprobs)
+        else:
+            key, sub = mx.random.split(key)
+            token = mx.random.categorical(logprobs / temperature, key=sub)
+        mx.eval(token, logprobs, entropy)
+        tid = int(token.item())
+        # The end-of-sequence choice is a decision too: it counts in the confidence.
+        logps.append(float(logprobs[tid].item()))
+        entropies.append(float(entropy.item()))
+        if tid in eos_ids:
+            return tokens, logps, entropies, "stop"
+        tokens.append(tid)
+        logits = model(mx.array([[tid]]), cache=cache)[0, -1].astype(mx.float32)
+    return tokens, logps, entropies, "length"
+
+
+def generate(
+    model: nn.Module,
+    tokenizer: object,
+    prompt: str,
+    *,
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    chat: bool = True,
+) -> Generation:
+    """Generate a reply to ``prompt`` and report how confident the model was.
+
+    Args:
+        model: an mlx-lm model (with or without an active adapter).
+        tokenizer: its tokenizer (mlx-lm ``TokenizerWrapper`` or an HF tokenizer).
+        prompt: the user's request (wrapped in the chat template when ``chat`` and the
+            tokenizer has one).
+        max_tokens: upper bound on generated tokens.
+        temperature: 0 for greedy decoding; > 0 samples from the tempered distribution.
+        seed: seeds sampling, for reproducible simulations.
+        chat: apply the tokenizer's chat template.
+    """
+    ids = prompt_tokens(tokenizer, prompt, chat=chat)
+    tokens, logps, entropies, reason = generate_tokens(
+        model,
+        ids,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        eos_ids=_eos_ids(tokenizer),
+        seed=seed,
+    )
+    text = tokenizer.decode(tokens, skip_special_tokens=True) if tokens else ""  # type: ignore[attr-defined]
+    mean_logp = sum(logps) / len(logps) if logps else 0.0
+    mean_ent = sum(entropies) / len(entropies) if entropies else 0.0
+    return Generation(text, tokens, mean_logp, mean_ent, reason)
