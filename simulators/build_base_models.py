@@ -1,0 +1,288 @@
+"""Build the bundled base models: a teacher, then two distilled students, base-v1 and base-v2.
+
+    python -m simulators.build_base_models --out src/personal/models      # ~30 min, 2 cores
+    python -m simulators.build_base_models --out /tmp/m --quick           # ~1 min smoke run
+
+Steps (all seeded):
+1. a public corpus (train / validation / test from disjoint seed streams);
+2. a byte-level BPE tokenizer on the training split;
+3. a teacher (llama-style) trained with cross-entropy;
+4. base-v1 and base-v2 distilled from the teacher (logit KD + hard labels + feature matching);
+   base-v2 is the model a later OS update ships: larger, other weights, distilled longer;
+5. a control: a base-v1-sized model trained on the same data without the teacher, so the table in
+   docs/base-models.md shows what distillation buys.
+
+Only the students ship (in the package, with a provenance.json each); ``build-results.json`` in
+the work directory holds everything measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import personal  # noqa: F401  (fast BLAS before mlx)
+from personal.model.base import load_base, save_base
+from personal.model.batching import Batch, make_batch
+from personal.model.evaluate import evaluate
+from personal.model.tokenizer import encode_interaction, train_bpe_tokenizer
+from personal.model.train import train
+from simulators.public_corpus import split
+
+import mlx.core as mx  # noqa: E402  isort: skip
+import mlx.nn as nn  # noqa: E402  isort: skip
+import mlx.optimizers as optim  # noqa: E402  isort: skip
+import numpy as np  # noqa: E402  isort: skip
+from mlx_lm.utils import _get_classes, load_tokenizer  # noqa: E402  isort: skip
+
+VOCAB = 2048
+
+
+def llama_config(hidden: int, layers: int, intermediate: int, heads: int, kv: int) -> dict:
+    return {
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "intermediate_size": intermediate,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "vocab_size": VOCAB,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Sizes and step counts of one build."""
+
+    n_train: int = 24000
+    n_eval: int = 1000
+    batch: int = 64
+    teacher: dict = field(default_factory=lambda: llama_config(256, 4, 704, 8, 4))
+    v1: dict = field(default_factory=lambda: llama_config(128, 4, 352, 4, 2))
+    v2: dict = field(default_factory=lambda: llama_config(160, 5, 448, 5, 5))
+    teacher_steps: int = 320
+    v1_steps: int = 240
+    v2_steps: int = 360
+    lr: float = 3e-3
+
+    @classmethod
+    def quick(cls) -> Recipe:
+        return cls(
+            n_train=600,
+            n_eval=100,
+            batch=16,
+            teacher=llama_config(64, 2, 128, 4, 2),
+            v1=llama_config(32, 2, 64, 2, 1),
+            v2=llama_config(48, 2, 96, 2, 2),
+            teacher_steps=12,
+            v1_steps=8,
+            v2_steps=10,
+        )
+
+
+Examples = list[tuple[list[int], int]]
+
+
+def batches(examples: Examples, size: int, steps: int, seed: int) -> Iterator[Batch]:
+    """``steps`` batches drawn epoch by epoch in a seeded shuffled order (full sequences)."""
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < size:
+            order += rng.permutation(len(examples)).tolist()
+        chosen, order = order[:size], order[size:]
+        yield make_batch([examples[i][0] for i in chosen])
+
+
+def eval_batches(examples: Examples, size: int = 128) -> list[Batch]:
+    """Held-out batches scored on response tokens only (what an assistant is judged on)."""
+    return [
+        make_batch([e[0] for e in chunk], [e[1] for e in chunk])
+        for chunk in (examples[i : i + size] for i in range(0, len(examples), size))
+    ]
+
+
+def schedule(lr: float, steps: int) -> optim.Optimizer:
+    warmup = max(1, steps // 20)
+    decay = optim.cosine_decay(lr, steps - warmup, lr * 0.05)
+    lr_fn = optim.join_schedules([optim.linear_schedule(lr * 0.05, lr, warmup), decay], [warmup])
+    return optim.AdamW(learning_rate=lr_fn, weight_decay=0.01)
+
+
+def new_model(config: dict, seed: int) -> nn.Module:
+    model_cls, args_cls = _get_classes(config)
+    mx.random.seed(seed)
+    model = model_cls(args_cls.from_dict(config))
+    mx.eval(model.parameters())
+    return model
+
+
+def log_every(name: str, every: int, curve: list) -> Any:
+    start = time.perf_counter()
+
+    def callback(step: int, loss: float | dict) -> None:
+        value = loss["loss"] if isinstance(loss, dict) else loss
+        if step % every == 0:
+            curve.append([step, round(float(value), 4)])
+            print(f"  {name} step {step:4d} loss {value:.3f} ({time.perf_counter() - start:.0f}s)")
+
+    return callback
+
+
+def train_plain(config: dict, data: Examples, steps: int, recipe: Recipe, seed: int, name: str):
+    model = new_model(config, seed)
+    curve: list = []
+    train(
+        model,
+        batches(data, recipe.batch, steps, seed),
+        schedule(recipe.lr, steps),
+        callback=log_every(name, 20, curve),
+        max_grad_norm=1.0,
+    )
+    return model, curve
+
+
+def distill_student(
+    teacher: nn.Module,
+    config: dict,
+    data: Examples,
+    steps: int,
+    recipe: Recipe,
+    seed: int,
+    name: str,
+):
+    from personal.model.distill import DistillConfig, distill
+
+    student = new_model(config, seed)
+    curve: list = []
+    settings = DistillConfig(temperature=2.0, kd_weight=1.0, ce_weight=0.5, feature_weight=0.1)
+    distill(
+        teacher,
+        student,
+        batches(data, recipe.batch, steps, seed),
+        schedule(recipe.lr, steps),
+        settings,
+        callback=log_every(name, 20, curve),
+    )
+    return student, curve, settings
+
+
+def measure(model: nn.Module, held_out: list[Batch]) -> dict:
+    result = evaluate(model, held_out)
+    return {
+        "loss": round(result.loss, 4),
+        "perplexity": round(result.perplexity, 3),
+        "accuracy": round(result.accuracy, 4),
+    }
+
+
+def build(out: Path, work: Path, recipe: Recipe, seed: int) -> dict:
+    started = time.perf_counter()
+    corpus = split(seed, recipe.n_train, recipe.n_eval, recipe.n_eval, exclude_seen=True)
+    texts = [t for it in corpus.train for t in (it.prompt, it.response)]
+    tokenizer_dir = train_bpe_tokenizer(texts, VOCAB, work / "tokenizer")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    encode = lambda split_: [encode_interaction(tokenizer, i.prompt, i.response) for i in split_]  # noqa: E731
+    train_data, test_data = encode(corpus.train), eval_batches(encode(corpus.test))
+    results: dict[str, Any] = {"seed": seed, "recipe": recipe.__dict__, "models": {}}
+
+    print("teacher")
+    teacher, curve = train_plain(
+        recipe.teacher, train_data, recipe.teacher_steps, recipe, seed, "teacher"
+    )
+    teacher.freeze()
+    results["models"]["teacher"] = {
+        "steps": recipe.teacher_steps,
+        "curve": curve,
+        "test": measure(teacher, test_data),
+    }
+    save_base(teacher, recipe.teacher, tokenizer_dir, work / "teacher")
+
+    print("control (v1 size, no teacher)")
+    control, curve = train_plain(
+        recipe.v1, train_data, recipe.v1_steps, recipe, seed + 3, "control"
+    )
+    results["models"]["control-v1-size"] = {
+        "steps": recipe.v1_steps,
+        "curve": curve,
+        "test": measure(control, test_data),
+    }
+    for name, config, steps, offset in (
+        ("base-v1", recipe.v1, recipe.v1_steps, 1),
+        ("base-v2", recipe.v2, recipe.v2_steps, 2),
+    ):
+        print(name)
+        student, curve, settings = distill_student(
+            teacher, config, train_data, steps, recipe, seed + offset, name
+        )
+        entry = {
+            "steps": steps,
+            "curve": curve,
+            "test": measure(student, test_data),
+            "distill": settings.__dict__ if hasattr(settings, "__dict__") else str(settings),
+        }
+        results["models"][name] = entry
+        provenance = {
+            "name": name,
+            "built_by": "python -m simulators.build_base_models",
+            "corpus": {
+                "generator": "simulators.public_corpus",
+                "seed": seed,
+                "train": recipe.n_train,
+                "test": recipe.n_eval,
+            },
+            "tokenizer": {"type": "byte-level BPE", "vocab_size": VOCAB},
+            "config": config,
+            "teacher": {
+                "config": recipe.teacher,
+                "steps": recipe.teacher_steps,
+                "test": results["models"]["teacher"]["test"],
+            },
+            "training": {
+                "steps": steps,
+                "batch": recipe.batch,
+                "lr": recipe.lr,
+                "optimizer": "AdamW, cosine decay, grad-norm 1.0",
+                "distill": entry["distill"],
+                "loss_curve": curve,
+            },
+            "test": entry["test"],
+        }
+        save_base(student, config, tokenizer_dir, out / name, provenance=provenance)
+        fingerprint = load_base(out / name).fingerprint
+        provenance["fingerprint"] = entry["fingerprint"] = fingerprint
+        (out / name / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    (work / "build-results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators.build_base_models", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--out", type=Path, default=Path("src/personal/models"))
+    parser.add_argument("--work", type=Path, default=Path(".build-cache/base-models"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    args = parser.parse_args(argv)
+    recipe = Recipe.quick() if args.quick else Recipe()
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = build(args.out, args.work, recipe, args.seed)
+    table = {name: m["test"] for name, m in results["models"].items()}
+    print(json.dumps({"seconds": results["seconds"], "test": table}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
