@@ -14,6 +14,9 @@ import argparse
 import random
 import time
 
+import mlx.optimizers as optim
+import numpy as np
+
 import personal  # noqa: F401  (fast BLAS before mlx)
 from personal.model.base import load_base
 from personal.model.batching import make_batch
@@ -24,9 +27,6 @@ from personal.model.tokenizer import encode_interaction
 from personal.model.train import train
 from simulators.public_corpus import generate_corpus
 from simulators.world import SlotSkew, World
-
-import mlx.optimizers as optim  # noqa: E402  isort: skip
-import numpy as np  # noqa: E402  isort: skip
 
 
 def persona_data(seed: int, n_train: int, n_test: int):
