@@ -14,11 +14,11 @@ import json
 import statistics
 import time
 
-import mlx.core as mx
-import numpy as np
-
 import personal  # noqa: F401  (must precede mlx: loads the fast BLAS)
 from personal.runtime import blas_status
+
+import mlx.core as mx
+import numpy as np
 
 
 def _time(fn, repeats: int) -> list[float]:

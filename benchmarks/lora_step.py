@@ -15,15 +15,15 @@ import json
 import statistics
 import time
 
-import mlx.core as mx
-import mlx.optimizers as optim
-from mlx_lm.models import llama
-
 import personal  # noqa: F401  (must precede mlx: loads the fast BLAS)
 from personal.model.batching import Batch
 from personal.model.lora import LoRAConfig, inject_lora, trainable_parameter_count
 from personal.model.train import make_train_step
 from personal.runtime import blas_status, peak_memory_bytes, reset_peak_memory
+
+import mlx.core as mx
+import mlx.optimizers as optim
+from mlx_lm.models import llama
 
 REFERENCE = {
     "model_type": "llama",

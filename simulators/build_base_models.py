@@ -26,18 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
-import mlx.nn as nn
-import mlx.optimizers as optim
-import numpy as np
-from mlx_lm.utils import _get_classes, load_tokenizer
-
 import personal  # noqa: F401  (fast BLAS before mlx)
 from personal.model.base import load_base, save_base
 from personal.model.batching import Batch, make_batch
 from personal.model.evaluate import evaluate
 from personal.model.tokenizer import encode_interaction, train_bpe_tokenizer
 from personal.model.train import train
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx_lm.utils import _get_classes, load_tokenizer
+
 from simulators.public_corpus import split
 
 VOCAB = 2048

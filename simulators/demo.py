@@ -14,9 +14,6 @@ import argparse
 import random
 import time
 
-import mlx.optimizers as optim
-import numpy as np
-
 import personal  # noqa: F401  (fast BLAS before mlx)
 from personal.model.base import load_base
 from personal.model.batching import make_batch
@@ -25,6 +22,10 @@ from personal.model.generate import generate
 from personal.model.lora import LoRAConfig, inject_lora
 from personal.model.tokenizer import encode_interaction
 from personal.model.train import train
+
+import mlx.optimizers as optim
+import numpy as np
+
 from simulators.public_corpus import generate_corpus
 from simulators.world import SlotSkew, World
 
