@@ -117,6 +117,14 @@ class KeyProviderError(StoreError):
     """The key provider (keyring, key file, prompt) cannot supply a key."""
 
 
+class DiskFull(StoreError):
+    """The disk (or the process's file-size limit) filled up during a write; it was rolled back."""
+
+
+class InvalidInteraction(StoreError):
+    """An interaction to append or import is malformed (missing field, wrong type, bad time)."""
+
+
 # --- privacy ---------------------------------------------------------------------------------
 
 
@@ -130,3 +138,15 @@ class BudgetExhausted(PrivacyError):
 
 class LedgerIntegrityError(PrivacyError):
     """The privacy ledger's hash chain is broken or was rolled back; training is refused."""
+
+
+class PrivacyParameterError(PrivacyError):
+    """A privacy parameter (ε, δ, σ, sampling rate, steps, RDP curve) is out of range."""
+
+
+class UnreachablePrivacyTarget(PrivacyError):
+    """No noise multiplier reaches the target (ε, δ) for this sampling rate and step count."""
+
+
+class PrivacyStateError(PrivacyError):
+    """A saved accountant or filter state is malformed, inconsistent or from another grid."""

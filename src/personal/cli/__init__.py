@@ -10,13 +10,13 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
-import click
-
 import personal
 from personal.errors import PersonalError
 
+import click
+
 # Modules whose register(group) adds subcommands, in help order.
-_COMMAND_MODULES = ("personal.cli.model",)
+_COMMAND_MODULES = ("personal.cli.model", "personal.cli.store")
 
 
 class _Group(click.Group):

@@ -1,0 +1,205 @@
+"""``personal init|import|export|erase|rotate-keys|verify|stats``: the encrypted store's commands.
+
+The key is a passphrase, taken from ``--key-file FILE`` (its content, trailing newline
+stripped), else the ``PERSONAL_PASSPHRASE`` environment variable, else a hidden prompt. The new
+passphrase of ``rotate-keys`` comes from ``--new-key-file``, ``PERSONAL_NEW_PASSPHRASE`` or a
+prompt. Errors the library raises on purpose print ``error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from personal.errors import InvalidInteraction, StoreError
+from personal.store import Interaction, InteractionLog, Passphrase
+from personal.store.records import parse_time, prepare
+
+import click
+
+ENV_KEY = "PERSONAL_PASSPHRASE"
+ENV_NEW_KEY = "PERSONAL_NEW_PASSPHRASE"
+_IMPORT_FIELDS = {"unit", "prompt", "response", "ts", "feedback", "source", "metadata", "id"}
+
+_store_arg = click.argument("store", type=click.Path(file_okay=False, path_type=Path))
+_key_file = click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"File holding the passphrase (default: ${ENV_KEY}, else a prompt).",
+)
+
+
+def _passphrase(key_file: Path | None, env: str, prompt: str, *, confirm: bool) -> Passphrase:
+    """The passphrase from a key file, the environment, or a hidden prompt (in that order)."""
+    if key_file is not None:
+        return Passphrase.from_file(key_file)
+    value = os.environ.get(env)
+    if value:
+        return Passphrase(value)
+    return Passphrase(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm))
+
+
+def _open(store: Path, key_file: Path | None) -> InteractionLog:
+    return InteractionLog.open(store, _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False))
+
+
+def _parse_line(line: str, where: str) -> Interaction:
+    """One JSONL line of ``personal import`` as an interaction."""
+    try:
+        item: Any = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InvalidInteraction(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(item, dict):
+        raise InvalidInteraction(f"{where}: expected a JSON object")
+    unknown = sorted(set(item) - _IMPORT_FIELDS)
+    if unknown:
+        raise InvalidInteraction(
+            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(sorted(_IMPORT_FIELDS - {'id'}))}"
+        )
+    missing = [k for k in ("prompt", "response") if not isinstance(item.get(k), str)]
+    if missing:
+        raise InvalidInteraction(f"{where}: {' and '.join(missing)} must be present as strings")
+    extra: dict[str, Any] = {k: item[k] for k in ("unit", "feedback", "source") if k in item}
+    if item.get("ts") is not None:
+        extra["ts"] = parse_time(item["ts"], f"{where}: ts")
+    if item.get("metadata") is not None:
+        extra["metadata"] = item["metadata"]
+    interaction = Interaction(item["prompt"], item["response"], **extra)
+    try:
+        prepare(interaction, 0, "", {})  # validate now, to name the line
+    except InvalidInteraction as exc:
+        raise InvalidInteraction(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+    return interaction
+
+
+def _read_jsonl(stream: Iterable[str], name: str) -> Iterator[Interaction]:
+    for number, line in enumerate(stream, start=1):
+        if line.strip():
+            yield _parse_line(line, f"{name} line {number}")
+
+
+def _report_bad(record_id: int, exc: StoreError) -> None:
+    click.echo(f"warning: skipped {exc}", err=True)
+
+
+def _cmd_init(store: Path, key_file: Path | None) -> None:
+    """Create a new encrypted store at STORE."""
+    key = _passphrase(key_file, ENV_KEY, "New passphrase", confirm=True)
+    InteractionLog.create(store, key).close()
+    click.echo(f"created store {store}")
+
+
+def _cmd_import(store: Path, file: Path, key_file: Path | None) -> None:
+    """Append the interactions of a JSONL FILE ('-': stdin) in one transaction."""
+    name = "<stdin>" if str(file) == "-" else str(file)
+    try:
+        with click.open_file(str(file), encoding="utf-8") as stream:
+            interactions = list(_read_jsonl(stream, name))  # all validated before any write
+    except UnicodeDecodeError as exc:
+        raise InvalidInteraction(f"{name} is not UTF-8 text ({exc.reason})") from None
+    with _open(store, key_file) as log:
+        ids = log.append_many(interactions)
+    click.echo(f"imported {len(ids)} interactions into {store}")
+
+
+def _cmd_export(store: Path, key_file: Path | None) -> None:
+    """Write every record as JSONL to stdout (plaintext: handle with care)."""
+    bad: list[int] = []
+
+    def on_bad(record_id: int, exc: StoreError) -> None:
+        bad.append(record_id)
+        _report_bad(record_id, exc)
+
+    with _open(store, key_file) as log:
+        log.export_jsonl(sys.stdout, on_bad=on_bad)
+    if bad:
+        raise StoreError(
+            f"{len(bad)} record(s) could not be opened and were left out: run `personal verify`"
+        )
+
+
+def _cmd_erase(
+    store: Path, units: tuple[str, ...], before: str | None, key_file: Path | None
+) -> None:
+    """Erase the records of units (--unit, repeatable) or older than a date (--before)."""
+    if bool(units) == (before is not None):
+        raise click.UsageError("give --unit (one or more) or --before, not both")
+    with _open(store, key_file) as log:
+        report = log.erase(list(units) or None, before=before)
+    shredded = f", destroyed {len(report.epochs_shredded)} data key(s)"
+    click.echo(f"erased {report.records} record(s){shredded if report.epochs_shredded else ''}")
+    if not report.purged:
+        click.echo(
+            "warning: another process is reading the store; the WAL will be purged "
+            "at the next checkpoint",
+            err=True,
+        )
+
+
+def _cmd_rotate(store: Path, key_file: Path | None, new_key_file: Path | None) -> None:
+    """Re-wrap the store's data keys under a new passphrase."""
+    with _open(store, key_file) as log:
+        new = _passphrase(new_key_file, ENV_NEW_KEY, "New passphrase", confirm=True)
+        log.store.rotate_keys(new)
+    click.echo(f"rotated the keys of {store}: open it with the new passphrase from now on")
+
+
+def _cmd_verify(store: Path, key_file: Path | None, as_json: bool) -> None:
+    """Decrypt every record and check the database; exit 1 if anything is wrong."""
+    with _open(store, key_file) as log:
+        report = log.verify()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(f"checked {report.records} record(s)")
+        click.echo(f"integrity check: {'; '.join(report.integrity)}")
+        for epoch, error in report.bad_epochs:
+            click.echo(f"bad key epoch {epoch}: {error}")
+        for bad in report.bad_records:
+            click.echo(f"bad record {bad.id}: {bad.error}")
+        click.echo("ok" if report.ok else "FAILED")
+    click.get_current_context().exit(0 if report.ok else 1)
+
+
+def _cmd_stats(store: Path, key_file: Path | None, as_json: bool) -> None:
+    """Show counts, time span, key epochs and sizes (nothing is decrypted)."""
+    with _open(store, key_file) as log:
+        stats = log.stats()
+    if as_json:
+        click.echo(json.dumps(stats.to_json(), indent=2))
+    else:
+        for line in stats.lines():
+            click.echo(line)
+
+
+def _command(group: click.Group, name: str, fn: Callable[..., None], *decorators: Any) -> None:
+    for decorate in reversed(decorators):
+        fn = decorate(fn)
+    group.command(name, help=fn.__doc__)(fn)
+
+
+def register(group: click.Group) -> None:
+    """Add the store commands to the ``personal`` group."""
+    json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    _command(group, "init", _cmd_init, _store_arg, _key_file)
+    file_arg = click.argument(
+        "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
+    )
+    _command(group, "import", _cmd_import, _store_arg, file_arg, _key_file)
+    _command(group, "export", _cmd_export, _store_arg, _key_file)
+    unit_opt = click.option("--unit", "units", multiple=True, help="A privacy unit to erase.")
+    before_opt = click.option("--before", help="Erase records older than this date or time.")
+    _command(group, "erase", _cmd_erase, _store_arg, unit_opt, before_opt, _key_file)
+    new_key = click.option(
+        "--new-key-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"File holding the new passphrase (default: ${ENV_NEW_KEY}, else a prompt).",
+    )
+    _command(group, "rotate-keys", _cmd_rotate, _store_arg, _key_file, new_key)
+    _command(group, "verify", _cmd_verify, _store_arg, _key_file, json_flag)
+    _command(group, "stats", _cmd_stats, _store_arg, _key_file, json_flag)

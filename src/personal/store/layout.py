@@ -1,0 +1,69 @@
+"""The files of a store directory: the ``store.json`` marker and the database's name.
+
+::
+
+    STORE/store.json   format marker + store id (non-secret; written last at creation)
+    STORE/store.db     SQLite (WAL): key metadata (store_kek, store_dek) and every table
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from personal.errors import SchemaTooNew, StoreCorrupt, StoreNotFound
+from personal.store.db import fsync_dir
+
+FORMAT = "personal-store"
+FORMAT_VERSION = 1
+DB_NAME = "store.db"
+MARKER_NAME = "store.json"
+
+
+def read_marker(path: Path) -> str:
+    """Check that ``path`` is a store this version can open; returns its store id."""
+    marker = path / MARKER_NAME
+    if not path.is_dir():
+        raise StoreNotFound(f"no store at {path}: create one with `personal init {path}`")
+    if not marker.exists():
+        raise StoreNotFound(
+            f"{path} is not a personal store (no {MARKER_NAME}); if creating it was "
+            "interrupted, remove the directory and create it again"
+        )
+    try:
+        data: Any = json.loads(marker.read_text())
+        fmt, version, store_id = data["format"], int(data["version"]), str(data["store_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StoreCorrupt(f"{marker} is unreadable: restore it from a backup") from None
+    if fmt != FORMAT:
+        raise StoreNotFound(f"{path} is not a personal store ({MARKER_NAME} says {fmt!r})")
+    if version > FORMAT_VERSION:
+        raise SchemaTooNew(
+            f"{path} was written in store format {version}; this version of personal reads "
+            f"up to {FORMAT_VERSION}: upgrade personal to open it"
+        )
+    return store_id
+
+
+def write_marker(path: Path, store_id: str) -> None:
+    """Write ``store.json`` atomically (temporary file, fsync, rename, fsync directory)."""
+    marker = {"format": FORMAT, "version": FORMAT_VERSION, "store_id": store_id}
+    _write_atomically(path / MARKER_NAME, json.dumps(marker, indent=2) + "\n")
+
+
+def remove_partial(path: Path) -> None:
+    """Remove what an interrupted creation left in ``path`` (which was empty)."""
+    for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", MARKER_NAME + ".tmp"):
+        (path / name).unlink(missing_ok=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
