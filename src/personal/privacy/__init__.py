@@ -1,0 +1,1 @@
+"""Differential privacy: Poisson sampling, noise, DP-SGD, accounting and the per-unit ledger."""

@@ -1,0 +1,296 @@
+"""DP-SGD for the trainable parameters (the LoRA adapter) of any ``mlx.nn.Module``.
+
+One step, reading top to bottom like :meth:`DPStep.__call__`:
+
+1. per-example gradients of the trainable parameters, ``mx.vmap(mx.grad(loss))`` over the rows
+   of a :class:`~personal.privacy.sampler.UnitBatch` (costs about one batched backward pass);
+2. per-*unit* aggregation: the rows of one privacy unit are summed and the unit's total is
+   clipped to L2 norm ``C`` as one contribution (a unit with several examples is still one);
+   padded rows have weight 0 and contribute exactly nothing;
+3. the sum of clipped unit gradients, whose L2 sensitivity to adding or removing a unit is C;
+4. Gaussian noise N(0, σ²C²) per coordinate, drawn by :mod:`personal.privacy.noise` outside any
+   compiled graph (the only place noise comes from);
+5. division by the *expected* batch size ``q · |eligible|`` (never the realised one);
+6. the optimiser (SGD, Adam, ...) on the noised gradient: post-processing, no privacy cost.
+
+Steps 1-3 are one ``mx.compile`` graph; :func:`~personal.privacy.sampler.pack_units` pads rows
+to power-of-two buckets so only a few shapes are ever compiled. The accountant charges every
+eligible unit ``(σ, q)`` per step; that is done by the ledger, not here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from personal.errors import ConfigError
+from personal.privacy.noise import GaussianNoise
+from personal.privacy.sampler import UnitBatch
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_unflatten
+
+ExampleLoss = Callable[..., mx.array]
+# The clip target is shrunk by one part in 2^16 so that float32 rounding in the norm and the
+# rescaling cannot push a unit's contribution above C.
+CLIP_SAFETY = 1.0 - 2.0**-16
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """The privacy parameters of a DP-SGD step.
+
+    Attributes:
+        noise_multiplier: σ; the noise std is σ·C. 0 disables noise (no privacy: tests only).
+        clip_norm: C > 0, the L2 bound on each unit's gradient contribution.
+    """
+
+    noise_multiplier: float
+    clip_norm: float
+
+    def __post_init__(self) -> None:
+        sigma, clip = self.noise_multiplier, self.clip_norm
+        if not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
+            raise ConfigError(f"noise_multiplier must be a finite number >= 0, got {sigma!r}.")
+        if not isinstance(clip, int | float) or not math.isfinite(clip) or clip <= 0:
+            raise ConfigError(f"clip_norm must be a finite number > 0, got {clip!r}.")
+
+    @property
+    def noise_std(self) -> float:
+        """σ·C, the standard deviation of the noise on the summed gradient."""
+        return float(self.noise_multiplier * self.clip_norm)
+
+
+@dataclass(frozen=True)
+class DPStepReport:
+    """What one DP step did. ``loss`` and ``clipped_fraction`` are computed from private data
+    without noise: for local logs and debugging only; never base decisions on them or let
+    them leave the device (or charge them to the ledger).
+
+    Attributes:
+        num_examples: real rows in the batch.
+        num_units: units in the batch.
+        slots: padded rows (the compiled shape).
+        expected_size: the normaliser q·|eligible|.
+        clipped_fraction: fraction of units whose gradient norm exceeded C.
+        loss: mean per-example loss over real rows (NaN for an empty batch).
+        noise_std: σ·C.
+        nonfinite_units: units dropped because their gradient had a NaN or infinity.
+    """
+
+    num_examples: int
+    num_units: int
+    slots: int
+    expected_size: float
+    clipped_fraction: float
+    loss: float
+    noise_std: float
+    nonfinite_units: int = 0
+
+
+def example_ce_loss(
+    model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array
+) -> mx.array:
+    """Per-example loss for language models: token-mean cross-entropy of one row.
+
+    Args:
+        model: maps ``(1, T)`` token ids to ``(1, T, V)`` logits.
+        inputs: ``(T,)`` token ids.
+        targets: ``(T,)`` next tokens.
+        mask: ``(T,)`` 1 where the target counts; an all-zero mask gives loss 0, gradient 0.
+    """
+    logits = model(inputs[None]).astype(mx.float32)[0]  # (T, V)
+    losses = nn.losses.cross_entropy(logits, targets, reduction="none")  # (T,)
+    return (losses * mask).sum() / mx.maximum(mask.sum(), 1.0)
+
+
+def per_example_grads(
+    model: nn.Module, loss: ExampleLoss, arrays: tuple[mx.array, ...]
+) -> tuple[mx.array, dict[str, mx.array]]:
+    """Per-row losses ``(S,)`` and gradients ``name -> (S, *param.shape)`` via vmap(grad).
+
+    Functional in the style of ``nn.value_and_grad``: the trainable parameters go in as an
+    argument (not batched), each row of ``arrays`` as a batched argument, and the model is
+    restored afterwards.
+    """
+    params = model.trainable_parameters()
+
+    def row_loss(p: dict, *row: mx.array) -> mx.array:
+        model.update(p)
+        return loss(model, *row)
+
+    in_axes = (None,) + (0,) * len(arrays)
+    losses, grads = mx.vmap(mx.value_and_grad(row_loss), in_axes=in_axes)(params, *arrays)
+    model.update(params)  # put the real parameters back (vmap left tracers in the model)
+    return losses, dict(tree_flatten(grads))
+
+
+def clipped_unit_sum(
+    model: nn.Module,
+    loss: ExampleLoss,
+    arrays: tuple[mx.array, ...],
+    units: mx.array,
+    valid: mx.array,
+    clip_norm: float | mx.array,
+) -> tuple[dict[str, mx.array], mx.array, mx.array, mx.array]:
+    """Steps 1-3: the sum over units of per-unit clipped gradients (pure; compiled by DPStep).
+
+    Args:
+        model: its trainable parameters are differentiated; the model is left as it was.
+        loss: ``loss(model, *row) -> scalar`` for one row of ``arrays``.
+        arrays: per-example inputs, each ``(S, ...)``.
+        units: ``(S,)`` int32 unit slot of each row.
+        valid: ``(S,)`` 1.0 for real rows, 0.0 for padding.
+        clip_norm: C.
+
+    Returns:
+        ``(sums, unit_norms, unit_rows, losses)``: ``name -> array`` of the clipped sum (the
+        trainable parameters' shapes), ``(S,)`` unclipped unit norms (NaN for a unit that was
+        dropped because a row gradient or the squared norm was not finite), ``(S,)`` rows
+        per unit slot, and ``(S,)`` per-row losses.
+    """
+    losses, grads = per_example_grads(model, loss, arrays)
+    slots = units.shape[0]
+    # (S rows, S unit slots): row i belongs to unit slot units[i]; padding rows are all zero.
+    member = (units[:, None] == mx.arange(slots)[None, :]).astype(mx.float32) * valid[:, None]
+    flat = [(name, g.reshape(slots, -1)) for name, g in grads.items()]  # each (S, P_leaf)
+    # Rows whose gradient is not finite are selected away, not multiplied by 0 (0 * inf is
+    # NaN and would poison every unit through the matmul below). Padding rows are selected
+    # away too: a user loss that divides by an all-zero mask gives NaN there.
+    row_sq = sum((g * g).sum(axis=-1) for _, g in flat)  # (S,)
+    row_ok = mx.isfinite(row_sq) & (valid > 0)  # (S,)
+    unit_grads = [member.T @ mx.where(row_ok[:, None], g, 0.0) for _, g in flat]  # (S, P_leaf)
+    sq_norms = sum((u * u).sum(axis=-1) for u in unit_grads)  # (S,)
+    # A unit with a non-finite row or squared norm contributes nothing: that is a function of
+    # its own data only, so the sensitivity stays C, and the update does not become NaN.
+    bad_rows = member.T @ (~row_ok).astype(mx.float32)  # (S,) padding rows have no unit
+    finite = mx.isfinite(sq_norms) & (bad_rows == 0)  # (S,)
+    norms = mx.sqrt(mx.where(finite, sq_norms, 0.0))
+    factors = mx.minimum(1.0, clip_norm * CLIP_SAFETY / mx.maximum(norms, 1e-30))
+    factors = mx.where(finite, factors, 0.0)  # (S,)
+    sums = {
+        name: (factors @ mx.where(finite[:, None], u, 0.0)).reshape(grads[name].shape[1:])
+        for (name, _), u in zip(flat, unit_grads, strict=True)
+    }
+    return sums, mx.where(finite, norms, mx.nan), member.sum(axis=0), losses
+
+
+class DPStep:
+    """A DP-SGD step bound to a model, optimiser, loss and noise source; see the module doc.
+
+    Build it with :func:`make_dp_step`; call it with a :class:`UnitBatch` per step, or
+    :meth:`empty` when the Poisson sample drew no unit (the step must still happen: releasing
+    pure noise is part of the mechanism the accountant analyses).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: optim.Optimizer,
+        config: DPConfig,
+        loss: ExampleLoss,
+        noise: GaussianNoise,
+        compile: bool,
+    ) -> None:
+        self.model, self.optimizer, self.config, self.noise = model, optimizer, config, noise
+        optimizer.init(model.trainable_parameters())
+        core = partial(clipped_unit_sum, model, loss)
+        update = self._update
+        if compile:
+            # The RNG state is captured so that LoRA dropout draws new masks every step (under
+            # vmap, MLX draws one mask shared by a step's rows; it is not privacy noise).
+            state = [model.state, mx.random.state]
+            core = partial(mx.compile, inputs=state, outputs=state)(core)
+            full = [model.state, optimizer.state]
+            update = partial(mx.compile, inputs=full, outputs=full)(update)
+        self._core, self._apply = core, update
+
+    def _update(self, flat_grads: dict[str, mx.array], scale: mx.array) -> None:
+        grads = tree_unflatten([(name, value * scale) for name, value in flat_grads.items()])
+        self.optimizer.update(self.model, grads)
+
+    def __call__(self, batch: UnitBatch) -> DPStepReport:
+        """One DP-SGD step on ``batch``; returns its (non-private) report.
+
+        Raises:
+            ConfigError: the batch's expected size is not a positive number.
+        """
+        _check_expected_size(batch.expected_size)
+        if batch.num_units == 0:
+            return self.empty(batch.expected_size, slots=batch.slots)
+        clip = mx.array(self.config.clip_norm, dtype=mx.float32)
+        sums, norms, rows, losses = self._core(batch.arrays, batch.units, batch.valid, clip)
+        mx.eval(sums, norms, rows, losses)
+        self._release(sums, batch.expected_size, batch.slots)
+        real = rows > 0  # (S,) unit slots that hold a unit
+        clipped = ((norms > self.config.clip_norm * CLIP_SAFETY) & real).sum().item()
+        nonfinite = (mx.isnan(norms) & real).sum().item()
+        mean_loss = ((losses * batch.valid).sum() / batch.num_examples).item()
+        return DPStepReport(
+            num_examples=batch.num_examples,
+            num_units=batch.num_units,
+            slots=batch.slots,
+            expected_size=batch.expected_size,
+            clipped_fraction=clipped / batch.num_units,
+            loss=float(mean_loss),
+            noise_std=self.config.noise_std,
+            nonfinite_units=int(nonfinite),
+        )
+
+    def empty(self, expected_size: float, *, slots: int = 0) -> DPStepReport:
+        """The step for a sample that drew no unit: the update is noise alone."""
+        _check_expected_size(expected_size)
+        zeros = {k: mx.zeros_like(v) for k, v in tree_flatten(self.model.trainable_parameters())}
+        self._release(zeros, expected_size, max(slots, 1))
+        return DPStepReport(0, 0, slots, expected_size, 0.0, math.nan, self.config.noise_std)
+
+    def _release(self, sums: dict[str, mx.array], expected_size: float, slots: int) -> None:
+        """Steps 4-6: noise (outside the graph), normalise by the expected size, optimise."""
+        # Each coordinate of the sum is at most C per unit, and there are at most `slots`
+        # units: a bound from the configuration, never from the data.
+        bound = slots * self.config.clip_norm
+        noised = self.noise.privatize_tree(sums, self.config.noise_std, bound=bound)
+        self._apply(noised, mx.array(1.0 / expected_size, dtype=mx.float32))
+        mx.eval(self.model.parameters(), self.optimizer.state)
+
+
+def _check_expected_size(expected_size: float) -> None:
+    if not (isinstance(expected_size, int | float) and math.isfinite(expected_size)):
+        raise ConfigError(f"Expected batch size must be a finite number, got {expected_size!r}.")
+    if expected_size <= 0:
+        raise ConfigError(
+            f"Expected batch size must be > 0 (q · |eligible|), got {expected_size!r}; "
+            "with no eligible unit there is nothing to train."
+        )
+
+
+def make_dp_step(
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    config: DPConfig,
+    *,
+    loss: ExampleLoss = example_ce_loss,
+    noise: GaussianNoise | None = None,
+    compile: bool = True,
+) -> DPStep:
+    """A DP-SGD step for ``model``'s trainable parameters (freeze the rest first).
+
+    Args:
+        model: any ``mlx.nn.Module``; e.g. a base model after ``inject_lora``.
+        optimizer: an ``mlx.optimizers`` optimiser; it sees only noised gradients.
+        config: σ and C.
+        loss: per-example loss ``loss(model, *row) -> scalar``; rows are the batch's
+            ``arrays`` without their leading axis. Default: :func:`example_ce_loss`.
+        noise: the noise source; ``None`` makes a CSPRNG one (pass a seeded one in tests).
+        compile: compile the gradient graph and the update.
+
+    Raises:
+        ConfigError: the model has no trainable parameters.
+    """
+    if not tree_flatten(model.trainable_parameters()):
+        raise ConfigError("The model has no trainable parameters (inject LoRA first).")
+    return DPStep(model, optimizer, config, loss, noise or GaussianNoise(), compile)

@@ -1,0 +1,273 @@
+"""DP-SGD engine: vmap per-example gradients, per-unit clipping, padding, normalisation,
+noise-free equivalence with the plain gradient, learning under noise, and LoRA-only updates."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+from personal.errors import ConfigError, SeededNoiseWarning
+from personal.model.batching import Batch
+from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora
+from personal.model.train import masked_ce_loss
+from personal.privacy.dpsgd import (
+    CLIP_SAFETY,
+    DPConfig,
+    clipped_unit_sum,
+    example_ce_loss,
+    make_dp_step,
+    per_example_grads,
+)
+from personal.privacy.noise import GaussianNoise
+from personal.privacy.sampler import UnitBatch, pack_token_units
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_unflatten
+from tiny_models import build_tiny_model
+
+VOCAB = 96
+WIDTH = 16
+RNG = np.random.default_rng(0)
+SEQS = [RNG.integers(1, VOCAB, n).tolist() for n in (17, 9, 12, 17, 5)]
+
+
+def _model(seed: int = 0) -> nn.Module:
+    model, _ = build_tiny_model("llama", VOCAB, seed=seed)
+    inject_lora(model, LoRAConfig(rank=4), seed=seed)
+    # A non-zero B (fresh adapters have B = 0), so that every LoRA tensor has a gradient.
+    updates = [
+        (name, 0.05 * mx.random.normal(value.shape, key=mx.random.key(i)))
+        for i, (name, value) in enumerate(get_adapter_weights(model).items())
+        if name.endswith("lora_b")
+    ]
+    model.update(tree_unflatten(updates))
+    mx.eval(model.parameters())
+    return model
+
+
+def _noise(seed: int = 0) -> GaussianNoise:
+    with pytest.warns(SeededNoiseWarning):
+        return GaussianNoise(seed=seed)
+
+
+def _row_grads(model: nn.Module, batch: UnitBatch, row: int) -> dict[str, np.ndarray]:
+    """The gradient of one row, computed alone with nn.value_and_grad (no vmap)."""
+    fn = nn.value_and_grad(model, lambda *r: example_ce_loss(model, *r))
+    _, grads = fn(*(a[row] for a in batch.arrays))
+    return {k: np.array(v) for k, v in tree_flatten(grads)}
+
+
+def _flat(tree: dict) -> np.ndarray:
+    return np.concatenate([np.array(v).reshape(-1) for _, v in sorted(tree.items())])
+
+
+def _units_batch(groups: list[list[int]], expected: float = 3.0, **kw: int) -> UnitBatch:
+    return pack_token_units([[SEQS[i] for i in g] for g in groups], expected, width=WIDTH, **kw)
+
+
+def test_vmap_per_example_grads_equal_one_at_a_time() -> None:
+    model = _model()
+    batch = _units_batch([[0], [1], [2], [3]], minimum=4)
+    losses, grads = per_example_grads(model, example_ce_loss, batch.arrays)
+    for row in range(4):
+        alone = _row_grads(model, batch, row)
+        assert set(alone) == set(grads)
+        for name, value in alone.items():
+            scale = float(np.abs(value).max())  # float32 cancellation: tolerance per tensor
+            np.testing.assert_allclose(
+                np.array(grads[name][row]), value, rtol=1e-4, atol=1e-5 * scale
+            )
+    assert np.all(np.isfinite(np.array(losses)))
+
+
+def test_units_are_summed_then_clipped_as_one() -> None:
+    model = _model()
+    groups = [[0], [1, 2], [3, 4]]
+    batch = _units_batch(groups)
+    rows = [_flat(_row_grads(model, batch, r)) for r in range(5)]
+    units = [sum(rows[r] for r in g) for g in groups]
+    norms = [float(np.linalg.norm(u)) for u in units]
+    clip = sorted(norms)[1]  # the largest unit is clipped, the smallest is not
+    expected = sum(u * min(1.0, clip * CLIP_SAFETY / n) for u, n in zip(units, norms, strict=True))
+    sums, got_norms, unit_rows, _ = clipped_unit_sum(
+        model, example_ce_loss, batch.arrays, batch.units, batch.valid, clip
+    )
+    tol = 1e-5 * float(np.abs(expected).max())  # float32 sums in another order
+    np.testing.assert_allclose(_flat(sums), expected, rtol=1e-4, atol=tol)
+    np.testing.assert_allclose(np.array(got_norms)[:3], norms, rtol=1e-4)
+    assert np.array(unit_rows).tolist()[:4] == [1, 2, 2, 0]
+    # Clipping the examples separately would give a different (wrong) answer.
+    per_example = sum(r * min(1.0, clip / np.linalg.norm(r)) for r in rows)
+    assert not np.allclose(per_example, expected, rtol=1e-3)
+
+
+def test_each_unit_contribution_has_norm_at_most_c() -> None:
+    model = _model()
+    batch = _units_batch([[0], [1, 2], [3, 4]])
+    clip = 1e-3  # far below every unit's norm: all are clipped
+    for unit in range(3):
+        only = batch.valid * (batch.units == unit).astype(mx.float32)
+        sums, norms, _, _ = clipped_unit_sum(
+            model, example_ce_loss, batch.arrays, batch.units, only, clip
+        )
+        assert float(np.array(norms)[unit]) > clip
+        assert np.linalg.norm(_flat(sums)) <= clip * (1 + 1e-6)
+
+
+def test_padded_and_invalid_rows_contribute_exactly_zero() -> None:
+    model = _model()
+    small = _units_batch([[0], [1, 2]], minimum=4)
+    padded = _units_batch([[0], [1, 2]], minimum=16)
+    _, grads = per_example_grads(model, example_ce_loss, padded.arrays)
+    for value in grads.values():
+        assert not np.any(np.array(value[3:]))  # mask-0 rows: gradient exactly zero
+    args = (model, example_ce_loss)
+    a, _, _, _ = clipped_unit_sum(*args, small.arrays, small.units, small.valid, 0.5)
+    b, _, _, _ = clipped_unit_sum(*args, padded.arrays, padded.units, padded.valid, 0.5)
+    np.testing.assert_allclose(_flat(a), _flat(b), rtol=1e-6, atol=1e-9)
+    # A real-looking row (mask 1) marked invalid is excluded by its weight, not by its mask.
+    full = _units_batch([[0], [1, 2], [3]], minimum=4)
+    dropped = full.valid * mx.array([1.0, 1.0, 1.0, 0.0])
+    c, _, rows, _ = clipped_unit_sum(*args, full.arrays, full.units, dropped, 0.5)
+    np.testing.assert_allclose(_flat(c), _flat(a), rtol=1e-6, atol=1e-9)
+    assert np.array(rows).tolist()[:3] == [1, 2, 0]
+
+
+def test_nan_on_padding_and_nonfinite_units_cannot_poison_the_sum() -> None:
+    model = _model()
+    base = _units_batch([[0], [1, 2], [3]], minimum=8)  # rows 4..7 are padding
+
+    def naive_loss(m: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
+        logits = m(inputs[None]).astype(mx.float32)[0]
+        losses = nn.losses.cross_entropy(logits, targets, reduction="none")
+        return (losses * mask).sum() / mask.sum()  # NaN on all-zero (padding) masks
+
+    args = (base.arrays, base.units, base.valid, 0.5)
+    good, _, _, _ = clipped_unit_sum(model, example_ce_loss, *args)
+    naive, _, _, _ = clipped_unit_sum(model, naive_loss, *args)
+    np.testing.assert_allclose(_flat(naive), _flat(good), rtol=1e-5, atol=1e-8)
+
+    # Unit 1 (rows 1 and 2) has an infinite gradient: it is dropped, the others stay.
+    flag = mx.array([0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+
+    def exploding(m: nn.Module, i: mx.array, t: mx.array, k: mx.array, f: mx.array) -> mx.array:
+        value = example_ce_loss(m, i, t, k)
+        return value * (1.0 + f * 3e38)  # the flagged row's squared norm overflows
+
+    sums, norms, _, _ = clipped_unit_sum(model, exploding, (*base.arrays, flag), *args[1:])
+    without = base.valid * mx.array([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    expected, _, _, _ = clipped_unit_sum(
+        model, example_ce_loss, base.arrays, base.units, without, 0.5
+    )
+    assert np.isnan(np.array(norms)[1]) and np.all(np.isfinite(_flat(sums)))
+    np.testing.assert_allclose(_flat(sums), _flat(expected), rtol=1e-5, atol=1e-8)
+
+
+def _delta_after_step(expected: float, clip: float = 1e6) -> tuple[np.ndarray, dict]:
+    model = _model()
+    before = _flat(dict(tree_flatten(model.trainable_parameters())))
+    batch = pack_token_units([[SEQS[i][:12]] for i in (0, 2, 3)], expected, width=WIDTH)
+    step = make_dp_step(model, optim.SGD(learning_rate=1.0), DPConfig(0.0, clip))
+    report = step(batch)
+    after = _flat(dict(tree_flatten(model.trainable_parameters())))
+    return after - before, {"report": report, "batch": batch, "model": model}
+
+
+def test_no_noise_huge_clip_equals_plain_gradient() -> None:
+    delta, info = _delta_after_step(expected=3.0)
+    model, batch = _model(), info["batch"]
+    # Same rows as one plain batch: equal token counts, so the token mean is the row mean.
+    plain = Batch(*(a[:3] for a in batch.arrays))
+    _, grads = nn.value_and_grad(model, masked_ce_loss)(model, plain)
+    np.testing.assert_allclose(delta, -_flat(dict(tree_flatten(grads))), rtol=1e-3, atol=1e-7)
+    assert info["report"].clipped_fraction == 0.0 and info["report"].num_units == 3
+
+
+def test_normalised_by_expected_not_realised_size() -> None:
+    delta3, _ = _delta_after_step(expected=3.0)
+    delta12, info12 = _delta_after_step(expected=12.0)
+    assert info12["report"].num_examples == 3 and info12["report"].expected_size == 12.0
+    # Deltas are differences of O(1) parameters: compare at float32 resolution of those.
+    tol = 1e-5 * float(np.abs(delta3).max())
+    np.testing.assert_allclose(delta12 * 4.0, delta3, rtol=1e-4, atol=tol)
+    with pytest.raises(ConfigError, match="Expected batch size"):
+        make_dp_step(_model(), optim.SGD(learning_rate=1.0), DPConfig(0.0, 1.0))(
+            pack_token_units([[SEQS[0]]], 0.0, width=WIDTH)
+        )
+
+
+def test_only_lora_parameters_change_and_steps_are_reproducible() -> None:
+    def run() -> tuple[dict, dict]:
+        model = _model()
+        base = {k: np.array(v) for k, v in tree_flatten(model.parameters()) if "lora" not in k}
+        step = make_dp_step(
+            model, optim.Adam(learning_rate=1e-2), DPConfig(1.0, 1.0), noise=_noise(4)
+        )
+        step(_units_batch([[0], [1, 2]]))
+        step.empty(2.0)  # a sample with no unit still releases (pure) noise
+        return base, dict(tree_flatten(model.parameters()))
+
+    base, params = run()
+    for name, value in base.items():
+        np.testing.assert_array_equal(np.array(params[name]), value)  # bit-identical
+    fresh = dict(tree_flatten(_model().parameters()))
+    assert all(
+        not np.array_equal(np.array(params[k]), np.array(fresh[k])) for k in params if "lora" in k
+    )
+    _, again = run()
+    for name in params:
+        np.testing.assert_array_equal(np.array(params[name]), np.array(again[name]))
+
+
+def test_compiled_and_eager_steps_agree() -> None:
+    results = []
+    for compile in (True, False):
+        model = _model()
+        step = make_dp_step(
+            model,
+            optim.Adam(learning_rate=1e-2),
+            DPConfig(0.5, 1.0),
+            noise=_noise(2),
+            compile=compile,
+        )
+        for _ in range(2):
+            report = step(_units_batch([[0], [1, 2], [4]]))
+        results.append((_flat(dict(tree_flatten(model.trainable_parameters()))), report))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4, atol=1e-6)
+    assert results[0][1].loss == pytest.approx(results[1][1].loss, rel=1e-4)
+
+
+def test_noisy_dp_steps_learn_a_memorisable_task() -> None:
+    """16 units holding two sequences: σ = 0.5 noise on the sum, yet the loss falls."""
+    model = _model()
+    step = make_dp_step(model, optim.Adam(learning_rate=2e-2), DPConfig(0.5, 1.0), noise=_noise(7))
+    batch = pack_token_units([[SEQS[i % 2]] for i in range(16)], 16.0, width=WIDTH)
+    losses = [step(batch).loss for _ in range(30)]
+    assert np.mean(losses[-3:]) < losses[0] - 0.5, losses
+
+
+@pytest.mark.parametrize(
+    ("sigma", "clip"), [(-1.0, 1.0), (1.0, 0.0), (math.inf, 1.0), (1.0, math.nan), ("1", 1.0)]
+)
+def test_invalid_config_raises(sigma: object, clip: object) -> None:
+    with pytest.raises(ConfigError):
+        DPConfig(sigma, clip)  # type: ignore[arg-type]
+
+
+def test_config_and_frozen_model_errors() -> None:
+    assert DPConfig(1.5, 2.0).noise_std == 3.0
+    model, _ = build_tiny_model("llama", VOCAB)
+    model.freeze()
+    with pytest.raises(ConfigError, match="trainable"):
+        make_dp_step(model, optim.SGD(learning_rate=0.1), DPConfig(1.0, 1.0))
+
+
+def test_default_noise_is_csprng() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SeededNoiseWarning)
+        step = make_dp_step(_model(), optim.SGD(learning_rate=0.1), DPConfig(1.0, 1.0))
+    assert not step.noise.seeded

@@ -1,0 +1,121 @@
+"""Gaussian noise: statistics, snapping, the CSPRNG byte source and the seeded test mode."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+from personal.errors import ConfigError, SeededNoiseWarning
+from personal.privacy.noise import (
+    GRID_BITS,
+    GaussianNoise,
+    RandomBytes,
+    snapping_grid,
+    standard_normal,
+    uniform_open,
+)
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+N = 200_000
+
+
+def _seeded(seed: int = 0) -> GaussianNoise:
+    with pytest.warns(SeededNoiseWarning):
+        return GaussianNoise(seed=seed)
+
+
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+@pytest.mark.parametrize("std", [0.01, 1.0, 37.5])
+def test_mean_and_variance(std: float) -> None:
+    z = GaussianNoise().sample(N, std)
+    # Mean: 6 standard errors. Variance: its standard error is std²·sqrt(2/N).
+    assert abs(z.mean()) < 6 * std / math.sqrt(N)
+    assert abs(z.var() / std**2 - 1.0) < 6 * math.sqrt(2.0 / N)
+
+
+def test_distribution_is_gaussian() -> None:
+    """Kolmogorov-Smirnov against N(0, 1) on a subsample, and the 4th moment."""
+    z = _seeded(1).sample(N, 1.0)
+    sub = np.sort(z[:20_000])
+    ecdf = np.arange(1, sub.size + 1) / sub.size
+    assert np.max(np.abs(ecdf - _normal_cdf(sub))) < 1.95 / math.sqrt(sub.size)  # alpha 0.001
+    assert abs(np.mean(z**4) - 3.0) < 0.1
+
+
+def test_box_muller_and_uniforms() -> None:
+    words = np.array([0, 2**64 - 1, 2**63], dtype=np.uint64)
+    u = uniform_open(words)
+    assert u.tolist() == [2.0**-53, 1.0 - 2.0**-53, 0.5 + 2.0**-53]
+    assert np.all((u > 0) & (u < 1))
+    z = standard_normal(RandomBytes().words(2 * N))
+    assert z.shape == (2 * N,) and np.max(np.abs(z)) <= math.sqrt(-2 * math.log(2.0**-53))
+    assert abs(np.corrcoef(z[:N], z[N:])[0, 1]) < 6 / math.sqrt(N)  # cos and sin halves
+
+
+def test_privatize_snaps_to_power_of_two_grid() -> None:
+    std = 3.0
+    grid = snapping_grid(std)
+    assert grid == 2.0 ** (1 - GRID_BITS)  # 2^1 <= 3 < 2^2
+    assert math.log2(grid).is_integer() and std * 2.0**-21 < grid <= std * 2.0**-GRID_BITS
+    values = np.linspace(-2, 2, 1000).astype(np.float32)
+    released = GaussianNoise().privatize(values, std)
+    assert released.dtype == np.float32 and released.shape == values.shape
+    out = released.astype(np.float64)
+    small = np.abs(out) < 2.0**23 * grid  # there float32 holds every grid point exactly
+    np.testing.assert_array_equal(np.rint(out[small] / grid) * grid, out[small])
+    assert abs(np.std(out - values) / std - 1.0) < 0.15
+
+
+def test_zero_std_is_identity_and_bound_is_checked() -> None:
+    values = np.array([[0.5, -1.25]], dtype=np.float32)
+    noise = GaussianNoise()
+    np.testing.assert_array_equal(noise.privatize(values, 0.0), values)
+    with pytest.raises(ConfigError, match="noise multiplier"):
+        noise.privatize(values, 1e-3, bound=100.0)
+    with pytest.raises(ConfigError):
+        noise.sample(3, -1.0)
+
+
+def test_privatize_tree_keeps_names_and_shapes() -> None:
+    tree = {"a.lora_a": mx.zeros((3, 2)), "b.lora_b": mx.ones((4,))}
+    out = GaussianNoise().privatize_tree(tree, 0.5)
+    assert list(out) == list(tree)
+    assert [v.shape for v in out.values()] == [(3, 2), (4,)]
+    assert all(v.dtype == mx.float32 for v in out.values())
+    exact = GaussianNoise().privatize_tree(tree, 0.0)
+    assert np.array(exact["b.lora_b"]).tolist() == [1.0] * 4
+
+
+def test_seeded_mode_warns_and_is_reproducible() -> None:
+    a, b = _seeded(3), _seeded(3)
+    first = a.sample(1000, 1.0)
+    np.testing.assert_array_equal(first, b.sample(1000, 1.0))
+    assert not np.array_equal(first, a.sample(1000, 1.0))  # next call, next key
+    assert a.seeded and a.describe()["seeded"] is True
+    assert "SEEDED" in a.describe()["randomness"]
+
+
+def test_seeded_streams_differ_by_purpose() -> None:
+    with pytest.warns(SeededNoiseWarning):
+        noise_words = RandomBytes(5, purpose="noise").words(8)
+    with pytest.warns(SeededNoiseWarning):
+        sampler_words = RandomBytes(5, purpose="sampler").words(8)
+    assert not np.array_equal(noise_words, sampler_words)
+
+
+def test_csprng_mode_is_fresh_and_silent() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SeededNoiseWarning)
+        a, b = GaussianNoise(), GaussianNoise()
+        assert not np.array_equal(a.sample(64, 1.0), b.sample(64, 1.0))
+        assert not np.array_equal(a.sample(64, 1.0), a.sample(64, 1.0))
+        assert "os.urandom" in a.describe()["randomness"]
+    words = RandomBytes().words(N)
+    bits = np.unpackbits(words.view(np.uint8))
+    assert abs(bits.mean() - 0.5) < 6 * 0.5 / math.sqrt(bits.size)
