@@ -7,9 +7,9 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from personal.runtime import blas_status, openblas_coretype
+
+import pytest
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:

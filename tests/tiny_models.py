@@ -9,10 +9,10 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from personal.model.base import save_base
+
 import mlx.core as mx
 from mlx_lm.utils import _get_classes, quantize_model
-
-from personal.model.base import save_base
 
 _COMMON = {
     "hidden_size": 64,

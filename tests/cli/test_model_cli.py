@@ -6,10 +6,10 @@ import json
 import subprocess
 import sys
 
-from click.testing import CliRunner
-
 import personal
 from personal.cli import cli
+
+from click.testing import CliRunner
 
 
 def test_version():

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
-from tiny_models import ARCHITECTURES
-
 from personal.errors import (
     CorruptWeights,
     IncompleteModel,
@@ -18,6 +15,9 @@ from personal.errors import (
     UnsupportedArchitecture,
 )
 from personal.model.base import load_base
+
+import pytest
+from tiny_models import ARCHITECTURES
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

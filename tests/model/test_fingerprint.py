@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 
+from personal.model.fingerprint import cache_dir, fingerprint_directory
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from personal.model.fingerprint import cache_dir, fingerprint_directory
 
 
 def _model_dir(tmp_path):

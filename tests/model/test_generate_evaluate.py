@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 
-import mlx.core as mx
-import mlx.optimizers as optim
-import pytest
-
 from personal.model.base import load_base
 from personal.model.batching import make_batch
 from personal.model.evaluate import evaluate, per_example_loss, token_losses
 from personal.model.generate import generate
 from personal.model.tokenizer import encode_interaction
 from personal.model.train import train
+
+import mlx.core as mx
+import mlx.optimizers as optim
+import pytest
 
 
 def test_generation_reports_confidence(tiny_model_factory):

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import mlx.core as mx
-import numpy as np
-import pytest
-from tiny_models import ARCHITECTURES, tiny_config
-
 from personal.errors import AdapterMismatch, ConfigError, NoLoRALayers
 from personal.model.base import load_base
 from personal.model.lora import (
@@ -20,6 +15,11 @@ from personal.model.lora import (
     set_adapter_weights,
     trainable_parameter_count,
 )
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from tiny_models import ARCHITECTURES, tiny_config
 
 TOKENS = mx.array([[1, 3, 40, 41, 42, 43, 44, 4, 50, 51]])
 RANK = 4

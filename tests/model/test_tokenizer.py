@@ -6,11 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
-from tokenizers import Tokenizer
-
 from personal.errors import ConfigError, TokenizerMismatch
 from personal.model.tokenizer import (
     ASSISTANT_ID,
@@ -24,6 +19,12 @@ from personal.model.tokenizer import (
     format_prompt,
     train_bpe_tokenizer,
 )
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
 from simulators.public_corpus import generate_corpus, generate_texts
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -17,10 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
-import mlx.nn as nn
-from mlx.utils import tree_flatten
-
 from personal.errors import (
     CorruptWeights,
     IncompleteModel,
@@ -29,6 +25,10 @@ from personal.errors import (
     UnsupportedArchitecture,
 )
 from personal.model.fingerprint import fingerprint_directory
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
 TOKENIZER_FILES = (

@@ -10,10 +10,10 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from personal.model.batching import Batch
+
 import mlx.core as mx
 import mlx.nn as nn
-
-from personal.model.batching import Batch
 
 
 def token_losses(model: nn.Module, batch: Batch) -> mx.array:

@@ -17,13 +17,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from personal.errors import AdapterMismatch, ConfigError, NoLoRALayers
+
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 from mlx_lm.tuner.lora import LoRALinear, LoRASwitchLinear
-
-from personal.errors import AdapterMismatch, ConfigError, NoLoRALayers
 
 _LINEAR_TYPES = (nn.Linear, nn.QuantizedLinear)
 _SWITCH_TYPES = (SwitchLinear, QuantizedSwitchLinear)

@@ -24,9 +24,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-
 from personal.errors import ConfigError, TokenizerMismatch
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 PAD, BOS, EOS, USER, ASSISTANT = (
     "<|pad|>",

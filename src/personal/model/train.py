@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from functools import partial
 
+from personal.model.batching import Batch
+
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-
-from personal.model.batching import Batch
 
 LossFn = Callable[[nn.Module, Batch], mx.array]
 Callback = Callable[[int, float], None]
