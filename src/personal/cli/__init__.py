@@ -16,7 +16,7 @@ from personal.errors import PersonalError
 import click
 
 # Modules whose register(group) adds subcommands, in help order.
-_COMMAND_MODULES = ("personal.cli.model", "personal.cli.store")
+_COMMAND_MODULES = ("personal.cli.model", "personal.cli.store", "personal.cli.policy")
 
 
 class _Group(click.Group):
