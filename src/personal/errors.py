@@ -78,6 +78,30 @@ class NoLoRALayers(AdapterError):
     """The operation needs LoRA layers but the model has none (call ``inject_lora`` first)."""
 
 
+class AdapterBaseMismatch(AdapterMismatch):
+    """The adapter was trained on another base model (its base fingerprint differs)."""
+
+
+class AdapterNotFound(AdapterError):
+    """No adapter version (or no active version) exists where one was asked for."""
+
+
+class AdapterCorrupt(AdapterError):
+    """A saved adapter's weights fail their SHA-256, do not parse, or contradict its manifest."""
+
+
+class InvalidManifest(AdapterCorrupt):
+    """An adapter manifest (or the registry's active pointer) is malformed or inconsistent."""
+
+
+class AdapterFormatTooNew(AdapterError):
+    """The adapter or registry was written by a newer version of `personal` than this one."""
+
+
+class RollbackUnavailable(AdapterError):
+    """There is no earlier activated version left to roll back to."""
+
+
 # --- encrypted store -------------------------------------------------------------------------
 
 
@@ -140,8 +164,32 @@ class LedgerIntegrityError(PrivacyError):
     """The privacy ledger's hash chain is broken or was rolled back; training is refused."""
 
 
+class LedgerRollback(LedgerIntegrityError):
+    """The ledger in the database is older than its anchor (a backup of it was restored)."""
+
+
+class LedgerAnchorMissing(LedgerIntegrityError):
+    """The ledger's anchor (its chain head kept outside the database) is gone."""
+
+
+class NoEligibleUnits(PrivacyError):
+    """A round was proposed over no units at all (nothing logged yet, or none selected)."""
+
+
+class UnitOverBudget(PrivacyError):
+    """A round would charge a unit past its lifetime budget (charge only selected units)."""
+
+
+class RoundNotOpen(PrivacyError):
+    """A ledger round to finish is unknown or already finished."""
+
+
 class PrivacyParameterError(PrivacyError):
     """A privacy parameter (ε, δ, σ, sampling rate, steps, RDP curve) is out of range."""
+
+
+class AccountantNotApplicable(PrivacyParameterError):
+    """The chosen accountant cannot evaluate this schedule (PRV: grid too large, δ too small)."""
 
 
 class UnreachablePrivacyTarget(PrivacyError):

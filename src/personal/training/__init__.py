@@ -1,0 +1,1 @@
+"""Training rounds over an encrypted store: the DP round, and the empirical canary audit."""

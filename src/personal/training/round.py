@@ -1,0 +1,265 @@
+"""One differentially private training round over an encrypted interaction log.
+
+The round, top to bottom (:func:`run_round`):
+
+1. **Candidates**: the privacy units present in the log (cleartext metadata: no decryption).
+2. **Filter**: the ledger's Rényi filter removes every unit whose charge for this round would
+   take it past the lifetime budget. The decision uses only past charges and the round's
+   public parameters, never the units' data (the condition of Feldman & Zrnic 2021, Thm. 3.1).
+3. **Charge first**: the ledger records the round and charges every eligible unit *before* a
+   single record is decrypted. A round that dies half-way stays charged: budget is wasted, never
+   hidden.
+4. **Steps**: each step Poisson-samples the eligible units with rate ``q`` (CSPRNG coins),
+   decrypts only the sampled units' records, tokenises them, and runs one DP-SGD step
+   (per-unit clipping, Gaussian noise from :mod:`personal.privacy.noise`, division by the
+   *expected* batch size ``q·|eligible|``). A step that sampled nobody still releases noise.
+5. **Close**: the ledger appends the round's completion (or abortion) entry.
+
+The sampling rate is fixed before the filter from the number of *candidate* units
+(``q = min(1, B / |candidates|)`` for an expected batch of B units); the unit count is
+cleartext metadata of the store and treated as public (docs/privacy.md says so).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from personal.errors import BudgetExhausted, ConfigError, NoEligibleUnits
+from personal.model.tokenizer import encode_interaction
+from personal.privacy.dpsgd import DPConfig, DPStepReport, make_dp_step
+from personal.privacy.filter import Charge
+from personal.privacy.noise import GaussianNoise
+from personal.privacy.sampler import PoissonSampler, pack_token_units
+from personal.runtime import peak_memory_bytes, reset_peak_memory
+from personal.store.log import InteractionLog
+
+import mlx.nn as nn
+import mlx.optimizers as optim
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """The public parameters of one DP round, fixed before any private data is read.
+
+    Attributes:
+        noise_multiplier: σ (noise std / clip norm), > 0 for a private round.
+        clip_norm: C, the L2 bound on each unit's gradient contribution.
+        expected_batch_size: B, expected units per step; ``q = min(1, B / |candidates|)``.
+        steps: DP-SGD steps in the round.
+        learning_rate: the optimiser's step size.
+        optimizer: ``"sgd"`` or ``"adam"`` (both only see noised gradients).
+        max_tokens: positions per example (longer interactions are truncated).
+        examples_per_unit: the most recent examples a unit contributes (a session or a day can
+            hold many; the unit is clipped as one whatever this is).
+        purpose: what the ledger records the round as (``"training"``, ``"replay"``, ...).
+    """
+
+    noise_multiplier: float
+    clip_norm: float
+    expected_batch_size: float
+    steps: int
+    learning_rate: float
+    optimizer: str = "adam"
+    max_tokens: int = 128
+    examples_per_unit: int = 4
+    purpose: str = "training"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "noise_multiplier": self.noise_multiplier > 0,
+            "clip_norm": self.clip_norm > 0,
+            "expected_batch_size": self.expected_batch_size > 0,
+            "steps": isinstance(self.steps, int) and self.steps >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "max_tokens": isinstance(self.max_tokens, int) and self.max_tokens >= 2,
+            "examples_per_unit": isinstance(self.examples_per_unit, int)
+            and self.examples_per_unit >= 1,
+        }
+        for name, ok in checks.items():
+            value = getattr(self, name)
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                raise ConfigError(f"RoundPlan.{name} is invalid: {value!r}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"RoundPlan.optimizer must be one of {OPTIMIZERS}.")
+
+    def sample_rate(self, candidates: int) -> float:
+        """``q`` for ``candidates`` units: the expected batch over the candidate count."""
+        return min(1.0, self.expected_batch_size / max(candidates, 1))
+
+
+class RoundLedger(Protocol):
+    """What a round needs from the privacy ledger (see :class:`personal.privacy.ledger.Ledger`)."""
+
+    def select(self, charge: Charge, units: Sequence[str]) -> Any: ...
+
+    def begin_round(self, charge: Charge, units: Sequence[str], **context: Any) -> int: ...
+
+    def finish_round(self, round_id: int, status: str, summary: Any = None) -> None: ...
+
+    def epsilon_of(self, unit: str) -> float: ...
+
+
+@dataclass
+class RoundReport:
+    """What one round did (local information for the app; never written into the ledger)."""
+
+    round_id: int
+    status: str
+    candidates: int
+    eligible: int
+    excluded: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    clip_norm: float
+    expected_batch_size: float
+    sampled_units: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    clipped_fraction: float = 0.0
+    epsilon_max: float = 0.0
+    seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    adapter_version: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (NaN losses of empty steps become ``None``)."""
+        data = asdict(self)
+        data["train_loss"] = [None if math.isnan(v) else v for v in self.train_loss]
+        return data
+
+
+Progress = Callable[[int, DPStepReport], None]
+
+
+def _optimizer(plan: RoundPlan) -> optim.Optimizer:
+    if plan.optimizer == "sgd":
+        return optim.SGD(learning_rate=plan.learning_rate)
+    return optim.Adam(learning_rate=plan.learning_rate)
+
+
+def _unit_sequences(
+    log: InteractionLog, tokenizer: Any, units: Sequence[str], keep: int
+) -> tuple[list[list[list[int]]], list[list[int]]]:
+    """Token ids and response starts of the sampled units' most recent ``keep`` records."""
+    by_unit: dict[str, list[Any]] = {u: [] for u in units}
+    for record in log.iter_records(units=units):
+        by_unit[record.unit].append(record)
+    sequences, starts = [], []
+    for unit in units:
+        recent = sorted(by_unit[unit], key=lambda r: (r.ts, r.id))[-keep:]
+        encoded = [encode_interaction(tokenizer, r.prompt, r.response) for r in recent]
+        sequences.append([ids for ids, _ in encoded])
+        starts.append([start for _, start in encoded])
+    return sequences, starts
+
+
+def run_round(
+    model: nn.Module,
+    tokenizer: Any,
+    log: InteractionLog,
+    ledger: RoundLedger,
+    plan: RoundPlan,
+    *,
+    context: dict[str, Any] | None = None,
+    noise: GaussianNoise | None = None,
+    sampler_seed: int | None = None,
+    progress: Progress | None = None,
+) -> RoundReport:
+    """Run one DP round on ``model``'s trainable parameters (inject LoRA and freeze first).
+
+    Args:
+        model: the live model; its trainable parameters are updated in place.
+        tokenizer: the base model's tokenizer (chat format).
+        log: the store's interaction log (the round decrypts only sampled units).
+        ledger: the store's privacy ledger; charges every eligible unit before training.
+        plan: σ, C, batch, steps, optimiser.
+        context: what the ledger records with the round (base fingerprint, adapter version,
+            policy digest, accountant, ...).
+        noise: the noise source; ``None`` is the CSPRNG (a seeded one is for tests only).
+        sampler_seed: ``None`` for CSPRNG coins; an integer for tests only.
+        progress: called with ``(step, report)`` after each step.
+
+    Raises:
+        NoEligibleUnits: the log holds no unit at all.
+        BudgetExhausted: every unit has spent its lifetime budget (nothing is charged).
+    """
+    started = time.perf_counter()
+    reset_peak_memory()
+    candidates = log.units()
+    if not candidates:
+        raise NoEligibleUnits(
+            "the store holds no interactions to train on: log some first (nothing was charged)"
+        )
+    q = plan.sample_rate(len(candidates))
+    charge = Charge(
+        purpose=plan.purpose, sample_rate=q, noise_multiplier=plan.noise_multiplier,
+        steps=plan.steps,
+    )  # fmt: skip
+    selection = ledger.select(charge, candidates)
+    eligible = list(selection.eligible)
+    if not eligible:
+        raise BudgetExhausted(
+            f"all {len(candidates)} units have spent their lifetime privacy budget: log new "
+            "interactions, or erase old ones (nothing was charged for this round)"
+        )
+    round_id = ledger.begin_round(
+        charge, eligible, **{"clip_norm": plan.clip_norm, **(context or {})}
+    )
+    report = RoundReport(
+        round_id, "running", len(candidates), len(eligible), len(candidates) - len(eligible),
+        plan.noise_multiplier, q, plan.steps, plan.clip_norm, q * len(eligible),
+    )  # fmt: skip
+    try:
+        _train(model, tokenizer, log, plan, q, eligible, report, noise, sampler_seed, progress)
+    except BaseException:
+        ledger.finish_round(round_id, "aborted", {"completed_steps": len(report.train_loss)})
+        raise
+    report.status = "completed"
+    report.epsilon_max = max(ledger.epsilon_of(u) for u in eligible)
+    report.seconds = round(time.perf_counter() - started, 3)
+    report.peak_memory_bytes = peak_memory_bytes()
+    ledger.finish_round(round_id, "completed", {"completed_steps": plan.steps})
+    return report
+
+
+def _train(
+    model: nn.Module,
+    tokenizer: Any,
+    log: InteractionLog,
+    plan: RoundPlan,
+    q: float,
+    eligible: list[str],
+    report: RoundReport,
+    noise: GaussianNoise | None,
+    sampler_seed: int | None,
+    progress: Progress | None,
+) -> None:
+    step = make_dp_step(
+        model, _optimizer(plan), DPConfig(plan.noise_multiplier, plan.clip_norm), noise=noise
+    )
+    sampler: PoissonSampler[str] = PoissonSampler(q, seed=sampler_seed)
+    clipped = 0.0
+    for t in range(plan.steps):
+        sample = sampler.sample(eligible)
+        if len(sample) == 0:
+            result = step.empty(sample.expected_size)
+        else:
+            sequences, starts = _unit_sequences(
+                log, tokenizer, sample.units, plan.examples_per_unit
+            )
+            batch = pack_token_units(
+                sequences, sample.expected_size, loss_starts=starts, width=plan.max_tokens
+            )
+            result = step(batch)
+        clipped += result.clipped_fraction * result.num_units
+        report.sampled_units.append(result.num_units)
+        report.train_loss.append(float(result.loss))
+        if progress is not None:
+            progress(t, result)
+    report.clipped_fraction = clipped / max(sum(report.sampled_units), 1)

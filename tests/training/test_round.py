@@ -1,0 +1,132 @@
+"""One DP round end to end on a real encrypted store, a real ledger and a tiny model."""
+
+from __future__ import annotations
+
+import warnings
+
+from personal.errors import BudgetExhausted, NoEligibleUnits, SeededNoiseWarning
+from personal.model.base import load_base
+from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora
+from personal.privacy.ledger import Ledger
+from personal.privacy.noise import GaussianNoise
+from personal.store import InteractionLog, RawKey
+from personal.training.round import RoundPlan, run_round
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+KEY = RawKey(bytes(range(32)))
+CONTEXT = {"base_fingerprint": "sha256:test", "accountant": "rdp"}
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_model_factory):
+    log = InteractionLog.create(tmp_path / "store", KEY, synchronous="NORMAL")
+    for i in range(12):
+        log.append(f"remind me about the dentist at {i}", f"Reminder set for {i}.")
+    ledger = Ledger.open(log.store, epsilon=4.0, delta=1e-6)
+    base = load_base(tiny_model_factory("llama"))
+    inject_lora(base.model, LoRAConfig(rank=2, scale=4.0))
+    yield log, ledger, base
+    log.close()
+
+
+def _plan(**overrides) -> RoundPlan:
+    values = dict(noise_multiplier=2.0, clip_norm=1.0, expected_batch_size=4, steps=3,
+                  learning_rate=1e-2, max_tokens=32)  # fmt: skip
+    return RoundPlan(**{**values, **overrides})
+
+
+def _quiet(**kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SeededNoiseWarning)
+        return GaussianNoise(**kwargs)
+
+
+def test_round_charges_every_eligible_unit_and_trains(setup):
+    log, ledger, base = setup
+    before = {k: np.array(v) for k, v in get_adapter_weights(base.model).items()}
+    report = run_round(base.model, base.tokenizer, log, ledger, _plan(), context=CONTEXT)
+    assert report.status == "completed"
+    assert report.eligible == report.candidates == 12
+    assert report.sample_rate == pytest.approx(4 / 12)
+    assert len(report.sampled_units) == 3
+    after = get_adapter_weights(base.model)
+    assert any(not np.array_equal(before[k], np.array(after[k])) for k in before)
+    eps = ledger.epsilons()
+    assert set(eps) == set(log.units())
+    assert len(set(eps.values())) == 1 and 0 < report.epsilon_max <= 4.0
+    (entry,) = ledger.rounds()
+    assert (entry.status, entry.noise_multiplier, entry.steps) == ("completed", 2.0, 3)
+    assert ledger.verify().ok
+
+
+def test_units_over_budget_are_excluded_then_exhausted(setup):
+    log, ledger, base = setup
+    plan = _plan(noise_multiplier=3.0, steps=3, expected_batch_size=12)
+    rounds = 0
+    with pytest.raises(BudgetExhausted, match="lifetime budget"):
+        for _ in range(20):
+            run_round(base.model, base.tokenizer, log, ledger, plan, context=CONTEXT)
+            rounds += 1
+    assert rounds >= 1
+    assert max(ledger.epsilons().values()) <= 4.0
+    charged = len(ledger.rounds())
+    assert charged == rounds  # the refused round charged nothing
+
+
+def test_new_units_stay_eligible_when_old_ones_are_spent(setup):
+    log, ledger, base = setup
+    plan = _plan(noise_multiplier=3.0, steps=3, expected_batch_size=12)
+    with pytest.raises(BudgetExhausted):
+        for _ in range(20):
+            run_round(base.model, base.tokenizer, log, ledger, plan, context=CONTEXT)
+    log.append("play jazz", "Playing jazz.")
+    report = run_round(base.model, base.tokenizer, log, ledger, plan, context=CONTEXT)
+    assert report.eligible == 1 and report.excluded == 12
+
+
+def test_empty_store_is_refused_without_a_charge(tmp_path, tiny_model_factory):
+    with InteractionLog.create(tmp_path / "s", KEY, synchronous="NORMAL") as log:
+        ledger = Ledger.open(log.store, epsilon=4.0, delta=1e-6)
+        base = load_base(tiny_model_factory("llama"))
+        inject_lora(base.model, LoRAConfig(rank=2))
+        with pytest.raises(NoEligibleUnits):
+            run_round(base.model, base.tokenizer, log, ledger, _plan(), context=CONTEXT)
+        assert ledger.rounds() == []
+
+
+def test_a_crash_mid_round_stays_charged(setup, monkeypatch):
+    log, ledger, base = setup
+    import personal.training.round as round_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(round_module, "pack_token_units", boom)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_round(base.model, base.tokenizer, log, ledger, _plan(), context=CONTEXT)
+    (entry,) = ledger.rounds()
+    assert entry.status == "aborted"
+    assert min(ledger.epsilons().values()) > 0  # charged, never refunded
+
+
+def test_seeded_rounds_are_reproducible(tmp_path, tiny_model_factory):
+    results = []
+    for attempt in range(2):
+        with InteractionLog.create(tmp_path / f"s{attempt}", KEY, synchronous="NORMAL") as log:
+            for i in range(6):
+                log.append(f"call mom at {i}", f"Calling mom at {i}.", unit=f"u{i}")
+            ledger = Ledger.open(log.store, epsilon=4.0, delta=1e-6)
+            base = load_base(tiny_model_factory("llama"))
+            inject_lora(base.model, LoRAConfig(rank=2), seed=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SeededNoiseWarning)
+                run_round(
+                    base.model, base.tokenizer, log, ledger, _plan(), context=CONTEXT,
+                    noise=_quiet(seed=3), sampler_seed=4,
+                )  # fmt: skip
+            results.append({k: np.array(v) for k, v in get_adapter_weights(base.model).items()})
+            mx.clear_cache()
+    assert all(np.array_equal(results[0][k], results[1][k]) for k in results[0])
