@@ -49,6 +49,10 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/blas.py --json
 	$(BIN)/python benchmarks/lora_step.py --json
+	$(BIN)/python benchmarks/fingerprint.py --json
+	$(BIN)/python benchmarks/store.py --json
+	$(BIN)/python benchmarks/dp_step.py --json
+	$(BIN)/python benchmarks/adapter_swap.py --json
 
 # Rebuild the bundled base models (not needed by tests or the demo: they ship in the package).
 build-models: install

@@ -16,7 +16,13 @@ from personal.errors import PersonalError
 import click
 
 # Modules whose register(group) adds subcommands, in help order.
-_COMMAND_MODULES = ("personal.cli.model", "personal.cli.store", "personal.cli.policy")
+_COMMAND_MODULES = (
+    "personal.cli.model",
+    "personal.cli.store",
+    "personal.cli.policy",
+    "personal.cli.train",
+    "personal.cli.adapters",
+)
 
 
 class _Group(click.Group):

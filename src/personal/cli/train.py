@@ -1,0 +1,174 @@
+"""``personal train`` (one DP round) and ``personal audit`` (the privacy reviewer's report).
+
+Both take the store's passphrase like the store commands (``--key-file``,
+``PERSONAL_PASSPHRASE`` or a prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from personal.cli.store import ENV_KEY, _key_file, _passphrase, _store_arg
+from personal.errors import LedgerIntegrityError
+from personal.store import Store
+
+import click
+
+
+def _json_flag() -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _policy_option(help_text: str) -> Any:
+    return click.option("--policy", "policy_name", default=None, help=help_text)
+
+
+@click.command("train")
+@_store_arg
+@click.option("--base", required=True, help="Base model: a bundled name or a directory.")
+@_policy_option("Policy name or TOML file (default: the store's recorded policy, else default).")
+@_key_file
+@_json_flag()
+def train_command(
+    store: Path, base: str, policy_name: str | None, key_file: Path | None, as_json: bool
+) -> None:
+    """Run one differentially private training round on STORE and activate the new adapter."""
+    from personal.personalizer import Personalizer
+
+    key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
+    with Personalizer.open(store, base, policy_name, key) as personalizer:
+        plan = personalizer.round_plan()
+        with click.progressbar(
+            length=plan.steps, label="DP round", file=sys.stderr, show_pos=True
+        ) as bar:
+            report = personalizer.update(progress=lambda step, result: bar.update(1))
+        data = report.to_dict()
+        data["policy"] = personalizer.policy.name
+        data["lifetime_epsilon"] = personalizer.policy.privacy.lifetime_epsilon
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(
+        f"round {report.round_id}: {report.eligible} of {report.candidates} units eligible "
+        f"({report.excluded} over budget), {report.steps} steps, σ={report.noise_multiplier:.4g}, "
+        f"q={report.sample_rate:.4g}, C={report.clip_norm:g}"
+    )
+    click.echo(
+        f"spent: max ε per unit now {report.epsilon_max:.4g} of {data['lifetime_epsilon']:g}; "
+        f"adapter version {report.adapter_version} is active ({report.seconds:.1f} s)"
+    )
+
+
+@click.command("audit")
+@_store_arg
+@_policy_option("Audit against this policy (default: the one recorded in the store).")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report as one self-contained HTML page.",
+)
+@click.option(
+    "--canaries",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also run the one-run empirical audit with N canaries (needs --base).",
+)
+@click.option("--base", default=None, help="Base model for --canaries.")
+@_key_file
+@_json_flag()
+def audit_command(
+    store: Path,
+    policy_name: str | None,
+    html_file: Path | None,
+    canaries: int,
+    base: str | None,
+    key_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Report STORE's privacy ledger; exit 1 if it fails verification or a unit is over budget."""
+    from personal.policy import Policy, load_policy
+    from personal.privacy.audit import Audit, build_audit
+    from personal.privacy.audit_html import render_html
+    from personal.privacy.ledger import Ledger
+    from personal.store.settings import StoreSettings
+
+    if canaries and not base:
+        raise click.UsageError("--canaries needs --base (the model to train the canaries on)")
+    key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
+    with Store.open(store, key) as opened:
+        recorded = StoreSettings(opened).get("policy")
+        if policy_name is not None:
+            policy = load_policy(policy_name)
+        elif recorded is not None:
+            policy = Policy.from_dict(recorded, source=f"{store} (recorded policy)")
+        else:
+            policy = load_policy("default")
+        privacy = policy.privacy
+        try:
+            ledger = Ledger.open(opened, epsilon=privacy.lifetime_epsilon, delta=privacy.delta)
+            audit = build_audit(ledger, policy=policy)
+        except LedgerIntegrityError as exc:
+            audit = Audit(privacy.unit, privacy.accountant, privacy.delta,
+                          privacy.lifetime_epsilon, [], {}, [], False, [str(exc)])  # fmt: skip
+    data = audit.to_json()
+    if canaries:
+        from personal.training.canary_audit import run_canary_audit
+
+        result = run_canary_audit(store, key, base, policy, canaries=canaries)
+        data["canary_audit"] = result.to_dict()
+        audit.ok = audit.ok and result.passed  # type: ignore[misc]
+    if html_file is not None:
+        html_file.write_text(render_html(audit), encoding="utf-8")
+    ok = bool(data["ok"]) and data.get("canary_audit", {}).get("passed", True)
+    data["ok"] = ok
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _print_audit(data, html_file)
+    click.get_current_context().exit(0 if ok else 1)
+
+
+def _print_audit(data: dict[str, Any], html_file: Path | None) -> None:
+    units = data["units"]
+    click.echo(f"unit of privacy: {data['unit_of_privacy']}; sampler: {data['sampler']}")
+    click.echo(
+        f"accountant: {data['accountant']}; δ={data['delta']:g}; "
+        f"lifetime ε={data['lifetime_epsilon']:g}"
+    )
+    click.echo(f"rounds: {len(data['rounds'])}")
+    for r in data["rounds"]:
+        click.echo(
+            f"  #{r['round_id']} {r['time']} {r['purpose']} σ={r['noise_multiplier']:.4g} "
+            f"q={r['sample_rate']:.4g} steps={r['steps']} C={r.get('clip_norm', '-')} "
+            f"{r['status']}"
+        )
+    click.echo(
+        f"units: {units['count']}; ε min {units['epsilon_min']:.4g}, median "
+        f"{units['epsilon_median']:.4g}, max {units['epsilon_max']:.4g}; "
+        f"over budget: {units['over_budget']}"
+    )
+    click.echo(f"ledger: {'verified' if data['ledger_ok'] else 'FAILED'}")
+    for problem in data["ledger_problems"]:
+        click.echo(f"  {problem}")
+    for check in data["compliance"]:
+        click.echo(f"  [{'ok' if check['ok'] else 'FAIL'}] {check['name']}: {check['detail']}")
+    if "canary_audit" in data:
+        c = data["canary_audit"]
+        click.echo(
+            f"canary audit: empirical ε ≥ {c['epsilon_lower_bound']:.3g} "
+            f"(accounted {c['epsilon_accounted']:.3g}) -> {'pass' if c['passed'] else 'FAIL'}"
+        )
+    if html_file is not None:
+        click.echo(f"report: {html_file}")
+    click.echo("PASS" if data["ok"] else "FAIL")
+
+
+def register(group: click.Group) -> None:
+    """Add ``train`` and ``audit`` to the ``personal`` group."""
+    group.add_command(train_command)
+    group.add_command(audit_command)
