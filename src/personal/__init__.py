@@ -31,6 +31,16 @@ _EXPORTS = {
     "set_adapter_weights": "personal.model.lora",
     "generate": "personal.model.generate",
     "Generation": "personal.model.generate",
+    "Personalizer": "personal.personalizer",
+    "Policy": "personal.policy",
+    "load_policy": "personal.policy",
+    "InteractionLog": "personal.store",
+    "Store": "personal.store",
+    "Passphrase": "personal.store",
+    "KeyringKey": "personal.store",
+    "RawKey": "personal.store",
+    "Ledger": "personal.privacy.ledger",
+    "AdapterRegistry": "personal.adapters.registry",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -30,12 +30,13 @@ from typing import Any, Protocol
 
 from personal.errors import BudgetExhausted, ConfigError, NoEligibleUnits
 from personal.model.tokenizer import encode_interaction
-from personal.privacy.dpsgd import DPConfig, DPStepReport, make_dp_step
+from personal.privacy.dpsgd import DPConfig, DPStepReport, example_ce_loss, make_dp_step
 from personal.privacy.filter import Charge
 from personal.privacy.noise import GaussianNoise
 from personal.privacy.sampler import PoissonSampler, pack_token_units
 from personal.runtime import peak_memory_bytes, reset_peak_memory
 from personal.store.log import InteractionLog
+from personal.training.gradient_canary import GradientCanaries
 
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -127,6 +128,16 @@ class RoundReport:
     peak_memory_bytes: int = 0
     adapter_version: int | None = None
 
+    def public_summary(self) -> dict[str, Any]:
+        """Only what may leave the device with the adapter: public parameters and charges.
+
+        Training losses, clipped fractions and realised batch sizes are computed on private
+        data without noise; they stay in the local report and never go into a manifest.
+        """
+        keys = ("round_id", "status", "eligible", "noise_multiplier", "sample_rate", "steps",
+                "clip_norm", "expected_batch_size", "epsilon_max")  # fmt: skip
+        return {k: getattr(self, k) for k in keys}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data (NaN losses of empty steps become ``None``)."""
         data = asdict(self)
@@ -170,6 +181,7 @@ def run_round(
     noise: GaussianNoise | None = None,
     sampler_seed: int | None = None,
     progress: Progress | None = None,
+    canaries: GradientCanaries | None = None,
 ) -> RoundReport:
     """Run one DP round on ``model``'s trainable parameters (inject LoRA and freeze first).
 
@@ -184,6 +196,8 @@ def run_round(
         noise: the noise source; ``None`` is the CSPRNG (a seeded one is for tests only).
         sampler_seed: ``None`` for CSPRNG coins; an integer for tests only.
         progress: called with ``(step, report)`` after each step.
+        canaries: audit only (:mod:`personal.training.canary_audit`): units whose gradient is
+            replaced by a gradient canary.
 
     Raises:
         NoEligibleUnits: the log holds no unit at all.
@@ -216,7 +230,10 @@ def run_round(
         plan.noise_multiplier, q, plan.steps, plan.clip_norm, q * len(eligible),
     )  # fmt: skip
     try:
-        _train(model, tokenizer, log, plan, q, eligible, report, noise, sampler_seed, progress)
+        _train(
+            model, tokenizer, log, plan, q, eligible, report, noise, sampler_seed, progress,
+            canaries,
+        )  # fmt: skip
     except BaseException:
         ledger.finish_round(round_id, "aborted", {"completed_steps": len(report.train_loss)})
         raise
@@ -239,10 +256,13 @@ def _train(
     noise: GaussianNoise | None,
     sampler_seed: int | None,
     progress: Progress | None,
+    canaries: GradientCanaries | None,
 ) -> None:
+    loss = canaries.loss(plan.clip_norm) if canaries else example_ce_loss
     step = make_dp_step(
-        model, _optimizer(plan), DPConfig(plan.noise_multiplier, plan.clip_norm), noise=noise
-    )
+        model, _optimizer(plan), DPConfig(plan.noise_multiplier, plan.clip_norm), noise=noise,
+        loss=loss,
+    )  # fmt: skip
     sampler: PoissonSampler[str] = PoissonSampler(q, seed=sampler_seed)
     clipped = 0.0
     for t in range(plan.steps):
@@ -256,6 +276,8 @@ def _train(
             batch = pack_token_units(
                 sequences, sample.expected_size, loss_starts=starts, width=plan.max_tokens
             )
+            if canaries:
+                batch = canaries.attach(batch, sample.units, sequences)
             result = step(batch)
         clipped += result.clipped_fraction * result.num_units
         report.sampled_units.append(result.num_units)

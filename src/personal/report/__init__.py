@@ -1,0 +1,1 @@
+"""Self-contained report building blocks (SVG charts) shared by the audit and the simulator."""

@@ -1,0 +1,107 @@
+"""`personal train` and `personal audit` through the real CLI on a real store."""
+
+from __future__ import annotations
+
+import json
+
+from personal.cli import cli
+from personal.store import InteractionLog, Passphrase
+
+import pytest
+from click.testing import CliRunner
+
+PASS = "correct horse battery staple"
+POLICY = """
+name = "cli-test"
+[privacy]
+unit = "interaction"
+lifetime_epsilon = 6.0
+delta = 1e-6
+noise_multiplier = 2.0
+clip_norm = 1.0
+accountant = "rdp"
+[training]
+min_new_units = 1
+steps = 3
+expected_batch_size = 4.0
+learning_rate = 0.01
+max_tokens = 32
+[training.lora]
+rank = 2
+scale = 4.0
+"""
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSONAL_PASSPHRASE", PASS)
+    path = tmp_path / "store"
+    with InteractionLog.create(path, Passphrase(PASS), synchronous="NORMAL") as log:
+        for i in range(10):
+            log.append(f"text Ana that I'm {i} minutes late", f"Sent to Ana: {i} minutes late.")
+    (tmp_path / "policy.toml").write_text(POLICY)
+    return path
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_train_then_audit_passes(store, tiny_model_factory, tmp_path):
+    base = str(tiny_model_factory("llama"))
+    policy = str(tmp_path / "policy.toml")
+    result = _run("train", str(store), "--base", base, "--policy", policy, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["status"] == "completed" and report["adapter_version"] == 1
+    assert report["eligible"] == 10 and 0 < report["epsilon_max"] <= 6.0
+
+    html = tmp_path / "audit.html"
+    audit = _run("audit", str(store), "--json", "--html", str(html))
+    assert audit.exit_code == 0, audit.output
+    data = json.loads(audit.output)
+    for key in ("delta", "lifetime_epsilon", "accountant", "rounds", "units", "ledger_ok"):
+        assert key in data
+    (round_,) = data["rounds"]
+    assert {"noise_multiplier", "sample_rate", "steps", "clip_norm", "purpose"} <= set(round_)
+    assert round_["noise_multiplier"] == 2.0 and round_["purpose"] == "training"
+    assert data["units"]["count"] == 10 and data["ledger_ok"] and data["ok"]
+    assert data["units"]["epsilon_max"] == pytest.approx(report["epsilon_max"])
+    page = html.read_text()
+    assert (
+        page.startswith("<!DOCTYPE html>")
+        and "<svg" in page
+        and "http" not in page.split("<body>")[1].replace("http://www.w3.org/2000/svg", "")
+    )
+
+
+def test_audit_fails_on_a_rolled_back_ledger(store, tiny_model_factory, tmp_path):
+    import shutil
+
+    base = str(tiny_model_factory("llama"))
+    policy = str(tmp_path / "policy.toml")
+    assert _run("train", str(store), "--base", base, "--policy", policy).exit_code == 0
+    backup = tmp_path / "backup"
+    with InteractionLog.open(store, Passphrase(PASS)) as log:
+        log.store.checkpoint()
+    shutil.copytree(store, backup)
+    assert _run("train", str(store), "--base", base).exit_code == 0
+    for name in ("store.db", "store.db-wal", "store.db-shm"):
+        if (backup / name).exists():
+            shutil.copy2(backup / name, store / name)
+    audit = _run("audit", str(store), "--json")
+    assert audit.exit_code == 1
+    data = json.loads(audit.output)
+    assert not data["ledger_ok"] and not data["ok"]
+    assert "rollback" in " ".join(data["ledger_problems"]).lower() or data["ledger_problems"]
+    refused = CliRunner().invoke(cli, ["train", str(store), "--base", base])
+    assert refused.exit_code == 2 and "error:" in refused.output
+
+
+def test_a_policy_cannot_raise_the_lifetime_budget(store, tiny_model_factory, tmp_path):
+    base = str(tiny_model_factory("llama"))
+    assert _run("train", str(store), "--base", base, "--policy", str(tmp_path / "policy.toml"))
+    bigger = tmp_path / "bigger.toml"
+    bigger.write_text(POLICY.replace("lifetime_epsilon = 6.0", "lifetime_epsilon = 60.0"))
+    result = CliRunner().invoke(cli, ["train", str(store), "--base", base, "--policy", str(bigger)])
+    assert result.exit_code == 2 and "lifetime" in result.output
