@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from personal.errors import PersonalError
-from personal.privacy.filter import Charge, RenyiFilter
+from personal.privacy.rdp import filter_epsilon, sgm_rdp
 
 import numpy as np
 
@@ -120,20 +120,27 @@ def replay_charges(
     epsilon: float,
     delta: float,
 ) -> tuple[dict[str, float], list[tuple[str, float]]]:
-    """Per-unit ε and the running maximum after each round, from the rounds alone."""
-    replay = RenyiFilter(epsilon=epsilon, delta=delta)
+    """Per-unit ε and the running maximum after each round, from the rounds alone.
+
+    RDP is summed directly (no filter), so a tampered ledger that over-charged a unit is
+    *reported* with its true total instead of being refused half-way.
+    """
+    del epsilon  # the lifetime budget is checked by the caller, not enforced here
+    totals: dict[str, np.ndarray] = {}
     timeline: list[tuple[str, float]] = []
+    worst = 0.0
     for r in rounds:
         units = list(eligible.get(r.round_id, ()))
         if units and r.steps > 0 and r.noise_multiplier > 0:
-            charge = Charge(
-                purpose=r.purpose, sample_rate=r.sample_rate,
-                noise_multiplier=r.noise_multiplier, steps=r.steps,
-            )  # fmt: skip
-            replay.charge(charge, units)
-        values = replay.epsilons().values()
-        timeline.append((r.time, max(values, default=0.0)))
-    return {str(u): float(e) for u, e in replay.epsilons().items()}, timeline
+            charge = sgm_rdp(
+                sample_rate=r.sample_rate, noise_multiplier=r.noise_multiplier, steps=r.steps
+            )
+            for unit in units:
+                key = str(unit)
+                totals[key] = totals[key] + charge if key in totals else charge.copy()
+                worst = max(worst, float(filter_epsilon(totals[key], delta=delta)))
+        timeline.append((r.time, worst))
+    return {u: float(filter_epsilon(v, delta=delta)) for u, v in totals.items()}, timeline
 
 
 def compliance_checks(
