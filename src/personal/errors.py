@@ -180,6 +180,10 @@ class UnitOverBudget(PrivacyError):
     """A round would charge a unit past its lifetime budget (charge only selected units)."""
 
 
+class SamplerMismatch(PrivacyError):
+    """A round's sampler is not the one its charge was computed for (Poisson at rate q)."""
+
+
 class RoundNotOpen(PrivacyError):
     """A ledger round to finish is unknown or already finished."""
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import warnings
 
-from personal.errors import BudgetExhausted, NoEligibleUnits, SeededNoiseWarning
+from personal.errors import BudgetExhausted, NoEligibleUnits, SamplerMismatch, SeededNoiseWarning
 from personal.model.base import load_base
 from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora
 from personal.privacy.ledger import Ledger
 from personal.privacy.noise import GaussianNoise
+from personal.privacy.sampler import PoissonSampler
 from personal.store import InteractionLog, RawKey
 from personal.training.round import RoundPlan, run_round
 
@@ -130,3 +131,19 @@ def test_seeded_rounds_are_reproducible(tmp_path, tiny_model_factory):
             results.append({k: np.array(v) for k, v in get_adapter_weights(base.model).items()})
             mx.clear_cache()
     assert all(np.array_equal(results[0][k], results[1][k]) for k in results[0])
+
+
+class ShuffledSampler(PoissonSampler):
+    """Fixed-size shuffled batches dressed up as a Poisson sampler: must be refused."""
+
+
+@pytest.mark.parametrize(
+    "sampler", [ShuffledSampler(1 / 3, seed=1), PoissonSampler(0.5, seed=1)], ids=["kind", "rate"]
+)
+def test_a_sampler_that_does_not_match_the_charge_is_refused(setup, sampler):
+    log, ledger, base = setup
+    with pytest.raises(SamplerMismatch):
+        run_round(
+            base.model, base.tokenizer, log, ledger, _plan(), context=CONTEXT, sampler=sampler
+        )
+    assert ledger.rounds() == []

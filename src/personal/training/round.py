@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from personal.errors import BudgetExhausted, ConfigError, NoEligibleUnits
+from personal.errors import BudgetExhausted, ConfigError, NoEligibleUnits, SamplerMismatch
 from personal.model.tokenizer import encode_interaction
 from personal.privacy.dpsgd import DPConfig, DPStepReport, example_ce_loss, make_dp_step
 from personal.privacy.filter import Charge
@@ -182,6 +182,7 @@ def run_round(
     sampler_seed: int | None = None,
     progress: Progress | None = None,
     canaries: GradientCanaries | None = None,
+    sampler: PoissonSampler[str] | None = None,
 ) -> RoundReport:
     """Run one DP round on ``model``'s trainable parameters (inject LoRA and freeze first).
 
@@ -198,10 +199,13 @@ def run_round(
         progress: called with ``(step, report)`` after each step.
         canaries: audit only (:mod:`personal.training.canary_audit`): units whose gradient is
             replaced by a gradient canary.
+        sampler: a custom sampler; it must be a :class:`PoissonSampler` at the round's rate
+            ``q``, the only sampling the charge is valid for.
 
     Raises:
         NoEligibleUnits: the log holds no unit at all.
         BudgetExhausted: every unit has spent its lifetime budget (nothing is charged).
+        SamplerMismatch: ``sampler`` is not Poisson at rate ``q`` (nothing is charged).
     """
     started = time.perf_counter()
     reset_peak_memory()
@@ -211,6 +215,7 @@ def run_round(
             "the store holds no interactions to train on: log some first (nothing was charged)"
         )
     q = plan.sample_rate(len(candidates))
+    sampler = _check_sampler(sampler, q, sampler_seed)
     charge = Charge(
         purpose=plan.purpose, sample_rate=q, noise_multiplier=plan.noise_multiplier,
         steps=plan.steps,
@@ -231,8 +236,7 @@ def run_round(
     )  # fmt: skip
     try:
         _train(
-            model, tokenizer, log, plan, q, eligible, report, noise, sampler_seed, progress,
-            canaries,
+            model, tokenizer, log, plan, eligible, report, noise, sampler, progress, canaries,
         )  # fmt: skip
     except BaseException:
         ledger.finish_round(round_id, "aborted", {"completed_steps": len(report.train_loss)})
@@ -245,16 +249,35 @@ def run_round(
     return report
 
 
+def _check_sampler(
+    sampler: PoissonSampler[str] | None, q: float, seed: int | None
+) -> PoissonSampler[str]:
+    """The round's sampler: Poisson at exactly rate ``q``, or :class:`SamplerMismatch`."""
+    if sampler is None:
+        return PoissonSampler(q, seed=seed)
+    if type(sampler) is not PoissonSampler:
+        raise SamplerMismatch(
+            f"{type(sampler).__name__} is not the Poisson sampler the accountant analyses; "
+            "shuffled or fixed-size batches would make the charged ε wrong. Use PoissonSampler "
+            "(nothing was charged)"
+        )
+    if sampler.sample_rate != q:
+        raise SamplerMismatch(
+            f"the sampler's rate {sampler.sample_rate} differs from the round's q={q}, which the "
+            "charge is computed for; build PoissonSampler(q) (nothing was charged)"
+        )
+    return sampler
+
+
 def _train(
     model: nn.Module,
     tokenizer: Any,
     log: InteractionLog,
     plan: RoundPlan,
-    q: float,
     eligible: list[str],
     report: RoundReport,
     noise: GaussianNoise | None,
-    sampler_seed: int | None,
+    sampler: PoissonSampler[str],
     progress: Progress | None,
     canaries: GradientCanaries | None,
 ) -> None:
@@ -263,7 +286,6 @@ def _train(
         model, _optimizer(plan), DPConfig(plan.noise_multiplier, plan.clip_norm), noise=noise,
         loss=loss,
     )  # fmt: skip
-    sampler: PoissonSampler[str] = PoissonSampler(q, seed=sampler_seed)
     clipped = 0.0
     for t in range(plan.steps):
         sample = sampler.sample(eligible)
