@@ -67,6 +67,8 @@ class Audit:
     ledger_ok: bool
     ledger_problems: list[str]
     checks: list[Check] = field(default_factory=list)
+    accountant_epsilon_max: float | None = None
+    accountant_note: str = ""
 
     @property
     def over_budget(self) -> list[str]:
@@ -105,7 +107,13 @@ class Audit:
             "delta": self.delta,
             "lifetime_epsilon": self.lifetime_epsilon,
             "rounds": [{k: v for k, v in asdict(r).items() if v is not None} for r in self.rounds],
-            "units": self.unit_summary(),
+            "units": {
+                **self.unit_summary(),
+                # The most-charged unit under the policy's accountant (opacus), composing its
+                # rounds as a fixed schedule: a second opinion next to the filter's ε.
+                "accountant_epsilon_max": self.accountant_epsilon_max,
+                "accountant_note": self.accountant_note,
+            },
             "epsilon_over_time": [{"time": t, "epsilon_max": e} for t, e in self.epsilon_timeline],
             "ledger_ok": self.ledger_ok,
             "ledger_problems": list(self.ledger_problems),
@@ -141,6 +149,33 @@ def replay_charges(
                 worst = max(worst, float(filter_epsilon(totals[key], delta=delta)))
         timeline.append((r.time, worst))
     return {u: float(filter_epsilon(v, delta=delta)) for u, v in totals.items()}, timeline
+
+
+def accountant_view(
+    rounds: Sequence[AuditRound],
+    eligible: Mapping[int, Sequence[str]],
+    unit_epsilons: Mapping[str, float],
+    *,
+    mechanism: str,
+    delta: float,
+) -> tuple[float | None, str]:
+    """ε of the most-charged unit under the opacus accountant ``mechanism`` (rdp or prv)."""
+    if not unit_epsilons:
+        return None, "no unit charged"
+    from personal.privacy.accountant import Accountant
+
+    worst = max(unit_epsilons, key=lambda u: unit_epsilons[u])
+    accountant = Accountant(mechanism)
+    for r in rounds:
+        if r.steps > 0 and r.noise_multiplier > 0 and worst in set(eligible.get(r.round_id, ())):
+            accountant.step(
+                noise_multiplier=r.noise_multiplier, sample_rate=r.sample_rate, steps=r.steps
+            )
+    try:
+        value = accountant.get_epsilon(delta=delta)
+    except PersonalError as exc:  # e.g. PRV cannot evaluate this schedule
+        return None, f"{mechanism} not applicable: {exc}"
+    return float(value), f"unit {worst!r} under opacus {mechanism} at δ={delta:g}"
 
 
 def compliance_checks(
@@ -258,6 +293,9 @@ def build_audit(ledger: Any, *, policy: Any) -> Audit:
         epsilon_timeline=timeline,
         ledger_ok=report.ok and not drift,
         ledger_problems=problems,
+    )
+    audit.accountant_epsilon_max, audit.accountant_note = accountant_view(
+        rounds, eligible, unit_eps, mechanism=privacy.accountant, delta=privacy.delta
     )
     audit.checks = compliance_checks(
         rounds, unit_eps, lifetime_epsilon=privacy.lifetime_epsilon,
