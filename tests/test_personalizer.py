@@ -27,6 +27,8 @@ def _policy(**overrides):
         "training.max_tokens": 24,
         "training.lora.rank": 2,
         "store.synchronous": "NORMAL",
+        "gates.max_general_regression": 1.0,
+        "gates.min_personal_gain": -1.0,
         **overrides,
     }
     return load_policy("research").with_overrides(values)

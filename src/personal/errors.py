@@ -202,3 +202,14 @@ class UnreachablePrivacyTarget(PrivacyError):
 
 class PrivacyStateError(PrivacyError):
     """A saved accountant or filter state is malformed, inconsistent or from another grid."""
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+class TrainingError(PersonalError):
+    """A personalization round could not run or finish."""
+
+
+class RoundInProgress(TrainingError):
+    """Another process is running a round on this store (one round at a time per store)."""

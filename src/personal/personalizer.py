@@ -23,18 +23,33 @@ from pathlib import Path
 from typing import Any
 
 from personal.adapters.registry import AdapterRegistry
-from personal.errors import PolicyError
+from personal.errors import BudgetExhausted, PolicyError
 from personal.model.base import BaseModel, load_base
 from personal.model.generate import Generation, generate
-from personal.model.lora import get_adapter_weights, inject_lora
+from personal.model.lora import get_adapter_weights, inject_lora, set_adapter_weights
 from personal.policy import Policy, load_policy
 from personal.privacy.accountant import calibrate_noise
+from personal.privacy.filter import Charge
 from personal.privacy.ledger import Ledger
+from personal.privacy.noise import GaussianNoise, RandomBytes
 from personal.privacy.rdp import ORDERS
 from personal.store import InteractionLog, KeyProvider, Store
 from personal.store.layout import MARKER_NAME
 from personal.store.settings import StoreSettings
+from personal.training.gates import (
+    GateResult,
+    decide,
+    general_loss,
+    noised_gain,
+    public_batches,
+    split_held_out,
+    unit_losses,
+)
+from personal.training.lock import round_lock
 from personal.training.round import Progress, RoundPlan, RoundReport, run_round
+
+import mlx.core as mx
+import numpy as np
 
 #: The settings that bind a store to one lifetime guarantee.
 BUDGET_KEYS = ("unit", "lifetime_epsilon", "delta")
@@ -58,6 +73,7 @@ class Personalizer:
     ) -> None:
         self.log_, self.ledger, self.registry = log, ledger, registry
         self.settings = settings
+        self._public: list[Any] | None = None
         self.base, self.policy = base, policy
         self.store: Store = log.store
         self._closed = False
@@ -166,10 +182,13 @@ class Personalizer:
         days = {today: state["days"].get(today, 0) + 1}
         self.settings.set(TRIGGER_KEY, {"units": units, "days": days})
 
-    def round_plan(self) -> RoundPlan:
-        """The next round's public parameters, from the policy (σ calibrated if needed)."""
+    def round_plan(self, candidates: int | None = None) -> RoundPlan:
+        """A round's public parameters from the policy (σ calibrated if needed).
+
+        ``candidates``: how many units the round draws from (default: all in the log).
+        """
         privacy, training = self.policy.privacy, self.policy.training
-        candidates = len(self.log_.units())
+        candidates = len(self.log_.units()) if candidates is None else candidates
         plan = RoundPlan(
             noise_multiplier=privacy.noise_multiplier or 1.0,
             clip_norm=privacy.clip_norm,
@@ -205,44 +224,148 @@ class Personalizer:
     def update(
         self, *, progress: Progress | None = None, now: datetime | None = None, **test_only: Any
     ) -> RoundReport:
-        """Run one DP round, save the adapter as a new version and activate it.
+        """One DP round; the new adapter is activated only if the gates pass.
 
+        Holds the store's round lock (:class:`RoundInProgress` if another process has it). On
+        any failure, or when a gate fails, the live model goes back to the previous adapter.
         ``test_only`` passes ``noise=`` / ``sampler_seed=`` through for reproducible tests.
 
         Raises:
             NoEligibleUnits, BudgetExhausted: nothing to train on (nothing charged).
+            RoundInProgress: another process is training this store.
         """
-        parent = self.active_adapter.version if self.active_adapter else None
-        units = len(self.log_.units())
-        report = run_round(
-            self.base.model,
-            self.base.tokenizer,
-            self.log_,
-            self.ledger,
-            self.round_plan(),
-            context=self.round_context(),
-            progress=progress,
-            **test_only,
+        with round_lock(self.store.path):
+            return self._update(progress, now, test_only)
+
+    def _update(
+        self, progress: Progress | None, now: datetime | None, test_only: dict[str, Any]
+    ) -> RoundReport:
+        model, tokenizer = self.base.model, self.base.tokenizer
+        previous = {k: mx.array(v) for k, v in get_adapter_weights(model).items()}
+        context = self.round_context()
+        candidates = self.log_.units()
+        seed = test_only.get("sampler_seed")
+        coins = RandomBytes(None if seed is None else seed + 1, purpose="holdout")
+        train_units, held_out = split_held_out(candidates, coins)
+        public = self._public_batches()
+        general_before = general_loss(model, public)
+        validation = self._open_validation(held_out, context)
+        try:
+            report = run_round(
+                model, tokenizer, self.log_, self.ledger, self.round_plan(len(train_units)),
+                context=context, progress=progress, candidates=train_units, **test_only,
+            )  # fmt: skip
+            general_after = general_loss(model, public)
+            gain = validation.measure(test_only.get("noise")) if validation else None
+        except BaseException:
+            set_adapter_weights(model, previous)
+            if validation:
+                validation.abort()
+            raise
+        gate = decide(
+            general_before=general_before,
+            general_after=general_after,
+            max_regression=self.policy.gates.max_general_regression,
+            personal_gain=gain,
+            min_gain=self.policy.gates.min_personal_gain,
+            held_out=len(validation.units) if validation else 0,
         )
+        if validation:
+            validation.finish(gate)
+        report.gates = gate.to_dict()
+        if gate.passed:
+            report.adapter_version = self._save_and_activate(report, gate)
+        else:
+            set_adapter_weights(model, previous)  # the active adapter stays
+        self._count_round(len(candidates), now)
+        return report
+
+    def _save_and_activate(self, report: RoundReport, gate: GateResult) -> int:
+        active = self.active_adapter
         version = self.registry.save(
             get_adapter_weights(self.base.model),
             base_fingerprint=self.base.fingerprint,
             base_name=self.base.name,
             lora=self.policy.training.lora.to_lora_config(),
-            parent=parent,
+            parent=active.version if active else None,
             policy_digest=self.policy.digest(),
             ledger_head=self.ledger.head.hash,
             training=report.public_summary(),
+            gates=gate.to_dict(),
         )
         self.registry.activate(version, base_fingerprint=self.base.fingerprint)
-        report.adapter_version = version
-        self._count_round(units, now)
-        return report
+        return version
+
+    def _public_batches(self) -> list[Any]:
+        if self._public is None:
+            self._public = public_batches(self.base.tokenizer)
+        return self._public
+
+    def _open_validation(self, held_out: list[str], context: dict[str, Any]) -> Validation | None:
+        """Charge the held-out units for the personal metric, then score the old adapter."""
+        if not held_out:
+            return None
+        sigma = self._validation_sigma()
+        charge = Charge(purpose="validation", sample_rate=1.0, noise_multiplier=sigma, steps=1)
+        try:
+            units = list(self.ledger.select(charge, held_out).eligible)
+        except BudgetExhausted:
+            return None
+        round_id = self.ledger.begin_round(charge, units, **{**context, "clip_norm": 1.0})
+        keep = self.policy.training.examples_per_unit
+        validation = Validation(self, round_id, units, sigma, keep)
+        try:
+            validation.before = unit_losses(
+                self.base.model, self.base.tokenizer, self.log_, units, keep
+            )
+        except BaseException:
+            validation.abort()
+            raise
+        return validation
+
+    def _validation_sigma(self) -> float:
+        gates, privacy = self.policy.gates, self.policy.privacy
+        if gates.validation_epsilon is None:
+            return float(gates.validation_noise_multiplier or 10.0)
+        return calibrate_noise(
+            target_epsilon=gates.validation_epsilon,
+            target_delta=privacy.delta / len(ORDERS),
+            sample_rate=1.0,
+            steps=1,
+            accountant="rdp",
+        )
 
     def _load_active_adapter(self) -> None:
         # Never an adapter of another base on this one: that is a migration (see on_base_update).
         if self.active_adapter is not None:
             self.registry.load_into(self.base)
+
+
+class Validation:
+    """An open, already charged ``validation`` round over held-out units."""
+
+    def __init__(
+        self, owner: Personalizer, round_id: int, units: list[str], sigma: float, keep: int
+    ) -> None:
+        self.owner, self.round_id, self.units, self.sigma, self.keep = (
+            owner, round_id, units, sigma, keep,
+        )  # fmt: skip
+        self.before = np.zeros(len(units))
+
+    def measure(self, noise: GaussianNoise | None) -> float:
+        """The noised personal gain of the live (new) adapter over the old one."""
+        base = self.owner.base
+        after = unit_losses(base.model, base.tokenizer, self.owner.log_, self.units, self.keep)
+        return noised_gain(self.before, after, self.sigma, noise)
+
+    def finish(self, gate: GateResult) -> None:
+        """Close the round, recording the gate's decision (public and DP values only)."""
+        summary = {"passed": gate.passed, "personal_gain": gate.personal_gain}
+        self.owner.ledger.finish_round(self.round_id, "completed", summary)
+
+    def abort(self) -> None:
+        """Close the round as aborted (it stays charged)."""
+        self.owner.ledger.finish_round(self.round_id, "aborted")
 
 
 def _bind_policy(settings: StoreSettings, policy: Policy | None) -> Policy:

@@ -29,6 +29,9 @@ max_tokens = 32
 [training.lora]
 rank = 2
 scale = 4.0
+[gates]
+max_general_regression = 1.0
+min_personal_gain = -1.0
 """
 
 

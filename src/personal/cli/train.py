@@ -56,9 +56,16 @@ def train_command(
         f"({report.excluded} over budget), {report.steps} steps, σ={report.noise_multiplier:.4g}, "
         f"q={report.sample_rate:.4g}, C={report.clip_norm:g}"
     )
+    for reason in (report.gates or {}).get("reasons", []):
+        click.echo(f"gate: {reason}")
+    outcome = (
+        f"adapter version {report.adapter_version} is active"
+        if report.adapter_version is not None
+        else "the gates kept the previous adapter active"
+    )
     click.echo(
         f"spent: max ε per unit now {report.epsilon_max:.4g} of {data['lifetime_epsilon']:g}; "
-        f"adapter version {report.adapter_version} is active ({report.seconds:.1f} s)"
+        f"{outcome} ({report.seconds:.1f} s)"
     )
 
 

@@ -127,6 +127,7 @@ class RoundReport:
     seconds: float = 0.0
     peak_memory_bytes: int = 0
     adapter_version: int | None = None
+    gates: dict[str, Any] | None = None
 
     def public_summary(self) -> dict[str, Any]:
         """Only what may leave the device with the adapter: public parameters and charges.
@@ -183,6 +184,7 @@ def run_round(
     progress: Progress | None = None,
     canaries: GradientCanaries | None = None,
     sampler: PoissonSampler[str] | None = None,
+    candidates: Sequence[str] | None = None,
 ) -> RoundReport:
     """Run one DP round on ``model``'s trainable parameters (inject LoRA and freeze first).
 
@@ -199,6 +201,7 @@ def run_round(
         progress: called with ``(step, report)`` after each step.
         canaries: audit only (:mod:`personal.training.canary_audit`): units whose gradient is
             replaced by a gradient canary.
+        candidates: the units the round may draw from (default: every unit in the log).
         sampler: a custom sampler; it must be a :class:`PoissonSampler` at the round's rate
             ``q``, the only sampling the charge is valid for.
 
@@ -209,7 +212,7 @@ def run_round(
     """
     started = time.perf_counter()
     reset_peak_memory()
-    candidates = log.units()
+    candidates = log.units() if candidates is None else list(candidates)
     if not candidates:
         raise NoEligibleUnits(
             "the store holds no interactions to train on: log some first (nothing was charged)"

@@ -1,0 +1,154 @@
+"""Quality gates: a new adapter goes live only if it forgets little and helps the user.
+
+Two measurements, both decided *before* the adapter is activated:
+
+* **General regression** (free): the relative rise of the loss on a public held-out set (the
+  public corpus the base was distilled on). Public data costs no privacy.
+* **Personal gain** (charged): the mean, over *held-out units* of this round, of each unit's
+  relative loss drop, clipped to [-1, 1], plus Gaussian noise. Held-out units are chosen by
+  CSPRNG coins among the round's candidates and are not trained on in that round. Under
+  add/remove of one unit the clipped sum moves by at most 1, so adding N(0, σ_v²) to the sum is
+  the Gaussian mechanism with sensitivity 1 -- charged to every held-out unit in the ledger as a
+  round of purpose ``validation`` (q = 1, one step, σ_v) *before* any of them is decrypted. The
+  number of held-out units divides the sum; like the training round's q, that count comes from
+  public metadata and coins (condition C5 of docs/privacy-accounting.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from personal.model.batching import make_batch
+from personal.model.evaluate import evaluate, per_example_loss
+from personal.model.tokenizer import encode_interaction
+from personal.privacy.noise import GaussianNoise, RandomBytes
+from personal.store.log import InteractionLog
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+#: Share of a round's candidates held out for the personal-gain metric (at most MAX_HELD_OUT).
+HELD_OUT_SHARE = 0.1
+MAX_HELD_OUT = 256
+MIN_CANDIDATES_FOR_HOLDOUT = 20
+
+
+@dataclass
+class GateResult:
+    """Why an adapter was accepted or kept out.
+
+    Attributes:
+        passed: both gates passed (a gate that could not be measured passes, with a reason).
+        general_loss_before, general_loss_after: public held-out loss of the old and new adapter.
+        general_regression: relative rise (after / before - 1).
+        personal_gain: the noised mean relative loss drop on held-out units (DP), or None.
+        held_out_units: how many units were held out and charged for it.
+        reasons: one sentence per gate.
+    """
+
+    passed: bool
+    general_loss_before: float
+    general_loss_after: float
+    general_regression: float
+    personal_gain: float | None
+    held_out_units: int
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (every value is public or DP)."""
+        return asdict(self)
+
+
+def split_held_out(
+    candidates: Sequence[str], random: RandomBytes | None = None
+) -> tuple[list[str], list[str]]:
+    """``(train, held_out)``: each candidate is held out by a CSPRNG coin (data-independent)."""
+    if len(candidates) < MIN_CANDIDATES_FOR_HOLDOUT:
+        return list(candidates), []
+    random = random or RandomBytes(None, purpose="holdout")
+    threshold = np.uint64(int(HELD_OUT_SHARE * 2**64))
+    coins = random.words(len(candidates)) < threshold
+    held = [u for u, c in zip(candidates, coins, strict=True) if c][:MAX_HELD_OUT]
+    chosen = set(held)
+    return [u for u in candidates if u not in chosen], held
+
+
+def public_batches(tokenizer: Any, n: int = 128, seed: int = 20261123) -> list[Any]:
+    """Held-out public-corpus examples (response tokens scored), for the general-loss gate."""
+    from simulators.public_corpus import split
+
+    examples = split(seed, 0, 0, n).test
+    encoded = [encode_interaction(tokenizer, it.prompt, it.response) for it in examples]
+    return [
+        make_batch([ids for ids, _ in encoded[i : i + 32]], [s for _, s in encoded[i : i + 32]])
+        for i in range(0, len(encoded), 32)
+    ]
+
+
+def general_loss(model: nn.Module, batches: Iterable[Any]) -> float:
+    """Token-weighted loss on the public held-out batches."""
+    return evaluate(model, batches).loss
+
+
+def unit_losses(
+    model: nn.Module, tokenizer: Any, log: InteractionLog, units: Sequence[str], keep: int
+) -> np.ndarray:
+    """Mean loss of each unit's most recent ``keep`` examples (decrypts those units only)."""
+    records: dict[str, list[Any]] = {u: [] for u in units}
+    for record in log.iter_records(units=units):
+        records[record.unit].append(record)
+    out = np.zeros(len(units))
+    for i, unit in enumerate(units):
+        recent = sorted(records[unit], key=lambda r: (r.ts, r.id))[-keep:]
+        encoded = [encode_interaction(tokenizer, r.prompt, r.response) for r in recent]
+        losses = per_example_loss(
+            model, make_batch([e for e, _ in encoded], [s for _, s in encoded])
+        )
+        mx.eval(losses)
+        out[i] = float(np.mean(np.array(losses))) if encoded else 0.0
+    return out
+
+
+def noised_gain(
+    before: np.ndarray, after: np.ndarray, sigma: float, noise: GaussianNoise | None = None
+) -> float:
+    """The DP personal gain: (Σ clip((b - a) / b, -1, 1) + N(0, σ²)) / n."""
+    relative = np.clip((before - after) / np.maximum(before, 1e-9), -1.0, 1.0)
+    noised = float(relative.sum()) + float((noise or GaussianNoise()).sample(1, sigma)[0])
+    return noised / max(len(before), 1)
+
+
+def decide(
+    *,
+    general_before: float,
+    general_after: float,
+    max_regression: float,
+    personal_gain: float | None,
+    min_gain: float,
+    held_out: int,
+) -> GateResult:
+    """Apply the policy's thresholds to the measurements."""
+    regression = general_after / general_before - 1 if general_before > 0 else 0.0
+    reasons, passed = [], True
+    if math.isfinite(regression) and regression <= max_regression:
+        reasons.append(f"general loss {regression:+.2%} within {max_regression:.2%}")
+    else:
+        passed = False
+        reasons.append(f"general loss rose {regression:+.2%}, more than {max_regression:.2%}")
+    if personal_gain is None:
+        reasons.append(
+            "personal gain not measured: no held-out unit (fewer than "
+            f"{MIN_CANDIDATES_FOR_HOLDOUT} candidates, or their budget is spent)"
+        )
+    elif personal_gain >= min_gain:
+        reasons.append(f"personal gain {personal_gain:+.3f} (DP) meets {min_gain:+.3f}")
+    else:
+        passed = False
+        reasons.append(f"personal gain {personal_gain:+.3f} (DP) below {min_gain:+.3f}")
+    return GateResult(
+        passed, general_before, general_after, regression, personal_gain, held_out, reasons
+    )

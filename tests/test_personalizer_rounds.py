@@ -1,0 +1,181 @@
+"""Personalizer rounds: gates, held-out validation charges, the round lock, SIGKILL safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+from personal.errors import RoundInProgress, SeededNoiseWarning
+from personal.model.lora import get_adapter_weights
+from personal.personalizer import Personalizer
+from personal.policy import load_policy
+from personal.privacy.noise import GaussianNoise
+from personal.store import RawKey
+from personal.training.lock import round_lock
+
+import numpy as np
+import pytest
+
+KEY = RawKey(bytes(range(32)))
+OVERRIDES = {
+    "privacy.lifetime_epsilon": 8.0,
+    "privacy.noise_multiplier": 3.0,
+    "training.min_new_units": 1,
+    "training.steps": 2,
+    "training.expected_batch_size": 4.0,
+    "training.max_tokens": 24,
+    "training.lora.rank": 2,
+    "store.synchronous": "NORMAL",
+}
+
+
+def _policy(**gates):
+    return load_policy("research").with_overrides({**OVERRIDES, **gates})
+
+
+def _fill(p: Personalizer, n: int) -> None:
+    for i in range(n):
+        p.log(f"navigate to the office number {i}", f"Starting directions to office {i}.")
+
+
+def _update(p: Personalizer):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SeededNoiseWarning)
+        return p.update(noise=GaussianNoise(seed=1), sampler_seed=2)
+
+
+def test_held_out_units_are_charged_for_the_personal_metric(tmp_path, tiny_model_factory):
+    policy = _policy(**{
+        "gates.max_general_regression": 1.0, "gates.min_personal_gain": -1.0,
+        "gates.validation_noise_multiplier": 2.0,
+    })  # fmt: skip
+    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
+        _fill(p, 40)
+        report = _update(p)
+        gates = report.gates
+        assert gates["passed"] and gates["held_out_units"] >= 1, gates["reasons"]
+        assert gates["personal_gain"] is not None and np.isfinite(gates["personal_gain"])
+        rounds = p.ledger.rounds(with_units=True)
+        validation = next(r for r in rounds if r.purpose == "validation")
+        training = next(r for r in rounds if r.purpose == "training")
+        assert validation.status == "completed" and validation.noise_multiplier == 2.0
+        # Held-out units were not trained on in this round, and the two sets cover all units.
+        assert not set(validation.units) & set(training.units)
+        assert len(validation.units) + len(training.units) == 40
+        assert report.candidates == 40 - len(validation.units)
+        assert p.ledger.verify().ok
+
+
+def test_a_failing_gate_keeps_the_previous_adapter(tmp_path, tiny_model_factory):
+    strict = _policy(**{
+        "gates.max_general_regression": 0.0, "gates.min_personal_gain": 1.0,
+        "gates.validation_noise_multiplier": 2.0,
+    })  # fmt: skip
+    with Personalizer.open(tmp_path / "s", tiny_model_factory(), strict, KEY, create=True) as p:
+        _fill(p, 40)
+        before = {k: np.array(v) for k, v in get_adapter_weights(p.base.model).items()}
+        report = _update(p)
+        assert not report.gates["passed"] and report.adapter_version is None
+        assert p.active_adapter is None and p.registry.versions() == []
+        live = get_adapter_weights(p.base.model)
+        assert all(np.array_equal(before[k], np.array(live[k])) for k in before)
+        # Both rounds stay charged although nothing was activated.
+        assert sorted(r.purpose for r in p.ledger.rounds()) == ["training", "validation"]
+        assert all(r.status == "completed" for r in p.ledger.rounds())
+
+
+def test_one_round_at_a_time_per_store(tmp_path, tiny_model_factory):
+    policy = _policy(**{"gates.max_general_regression": 1.0, "gates.min_personal_gain": -1.0})
+    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
+        _fill(p, 4)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, str(tmp_path / "s")], stdout=subprocess.PIPE
+        )
+        try:
+            assert holder.stdout.readline().strip() == b"locked"
+            with pytest.raises(RoundInProgress):
+                p.update()
+            assert p.ledger.rounds() == []
+        finally:
+            holder.kill()
+            holder.wait()
+        assert _update(p).status == "completed"  # the dead holder released the lock
+
+
+_HOLD_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    from personal.training.lock import round_lock
+    with round_lock(sys.argv[1]):
+        print("locked", flush=True)
+        time.sleep(60)
+    """
+)
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, warnings
+    warnings.simplefilter("ignore")
+    from personal.personalizer import Personalizer
+    from personal.policy import load_policy
+    from personal.store import RawKey
+    overrides = {overrides!r}
+    policy = load_policy("research").with_overrides(overrides)
+    with Personalizer.open(sys.argv[1], sys.argv[2], policy, RawKey(bytes(range(32)))) as p:
+        print("open", flush=True)
+        while True:
+            p.update()
+            print("round", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("kills", [2])
+def test_sigkill_during_rounds_leaves_a_consistent_store(tmp_path, tiny_model_factory, kills):
+    _sigkill_rounds(tmp_path, tiny_model_factory(), kills)
+
+
+@pytest.mark.slow
+def test_sigkill_during_rounds_many_times(tmp_path, tiny_model_factory):
+    _sigkill_rounds(tmp_path, tiny_model_factory(), 12)
+
+
+def _sigkill_rounds(tmp_path: Path, base: Path, kills: int) -> None:
+    overrides = {
+        **OVERRIDES, "training.steps": 6, "privacy.lifetime_epsilon": 100.0,
+        "gates.max_general_regression": 1.0, "gates.min_personal_gain": -1.0,
+    }  # fmt: skip
+    policy = load_policy("research").with_overrides(overrides)
+    store = tmp_path / "s"
+    with Personalizer.open(store, base, policy, KEY, create=True) as p:
+        _fill(p, 8)
+    rng = np.random.default_rng(0)
+    script = _CHILD.format(overrides=overrides)
+    for _ in range(kills):
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, str(store), str(base)],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+        assert child.stdout.readline().strip() == b"open"
+        time.sleep(float(rng.uniform(0.05, 1.5)))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        with Personalizer.open(store, base, None, KEY) as p:
+            assert p.ledger.verify().ok
+            assert p.registry.verify().ok
+            active = p.active_adapter
+            if active is not None:  # the live model serves exactly the active version
+                weights, _ = p.registry.load(active.version)
+                live = get_adapter_weights(p.base.model)
+                assert all(np.array_equal(np.array(weights[k]), np.array(live[k])) for k in live)
+            interrupted = [r for r in p.ledger.rounds() if r.status == "charged"]
+            assert len(interrupted) <= 2  # at most the round (and its validation) in flight
+        with round_lock(store):  # a killed round never leaves the store locked
+            pass
