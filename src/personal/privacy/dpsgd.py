@@ -13,6 +13,13 @@ One step, reading top to bottom like :meth:`DPStep.__call__`:
 5. division by the *expected* batch size ``q · |eligible|`` (never the realised one);
 6. the optimiser (SGD, Adam, ...) on the noised gradient: post-processing, no privacy cost.
 
+Two optional hooks see the released gradient between steps 5 and 6, both post-processing of
+the DP output (no privacy cost, no change to the analysis): ``on_release(grads)`` observes the
+noised, normalised gradient (e.g. :class:`personal.continual.FisherFromNoisedGradients`), then
+``transform(grads, params)`` may return a modified gradient for the optimiser (e.g.
+:func:`personal.continual.ewc_gradient_transform` adds the EWC penalty's gradient). Both take
+and give flat ``name -> array`` dicts of the trainable parameters.
+
 Steps 1-3 are one ``mx.compile`` graph; :func:`~personal.privacy.sampler.pack_units` pads rows
 to power-of-two buckets so only a few shapes are ever compiled. The accountant charges every
 eligible unit ``(σ, q)`` per step; that is done by the ledger, not here.
@@ -35,6 +42,10 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
 ExampleLoss = Callable[..., mx.array]
+# name -> noised, normalised gradient; called once per step (empty steps included).
+ReleaseHook = Callable[[dict[str, mx.array]], None]
+# (noised gradient, current trainable parameters) -> the gradient the optimiser sees.
+GradientTransform = Callable[[dict[str, mx.array], dict[str, mx.array]], dict[str, mx.array]]
 # The clip target is shrunk by one part in 2^16 so that float32 rounding in the norm and the
 # rescaling cannot push a unit's contribution above C.
 CLIP_SAFETY = 1.0 - 2.0**-16
@@ -195,8 +206,11 @@ class DPStep:
         loss: ExampleLoss,
         noise: GaussianNoise,
         compile: bool,
+        on_release: ReleaseHook | None = None,
+        transform: GradientTransform | None = None,
     ) -> None:
         self.model, self.optimizer, self.config, self.noise = model, optimizer, config, noise
+        self.on_release, self.transform = on_release, transform
         optimizer.init(model.trainable_parameters())
         core = partial(clipped_unit_sum, model, loss)
         update = self._update
@@ -254,7 +268,18 @@ class DPStep:
         # units: a bound from the configuration, never from the data.
         bound = slots * self.config.clip_norm
         noised = self.noise.privatize_tree(sums, self.config.noise_std, bound=bound)
-        self._apply(noised, mx.array(1.0 / expected_size, dtype=mx.float32))
+        scale = mx.array(1.0 / expected_size, dtype=mx.float32)
+        if self.on_release is not None or self.transform is not None:
+            # Everything below sees only the released (noised) gradient: post-processing.
+            noised = {name: value * scale for name, value in noised.items()}
+            mx.eval(noised)
+            scale = mx.array(1.0, dtype=mx.float32)
+            if self.on_release is not None:
+                self.on_release(dict(noised))
+            if self.transform is not None:
+                params = dict(tree_flatten(self.model.trainable_parameters()))
+                noised = dict(self.transform(noised, params))
+        self._apply(noised, scale)
         mx.eval(self.model.parameters(), self.optimizer.state)
 
 
@@ -276,6 +301,8 @@ def make_dp_step(
     loss: ExampleLoss = example_ce_loss,
     noise: GaussianNoise | None = None,
     compile: bool = True,
+    on_release: ReleaseHook | None = None,
+    transform: GradientTransform | None = None,
 ) -> DPStep:
     """A DP-SGD step for ``model``'s trainable parameters (freeze the rest first).
 
@@ -287,10 +314,26 @@ def make_dp_step(
             ``arrays`` without their leading axis. Default: :func:`example_ce_loss`.
         noise: the noise source; ``None`` makes a CSPRNG one (pass a seeded one in tests).
         compile: compile the gradient graph and the update.
+        on_release: called every step (empty steps included) with the noised gradient already
+            divided by the expected batch size, before ``transform`` and the optimiser.
+            Post-processing of the DP release: it may record it, never change it.
+        transform: ``transform(grads, params) -> grads`` maps the noised, normalised gradient
+            to the one the optimiser sees, given the current trainable parameters (flat
+            dicts); e.g. adding the EWC penalty's gradient. Post-processing: free, provided
+            it reads no private data.
 
     Raises:
         ConfigError: the model has no trainable parameters.
     """
     if not tree_flatten(model.trainable_parameters()):
         raise ConfigError("The model has no trainable parameters (inject LoRA first).")
-    return DPStep(model, optimizer, config, loss, noise or GaussianNoise(), compile)
+    return DPStep(
+        model,
+        optimizer,
+        config,
+        loss,
+        noise or GaussianNoise(),
+        compile,
+        on_release=on_release,
+        transform=transform,
+    )
