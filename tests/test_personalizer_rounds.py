@@ -130,6 +130,7 @@ _CHILD = textwrap.dedent(
     with Personalizer.open(sys.argv[1], sys.argv[2], policy, RawKey(bytes(range(32)))) as p:
         print("open", flush=True)
         while True:
+            p.log("drive me home", "Starting directions home.")  # a new unit each round
             p.update()
             print("round", flush=True)
     """

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from personal.adapters.registry import AdapterRegistry
-from personal.errors import BudgetExhausted, PolicyError
+from personal.errors import BudgetExhausted, NoEligibleUnits, PolicyError
 from personal.model.base import BaseModel, load_base
 from personal.model.generate import Generation, generate
 from personal.model.lora import get_adapter_weights, inject_lora, set_adapter_weights
@@ -36,12 +36,14 @@ from personal.privacy.rdp import ORDERS
 from personal.store import InteractionLog, KeyProvider, Store
 from personal.store.layout import MARKER_NAME
 from personal.store.settings import StoreSettings
+from personal.training.continual import ContinualState
 from personal.training.gates import (
     GateResult,
     decide,
     general_loss,
     noised_gain,
     public_batches,
+    public_training_batches,
     split_held_out,
     unit_losses,
 )
@@ -73,7 +75,8 @@ class Personalizer:
     ) -> None:
         self.log_, self.ledger, self.registry = log, ledger, registry
         self.settings = settings
-        self._public: list[Any] | None = None
+        self._public: tuple[list[Any], list[Any]] | None = None
+        self._continual = ContinualState(log, settings, policy, seed=None)
         self.base, self.policy = base, policy
         self.store: Store = log.store
         self._closed = False
@@ -243,17 +246,26 @@ class Personalizer:
         model, tokenizer = self.base.model, self.base.tokenizer
         previous = {k: mx.array(v) for k, v in get_adapter_weights(model).items()}
         context = self.round_context()
-        candidates = self.log_.units()
+        continual = self._continual
+        continual.refresh()
+        new_units, replayed = continual.candidates()
+        if not new_units and not replayed:
+            raise NoEligibleUnits(
+                "no new interactions since the last round: log some first (nothing was charged)"
+            )
         seed = test_only.get("sampler_seed")
         coins = RandomBytes(None if seed is None else seed + 1, purpose="holdout")
-        train_units, held_out = split_held_out(candidates, coins)
-        public = self._public_batches()
+        train_units, held_out = split_held_out([*new_units, *replayed], coins)
+        public, public_train = self._public_batches()
         general_before = general_loss(model, public)
         validation = self._open_validation(held_out, context)
+        plan = self.round_plan(len(train_units))
         try:
             report = run_round(
-                model, tokenizer, self.log_, self.ledger, self.round_plan(len(train_units)),
-                context=context, progress=progress, candidates=train_units, **test_only,
+                model, tokenizer, self.log_, self.ledger, plan, context=context,
+                progress=progress, candidates=train_units,
+                hooks=lambda eligible: continual.hooks(model, plan, eligible, public_train),
+                **test_only,
             )  # fmt: skip
             general_after = general_loss(model, public)
             gain = validation.measure(test_only.get("noise")) if validation else None
@@ -272,12 +284,13 @@ class Personalizer:
         )
         if validation:
             validation.finish(gate)
-        report.gates = gate.to_dict()
+        report.gates, report.replayed = gate.to_dict(), len(replayed)
         if gate.passed:
             report.adapter_version = self._save_and_activate(report, gate)
         else:
             set_adapter_weights(model, previous)  # the active adapter stays
-        self._count_round(len(candidates), now)
+        continual.after_round(model, new_units, gate.passed, public_train)
+        self._count_round(len(self.log_.units()), now)
         return report
 
     def _save_and_activate(self, report: RoundReport, gate: GateResult) -> int:
@@ -296,9 +309,11 @@ class Personalizer:
         self.registry.activate(version, base_fingerprint=self.base.fingerprint)
         return version
 
-    def _public_batches(self) -> list[Any]:
+    def _public_batches(self) -> tuple[list[Any], list[Any]]:
+        """(held-out public batches for the gate, public batches for replay and Fisher)."""
         if self._public is None:
-            self._public = public_batches(self.base.tokenizer)
+            tokenizer = self.base.tokenizer
+            self._public = (public_batches(tokenizer), public_training_batches(tokenizer))
         return self._public
 
     def _open_validation(self, held_out: list[str], context: dict[str, Any]) -> Validation | None:

@@ -327,6 +327,20 @@ class InteractionLog:
     def __len__(self) -> int:
         return self.count()
 
+    def last_id(self) -> int:
+        """The highest record id so far (0 for an empty log); ids only grow."""
+        with dbm.translate_errors():
+            row = self.store.db.execute(f"SELECT max(id) FROM {TABLE}").fetchone()
+        return int(row[0] or 0)
+
+    def units_after(self, record_id: int) -> list[str]:
+        """Units with a record whose id is above ``record_id`` (cleartext; no decryption)."""
+        with dbm.translate_errors():
+            rows = self.store.db.execute(
+                f"SELECT DISTINCT unit FROM {TABLE} WHERE id > ? ORDER BY unit", [record_id]
+            ).fetchall()
+        return [r[0] for r in rows]
+
     # --- retention, erasure, export ------------------------------------------------------------
 
     def erase(

@@ -89,6 +89,23 @@ def public_batches(tokenizer: Any, n: int = 128, seed: int = 20261123) -> list[A
     ]
 
 
+def public_training_batches(
+    tokenizer: Any, n: int = 256, batch: int = 8, seed: int = 7
+) -> list[Any]:
+    """Public-corpus batches for public replay and the public Fisher (disjoint from the gate's
+    held-out set: another seed stream)."""
+    from simulators.public_corpus import split
+
+    examples = split(seed, n, 0, 0).train
+    encoded = [encode_interaction(tokenizer, it.prompt, it.response) for it in examples]
+    return [
+        make_batch(
+            [ids for ids, _ in encoded[i : i + batch]], [s for _, s in encoded[i : i + batch]]
+        )
+        for i in range(0, len(encoded), batch)
+    ]
+
+
 def general_loss(model: nn.Module, batches: Iterable[Any]) -> float:
     """Token-weighted loss on the public held-out batches."""
     return evaluate(model, batches).loss

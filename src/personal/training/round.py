@@ -128,6 +128,7 @@ class RoundReport:
     peak_memory_bytes: int = 0
     adapter_version: int | None = None
     gates: dict[str, Any] | None = None
+    replayed: int = 0
 
     def public_summary(self) -> dict[str, Any]:
         """Only what may leave the device with the adapter: public parameters and charges.
@@ -185,6 +186,7 @@ def run_round(
     canaries: GradientCanaries | None = None,
     sampler: PoissonSampler[str] | None = None,
     candidates: Sequence[str] | None = None,
+    hooks: Callable[[int], dict[str, Any]] | None = None,
 ) -> RoundReport:
     """Run one DP round on ``model``'s trainable parameters (inject LoRA and freeze first).
 
@@ -202,6 +204,8 @@ def run_round(
         canaries: audit only (:mod:`personal.training.canary_audit`): units whose gradient is
             replaced by a gradient canary.
         candidates: the units the round may draw from (default: every unit in the log).
+        hooks: ``hooks(num_eligible)`` returns ``on_release`` / ``transform`` for the DP step
+            (post-processing of the released gradient: replay of public data, EWC, Fisher).
         sampler: a custom sampler; it must be a :class:`PoissonSampler` at the round's rate
             ``q``, the only sampling the charge is valid for.
 
@@ -240,6 +244,7 @@ def run_round(
     try:
         _train(
             model, tokenizer, log, plan, eligible, report, noise, sampler, progress, canaries,
+            hooks(len(eligible)) if hooks else {},
         )  # fmt: skip
     except BaseException:
         ledger.finish_round(round_id, "aborted", {"completed_steps": len(report.train_loss)})
@@ -283,11 +288,12 @@ def _train(
     sampler: PoissonSampler[str],
     progress: Progress | None,
     canaries: GradientCanaries | None,
+    step_hooks: dict[str, Any],
 ) -> None:
     loss = canaries.loss(plan.clip_norm) if canaries else example_ce_loss
     step = make_dp_step(
         model, _optimizer(plan), DPConfig(plan.noise_multiplier, plan.clip_norm), noise=noise,
-        loss=loss,
+        loss=loss, **step_hooks,
     )  # fmt: skip
     clipped = 0.0
     for t in range(plan.steps):

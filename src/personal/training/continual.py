@@ -1,0 +1,143 @@
+"""What makes a round *continual*: which units it draws from, and what keeps old skills alive.
+
+Per round (:class:`ContinualState`, used by :class:`~personal.personalizer.Personalizer`):
+
+* **Candidates** = the units with records logged since the last round, plus a replay sample
+  from the reservoir buffer of past units (``continual.replay_share`` of the candidates). The
+  buffer's choice is data-independent (uniform, CSPRNG); replayed units are candidates like new
+  ones, so the ledger charges them for the round like any other eligible unit. Units that are
+  neither new nor replayed are not candidates and are not charged: their budget is kept for the
+  rounds that replay them.
+* **Public replay** (free): each step mixes the gradient of a public-corpus batch into the
+  released, already-noised private gradient (``continual.public_replay_share`` of it). Public
+  data and post-processing of a DP release cost no privacy.
+* **Online EWC** (free): the gradient of (λ/2)·Σ F (θ - θ*)² around the previous active adapter
+  θ* is added to the released gradient; F comes from public data, or from the round's noised
+  gradients with the noise's bias removed (:mod:`personal.continual.ewc`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import cycle
+from typing import Any
+
+from personal.continual.ewc import (
+    EWCState,
+    FisherFromNoisedGradients,
+    ewc_gradient_transform,
+    fisher_from_public,
+    update_state,
+)
+from personal.continual.replay import ReplayBuffer
+from personal.model.lora import get_adapter_weights
+from personal.model.train import masked_ce_loss
+from personal.policy import Policy
+from personal.privacy.noise import RandomBytes
+from personal.store.log import InteractionLog
+from personal.store.settings import StoreSettings
+from personal.training.round import RoundPlan
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+LAST_ID_KEY = "continual_last_record_id"
+Transform = Callable[[dict[str, mx.array], dict[str, mx.array]], dict[str, mx.array]]
+
+
+def public_gradient_transform(model: nn.Module, batches: Sequence[Any], share: float) -> Transform:
+    """``g ↦ (1 - share)·g + share·∇L_public`` with a new public batch each step (free)."""
+    source = cycle(batches)
+    value_and_grad = nn.value_and_grad(model, masked_ce_loss)
+
+    def transform(grads: dict[str, mx.array], params: dict[str, mx.array]) -> dict[str, mx.array]:
+        batch = next(source)
+        _, public = value_and_grad(model, batch)
+        public_flat = dict(tree_flatten(public))
+        return {k: (1 - share) * g + share * public_flat[k] for k, g in grads.items()}
+
+    return transform
+
+
+def compose(transforms: Sequence[Transform]) -> Transform | None:
+    """Apply ``transforms`` in order (``None`` when there are none)."""
+    if not transforms:
+        return None
+
+    def composed(grads: dict[str, mx.array], params: dict[str, mx.array]) -> dict[str, mx.array]:
+        for transform in transforms:
+            grads = transform(grads, params)
+        return grads
+
+    return composed
+
+
+class ContinualState:
+    """The replay buffer, EWC state and round bookkeeping of one store under one policy."""
+
+    def __init__(
+        self, log: InteractionLog, settings: StoreSettings, policy: Policy, *, seed: int | None
+    ) -> None:
+        self.log, self.settings, self.policy = log, settings, policy
+        random = RandomBytes(seed, purpose="replay") if seed is not None else None
+        self.buffer = ReplayBuffer.open(log.store, policy.continual.buffer_capacity, random=random)
+        self.ewc = EWCState.load(log.store)
+        self._fisher: FisherFromNoisedGradients | None = None
+        self._high_water = log.last_id()
+
+    def candidates(self) -> tuple[list[str], list[str]]:
+        """``(new, replayed)`` units for the next round."""
+        new = self.log.units_after(int(self.settings.get(LAST_ID_KEY, 0)))
+        share = self.policy.continual.replay_share
+        if share <= 0 or not new:
+            return new, []
+        wanted = round(share / (1 - share) * len(new))
+        present, fresh = set(self.log.units()), set(new)
+        replay = [u for u in self.buffer.sample(wanted) if u in present and u not in fresh]
+        return new, replay
+
+    def hooks(
+        self, model: nn.Module, plan: RoundPlan, eligible: int, public: Sequence[Any]
+    ) -> dict[str, Any]:
+        """``on_release`` / ``transform`` for the round's DP step (all post-processing)."""
+        continual = self.policy.continual
+        transforms: list[Transform] = []
+        if self.ewc is not None and continual.ewc_lambda > 0:
+            transforms.append(ewc_gradient_transform(self.ewc, continual.ewc_lambda))
+        if continual.public_replay_share > 0 and public:
+            transforms.append(
+                public_gradient_transform(model, public, continual.public_replay_share)
+            )
+        self._fisher = None
+        if continual.fisher_source == "dp_gradients" and continual.ewc_lambda > 0:
+            self._fisher = FisherFromNoisedGradients(
+                noise_std=plan.noise_multiplier * plan.clip_norm,
+                expected_size=plan.sample_rate(eligible) * eligible,
+            )
+        return {"transform": compose(transforms), "on_release": self._fisher}
+
+    def after_round(
+        self, model: nn.Module, new_units: Sequence[str], accepted: bool, public: Sequence[Any]
+    ) -> None:
+        """Remember the round: offer its new units to the buffer; re-anchor EWC if accepted."""
+        self.buffer.offer(new_units)
+        self.buffer.save()
+        if accepted and self.policy.continual.ewc_lambda > 0:
+            if self._fisher is not None and self._fisher.steps:
+                fisher = self._fisher.estimate()
+            else:
+                fisher = fisher_from_public(model, public)
+            anchor = {k: mx.array(v) for k, v in get_adapter_weights(model).items()}
+            self.ewc = update_state(self.ewc, anchor, fisher)
+            self.ewc.save(self.log.store)
+        self.settings.set(LAST_ID_KEY, self._high_water)
+
+    def refresh(self) -> None:
+        """Note the log's current last record id (call right before choosing candidates)."""
+        self._high_water = self.log.last_id()
+
+    def reset_ewc(self) -> None:
+        """Forget the EWC anchor (e.g. after a base-model change)."""
+        EWCState.delete(self.log.store)
+        self.ewc = None
