@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import personal
 from personal.model.batching import Batch
-from personal.model.lora import LoRAConfig, inject_lora, trainable_parameter_count
+from personal.model.lora import trainable_parameter_count
 from personal.model.train import make_train_step
 from personal.privacy.dpsgd import DPConfig, make_dp_step
 from personal.privacy.sampler import UnitBatch, pack_token_units
@@ -42,30 +42,14 @@ from personal.runtime import blas_status, peak_memory_bytes, reset_peak_memory
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
-from mlx_lm.models import llama
+from reference import REFERENCE, TARGETS, reference_model
 
-REFERENCE = {
-    "model_type": "llama",
-    "hidden_size": 512,
-    "intermediate_size": 1408,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 8,
-    "vocab_size": 8192,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-}
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SIGMA, CLIP = 1.0, 1.0
 
 
 def mlx_steps(tokens: np.ndarray) -> tuple[Callable[[], None], Callable[[], None], int]:
     """(non-DP step, DP step, trainable parameter count) on one MLX model."""
-    mx.random.seed(0)
-    model = llama.Model(llama.ModelArgs.from_dict(REFERENCE))
-    mx.eval(model.parameters())
-    inject_lora(model, LoRAConfig(rank=8, scale=20.0, targets=TARGETS))
-    model.train()
+    model = reference_model()
     batch_size, width = tokens.shape[0], tokens.shape[1] - 1
     plain_opt = optim.Adam(learning_rate=1e-4)
     plain = make_train_step(model, plain_opt)

@@ -17,25 +17,13 @@ import time
 
 import personal  # noqa: F401  (must precede mlx: loads the fast BLAS)
 from personal.model.batching import Batch
-from personal.model.lora import LoRAConfig, inject_lora, trainable_parameter_count
+from personal.model.lora import trainable_parameter_count
 from personal.model.train import make_train_step
 from personal.runtime import blas_status, peak_memory_bytes, reset_peak_memory
 
 import mlx.core as mx
 import mlx.optimizers as optim
-from mlx_lm.models import llama
-
-REFERENCE = {
-    "model_type": "llama",
-    "hidden_size": 512,
-    "intermediate_size": 1408,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 8,
-    "vocab_size": 8192,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-}
+from reference import REFERENCE, reference_model
 
 
 def main() -> None:
@@ -46,16 +34,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    mx.random.seed(0)
-    model = llama.Model(llama.ModelArgs.from_dict(REFERENCE))
-    mx.eval(model.parameters())
-    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    inject_lora(model, LoRAConfig(rank=8, scale=20.0, targets=targets))
+    model = reference_model()
     optimizer = optim.Adam(learning_rate=1e-4)
     step = make_train_step(model, optimizer)
     tokens = mx.random.randint(0, REFERENCE["vocab_size"], (args.batch, args.seq + 1))
     batch = Batch(tokens[:, :-1], tokens[:, 1:], mx.ones((args.batch, args.seq)))
-    model.train()
     for _ in range(2):  # warm-up: compile, allocate
         mx.eval(step(batch), model.parameters(), optimizer.state)
     reset_peak_memory()
