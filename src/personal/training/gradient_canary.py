@@ -39,7 +39,8 @@ class GradientCanaries:
     @classmethod
     def pick(cls, model: nn.Module, units: Sequence[str], rng: np.random.Generator) -> Any:
         """Distinct random coordinates of the model's largest trainable tensor."""
-        name, value = max(tree_flatten(model.trainable_parameters()), key=lambda kv: kv[1].size)
+        flat: list[tuple[str, mx.array]] = tree_flatten(model.trainable_parameters())  # type: ignore[assignment]
+        name, value = max(flat, key=lambda kv: kv[1].size)
         if value.size < len(units):
             raise ValueError(f"{len(units)} canaries need {len(units)} coordinates of {name}")
         chosen = rng.choice(value.size, size=len(units), replace=False)

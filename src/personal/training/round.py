@@ -26,12 +26,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from personal.errors import BudgetExhausted, ConfigError, NoEligibleUnits, SamplerMismatch
 from personal.model.tokenizer import encode_interaction
 from personal.privacy.dpsgd import DPConfig, DPStepReport, example_ce_loss, make_dp_step
 from personal.privacy.filter import Charge
+from personal.privacy.ledger import Ledger
 from personal.privacy.noise import GaussianNoise
 from personal.privacy.sampler import PoissonSampler, pack_token_units
 from personal.runtime import peak_memory_bytes, reset_peak_memory
@@ -92,18 +93,6 @@ class RoundPlan:
     def sample_rate(self, candidates: int) -> float:
         """``q`` for ``candidates`` units: the expected batch over the candidate count."""
         return min(1.0, self.expected_batch_size / max(candidates, 1))
-
-
-class RoundLedger(Protocol):
-    """What a round needs from the privacy ledger (see :class:`personal.privacy.ledger.Ledger`)."""
-
-    def select(self, charge: Charge, units: Sequence[str]) -> Any: ...
-
-    def begin_round(self, charge: Charge, units: Sequence[str], **context: Any) -> int: ...
-
-    def finish_round(self, round_id: int, status: str, summary: Any = None) -> None: ...
-
-    def epsilon_of(self, unit: str) -> float: ...
 
 
 @dataclass
@@ -176,7 +165,7 @@ def run_round(
     model: nn.Module,
     tokenizer: Any,
     log: InteractionLog,
-    ledger: RoundLedger,
+    ledger: Ledger,
     plan: RoundPlan,
     *,
     context: dict[str, Any] | None = None,
@@ -228,7 +217,7 @@ def run_round(
         steps=plan.steps,
     )  # fmt: skip
     selection = ledger.select(charge, candidates)
-    eligible = list(selection.eligible)
+    eligible = [str(u) for u in selection.eligible]
     if not eligible:
         raise BudgetExhausted(
             f"all {len(candidates)} units have spent their lifetime privacy budget: log new "
