@@ -48,6 +48,7 @@ from personal.training.gates import (
     unit_losses,
 )
 from personal.training.lock import round_lock
+from personal.training.migration import BaseUpdates
 from personal.training.round import Progress, RoundPlan, RoundReport, run_round
 
 import mlx.core as mx
@@ -58,7 +59,7 @@ BUDGET_KEYS = ("unit", "lifetime_epsilon", "delta")
 TRIGGER_KEY = "update_trigger"
 
 
-class Personalizer:
+class Personalizer(BaseUpdates):
     """A store, its privacy ledger and adapter registry, and the live base model with LoRA.
 
     Open it with :meth:`open`; close it (or use ``with``). Not thread-safe: one per process.
@@ -125,6 +126,7 @@ class Personalizer:
             )
             loaded = base if isinstance(base, BaseModel) else load_base(base)
             inject_lora(loaded.model, bound.training.lora.to_lora_config())
+            _record_base(settings, loaded, base)
             registry = AdapterRegistry.for_store(path)
             personalizer = cls(log, ledger, registry, loaded, bound, settings)
             personalizer._load_active_adapter()
@@ -293,17 +295,20 @@ class Personalizer:
         self._count_round(len(self.log_.units()), now)
         return report
 
-    def _save_and_activate(self, report: RoundReport, gate: GateResult) -> int:
+    def _save_and_activate(
+        self, report: RoundReport | dict[str, Any], gate: GateResult, parent: int | None = None
+    ) -> int:
         active = self.active_adapter
+        summary = report.public_summary() if isinstance(report, RoundReport) else report
         version = self.registry.save(
             get_adapter_weights(self.base.model),
             base_fingerprint=self.base.fingerprint,
             base_name=self.base.name,
             lora=self.policy.training.lora.to_lora_config(),
-            parent=active.version if active else None,
+            parent=parent if parent is not None else (active.version if active else None),
             policy_digest=self.policy.digest(),
             ledger_head=self.ledger.head.hash,
-            training=report.public_summary(),
+            training=summary,
             gates=gate.to_dict(),
         )
         self.registry.activate(version, base_fingerprint=self.base.fingerprint)
@@ -381,6 +386,20 @@ class Validation:
     def abort(self) -> None:
         """Close the round as aborted (it stays charged)."""
         self.owner.ledger.finish_round(self.round_id, "aborted")
+
+
+def _record_base(settings: StoreSettings, loaded: BaseModel, source: object) -> None:
+    """Remember which base the store serves (``personal migrate`` finds the teacher by it).
+
+    A store opened on another base than the recorded one keeps the record: the recorded base
+    still owns the active adapter until :meth:`Personalizer.on_base_update` moves it.
+    """
+    recorded = settings.get("base")
+    if recorded is None or recorded.get("fingerprint") == loaded.fingerprint:
+        where = str(loaded.path) if isinstance(source, BaseModel) else str(source)
+        settings.set(
+            "base", {"fingerprint": loaded.fingerprint, "name": loaded.name, "source": where}
+        )
 
 
 def _bind_policy(settings: StoreSettings, policy: Policy | None) -> Policy:

@@ -111,3 +111,20 @@ def test_a_policy_cannot_raise_the_lifetime_budget(store, tiny_model_factory, tm
     bigger.write_text(POLICY.replace("lifetime_epsilon = 6.0", "lifetime_epsilon = 60.0"))
     result = CliRunner().invoke(cli, ["train", str(store), "--base", base, "--policy", str(bigger)])
     assert result.exit_code == 2 and "lifetime" in result.output
+
+
+def test_migrate_to_a_new_base(store, tiny_model_factory, tmp_path):
+    base = str(tiny_model_factory("llama"))
+    policy = str(tmp_path / "policy.toml")
+    assert _run("train", str(store), "--base", base, "--policy", policy).exit_code == 0
+    new = str(tiny_model_factory("llama", seed=1))
+    result = _run("migrate", str(store), "--base", new, "--strategy", "distill", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["old_version"] == 1 and report["new_version"] == 2 and not report["charged"]
+    listed = json.loads(_run("adapters", "list", str(store), "--json").output)
+    active = [v for v in listed if v["active"]]
+    assert len(active) == 1 and active[0]["version"] == 2
+    audit = json.loads(_run("audit", str(store), "--json").output)
+    assert [r["purpose"] for r in audit["rounds"]] == ["training", "migration"]
+    assert audit["ok"]

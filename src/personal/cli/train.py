@@ -1,4 +1,5 @@
-"""``personal train`` (one DP round) and ``personal audit`` (the privacy reviewer's report).
+"""``personal train`` (one DP round), ``personal audit`` (the privacy reviewer's report) and
+``personal migrate`` (carry the personalization to a new base model).
 
 Both take the store's passphrase like the store commands (``--key-file``,
 ``PERSONAL_PASSPHRASE`` or a prompt).
@@ -140,6 +141,59 @@ def audit_command(
     click.get_current_context().exit(0 if ok else 1)
 
 
+@click.command("migrate")
+@_store_arg
+@click.option("--base", "new_base", required=True, help="The new base model (name or directory).")
+@click.option(
+    "--from", "old_base", default=None,
+    help="The old base (default: the one recorded in the store).",
+)  # fmt: skip
+@click.option(
+    "--strategy",
+    type=click.Choice(["distill", "retrain", "both", "drop"]),
+    default=None,
+    help="Default: the policy's migration.strategy.",
+)
+@_key_file
+@_json_flag()
+def migrate_command(
+    store: Path,
+    new_base: str,
+    old_base: str | None,
+    strategy: str | None,
+    key_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Move STORE's personalization to a new base model (an OS update shipped it)."""
+    from personal.personalizer import Personalizer
+    from personal.store.settings import StoreSettings
+
+    key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
+    if old_base is None:
+        with Store.open(store, key) as opened:
+            recorded = StoreSettings(opened).get("base")
+        if not recorded:
+            raise click.UsageError("the store records no base model yet: pass --from OLDBASE")
+        old_base = recorded["source"]
+    with Personalizer.open(store, old_base, None, key) as personalizer:
+        report = personalizer.on_base_update(new_base, strategy=strategy)
+    data = report.to_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(
+        f"{report.strategy}: {report.old_fingerprint[:19]} -> {report.new_fingerprint[:19]}; "
+        f"adapter {report.old_version} -> {report.new_version or 'none (bare new base)'}"
+    )
+    if report.steps:
+        click.echo(
+            f"distilled {report.steps} steps on {report.prompts} public prompts "
+            f"({'token-level + ' if report.token_level else ''}sequence-level); charged nothing"
+        )
+    if report.retrain:
+        click.echo(f"retrain: {report.retrain}")
+
+
 def _print_audit(data: dict[str, Any], html_file: Path | None) -> None:
     units = data["units"]
     click.echo(f"unit of privacy: {data['unit_of_privacy']}; sampler: {data['sampler']}")
@@ -176,6 +230,7 @@ def _print_audit(data: dict[str, Any], html_file: Path | None) -> None:
 
 
 def register(group: click.Group) -> None:
-    """Add ``train`` and ``audit`` to the ``personal`` group."""
+    """Add ``train``, ``audit`` and ``migrate`` to the ``personal`` group."""
     group.add_command(train_command)
     group.add_command(audit_command)
+    group.add_command(migrate_command)

@@ -1,0 +1,141 @@
+"""Base-model updates for :class:`~personal.personalizer.Personalizer` (a mixin).
+
+Kept apart from the round logic: it only swaps the live base, asks the registry to stop serving
+the old adapter, and runs one of the migration strategies of :mod:`personal.adapters.migrate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from personal.adapters.migrate import (
+    STRATEGIES,
+    MigrationReport,
+    distill_migration,
+    public_prompts,
+    timed,
+)
+from personal.errors import BudgetExhausted, ConfigError, NoEligibleUnits
+from personal.model.base import BaseModel, load_base
+from personal.model.lora import get_adapter_weights, inject_lora, set_adapter_weights
+from personal.training.continual import LAST_ID_KEY
+from personal.training.gates import decide, general_loss
+from personal.training.lock import round_lock
+
+import mlx.core as mx
+
+
+class BaseUpdates:
+    """``on_base_update`` and its strategies; mixed into the Personalizer."""
+
+    # Provided by the Personalizer.
+    base: BaseModel
+    policy: Any
+    registry: Any
+    ledger: Any
+    settings: Any
+    store: Any
+    _continual: Any
+    _public: Any
+
+    def _update(self, progress: Any, now: Any, test_only: dict[str, Any]) -> Any: ...
+    def _public_batches(self) -> tuple[list[Any], list[Any]]: ...
+    def _save_and_activate(self, report: Any, gate: Any, parent: int | None = None) -> int: ...
+
+    @property
+    def active_adapter(self) -> Any: ...
+
+    def on_base_update(
+        self, new_base: str | Path | BaseModel, *, strategy: str | None = None, **test_only: Any
+    ) -> MigrationReport:
+        """Move to ``new_base`` (an OS update shipped it), carrying the personalization over.
+
+        The old adapter is never served on the new base: from the moment this is called the
+        new base answers bare, until a migrated adapter passes the gates.
+
+        Strategies (default: the policy's ``migration.strategy``):
+            ``distill``: the old base + active adapter teach a fresh LoRA on the new base on
+                public prompts and its own generated text: no private record is read, the
+                ledger records a zero charge and why.
+            ``retrain``: DP rounds over the store's units, charged as usual.
+            ``both``: distill, then a DP retrain round.
+            ``drop``: start over with no adapter.
+
+        Raises:
+            RoundInProgress: another process is training this store.
+            ConfigError: an unknown strategy.
+        """
+        strategy = strategy or self.policy.migration.strategy
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"migration strategy must be one of {STRATEGIES}, not {strategy!r}")
+        loaded = new_base if isinstance(new_base, BaseModel) else load_base(new_base)
+        with round_lock(self.store.path):
+            return self._migrate(loaded, strategy, test_only)
+
+    def _migrate(self, new: BaseModel, strategy: str, test_only: dict[str, Any]) -> MigrationReport:
+        clock = timed()
+        old, old_active = self.base, self.active_adapter
+        report = MigrationReport(strategy, old.fingerprint, new.fingerprint)
+        report.old_version = old_active.version if old_active else None
+        if new.fingerprint == old.fingerprint:
+            report.new_version = report.old_version  # same base: nothing to migrate
+            return report
+        inject_lora(new.model, self.policy.training.lora.to_lora_config())
+        self.registry.deactivate()  # the new base serves bare until a migrated adapter passes
+        self.base, self._public = new, None
+        self._continual.reset_ewc()
+        self.settings.set(
+            "base", {"fingerprint": new.fingerprint, "name": new.name, "source": str(new.path)}
+        )
+        if strategy in ("distill", "both") and old_active is not None:
+            self._distill_from(old, old_active.version, report)
+        if strategy in ("retrain", "both"):
+            self.settings.set(LAST_ID_KEY, 0)  # every unit is a candidate again
+            try:
+                retrain = self._update(None, None, test_only)
+            except (NoEligibleUnits, BudgetExhausted) as exc:
+                report.retrain = {"skipped": str(exc)}
+            else:
+                report.retrain, report.charged = retrain.public_summary(), True
+                report.new_version = retrain.adapter_version or report.new_version
+        report.seconds = clock()
+        return report
+
+    def _distill_from(self, old: BaseModel, old_version: int, report: MigrationReport) -> None:
+        migration = self.policy.migration
+        public, _ = self._public_batches()
+        before = general_loss(self.base.model, public)
+        fresh = {k: mx.array(v) for k, v in get_adapter_weights(self.base.model).items()}
+        prompts = public_prompts(min(512, max(64, migration.distill_steps * 2)))
+        steps, losses, token_level = distill_migration(
+            old, self.base, prompts, steps=migration.distill_steps,
+            learning_rate=self.policy.training.learning_rate,
+        )  # fmt: skip
+        report.prompts, report.steps, report.token_level = len(prompts), steps, token_level
+        report.distill_loss = [losses[0], losses[-1]] if losses else []
+        gate = decide(
+            general_before=before,
+            general_after=general_loss(self.base.model, public),
+            max_regression=self.policy.gates.max_general_regression,
+            personal_gain=None,
+            min_gain=self.policy.gates.min_personal_gain,
+            held_out=0,
+        )
+        report.gates = gate.to_dict()
+        summary = {"strategy": report.strategy, "prompts": len(prompts), "steps": steps,
+                   "token_level": token_level, "from_base": old.fingerprint,
+                   "from_version": old_version, "gate_passed": gate.passed}  # fmt: skip
+        self.ledger.record_uncharged(
+            "migration",
+            reason="distillation of the DP adapter on public prompts and text the old model "
+            "generated: post-processing, no private record read",
+            base_fingerprint=self.base.fingerprint,
+            adapter_version=old_version,
+            policy_digest=self.policy.digest(),
+            summary=summary,
+        )
+        if gate.passed:
+            report.new_version = self._save_and_activate(summary, gate, parent=old_version)
+        else:
+            set_adapter_weights(self.base.model, fresh)
