@@ -73,11 +73,13 @@ class Personalizer(BaseUpdates):
         base: BaseModel,
         policy: Policy,
         settings: StoreSettings,
+        *,
+        seed: int | None = None,
     ) -> None:
         self.log_, self.ledger, self.registry = log, ledger, registry
         self.settings = settings
         self._public: tuple[list[Any], list[Any]] | None = None
-        self._continual = ContinualState(log, settings, policy, seed=None)
+        self._continual = ContinualState(log, settings, policy, seed=seed)
         self.base, self.policy = base, policy
         self.store: Store = log.store
         self._closed = False
@@ -93,6 +95,7 @@ class Personalizer(BaseUpdates):
         key: KeyProvider,
         *,
         create: bool = False,
+        seed: int | None = None,
     ) -> Personalizer:
         """Open (or with ``create=True`` create) the store at ``store`` for ``base``.
 
@@ -103,6 +106,9 @@ class Personalizer(BaseUpdates):
                 one recorded in the store (else ``"default"``).
             key: the key provider of the store.
             create: create the store when it does not exist yet.
+            seed: simulations and tests only: seeds the replay buffer's draws (warns with
+                :class:`~personal.errors.SeededNoiseWarning`); pass ``noise=`` and
+                ``sampler_seed=`` to :meth:`update` for fully reproducible rounds.
 
         Raises:
             PolicyError: the policy would change the store's lifetime budget or unit.
@@ -128,7 +134,7 @@ class Personalizer(BaseUpdates):
             inject_lora(loaded.model, bound.training.lora.to_lora_config())
             _record_base(settings, loaded, base)
             registry = AdapterRegistry.for_store(path)
-            personalizer = cls(log, ledger, registry, loaded, bound, settings)
+            personalizer = cls(log, ledger, registry, loaded, bound, settings, seed=seed)
             personalizer._load_active_adapter()
         except BaseException:
             log.close()
