@@ -1,7 +1,8 @@
 """Simulators: the synthetic world, public corpus, user populations and experiment runners.
 
-Nothing here is imported by the library itself; these modules build the bundled base models
-and drive simulations of the library over synthetic users.
+These modules build the bundled base models and drive simulations of the library over
+synthetic users. The library itself only reaches for :mod:`simulators.public_corpus`, lazily,
+as its source of *public* data (the gates' held-out set, public replay, migration prompts).
 """
 
 import personal  # noqa: F401  (loads the fast BLAS before any simulator imports mlx)
