@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "personal.cli.policy",
     "personal.cli.train",
     "personal.cli.adapters",
+    "personal.cli.simulate",
 )
 
 

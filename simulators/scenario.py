@@ -1,0 +1,191 @@
+"""What a simulation runs: the policy, the arms compared, and the run's configuration.
+
+Plain data that travels to worker processes; see :mod:`simulators.runner`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from datetime import time as clock
+from typing import Any
+
+import personal  # noqa: F401  (before mlx: the fast BLAS)
+from personal.errors import ConfigError
+from personal.policy import Policy, load_policy
+from personal.privacy.noise import GaussianNoise
+
+import mlx.core as mx
+import numpy as np
+
+from simulators.population import START
+
+#: The default policy: ``research`` with these overrides (tuned on base-v1, ~1M parameters).
+DEFAULT_OVERRIDES: dict[str, Any] = {
+    "privacy.lifetime_epsilon": 8.0,
+    "privacy.noise_multiplier": 3.0,
+    "training.min_new_units": 16,
+    "training.max_rounds_per_day": 1,
+    "training.steps": 20,
+    "training.learning_rate": 1e-3,
+    "training.expected_batch_size": 8.0,
+    "training.max_tokens": 64,
+    "training.lora.rank": 2,
+    "training.lora.num_layers": 2,
+    "gates.max_general_regression": 0.02,
+    "gates.min_personal_gain": -0.5,
+    "gates.validation_noise_multiplier": 4.0,
+    "migration.strategy": "distill",
+    "migration.distill_steps": 24,
+}
+
+#: Lifetime ε of the non-DP arm: the ledger still accounts its rounds, so it needs room.
+NON_DP_EPSILON = 100.0
+SEEDED_NOISE_NOTE = (
+    "Simulated runs use seeded noise and sampling (GaussianNoise(seed=...), sampler_seed=...) "
+    "so that the same seed reproduces the same metrics on every backend: seeded randomness is "
+    "NOT differentially private. The library's SeededNoiseWarning was suppressed for these "
+    "runs. The epsilon figures are the ledger's charges, i.e. what the same rounds cost with "
+    "the library's default CSPRNG noise."
+)
+
+
+def default_policy() -> Policy:
+    """The simulator's default: ``research`` with :data:`DEFAULT_OVERRIDES`."""
+    return load_policy("research").with_overrides(DEFAULT_OVERRIDES)
+
+
+# --- arms ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way to run the library; ``--compare`` runs several on the same users.
+
+    Attributes:
+        name: short label used in metrics and plots.
+        description: one sentence for the report.
+        dp: real (seeded) Gaussian noise; ``False`` releases gradients and gate metrics as is.
+        overrides: policy overrides applied on top of the base policy.
+    """
+
+    name: str
+    description: str
+    dp: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def policy(self, base: Policy) -> Policy:
+        """The arm's policy derived from the run's base policy."""
+        return base.with_overrides(self.overrides) if self.overrides else base
+
+
+ARMS: dict[str, Arm] = {
+    arm.name: arm
+    for arm in (
+        Arm("dp", "DP-SGD with the policy as given: replay + EWC, distill at the OS update"),
+        Arm(
+            "non-dp",
+            "no noise at all (gradients and gate metrics released as is); lifetime ε "
+            f"{NON_DP_EPSILON:g} so the ledger never stops it; EWC Fisher from public text",
+            dp=False,
+            overrides={
+                "privacy.lifetime_epsilon": NON_DP_EPSILON,
+                "continual.fisher_source": "public",
+            },
+        ),
+        Arm(
+            "no-replay-ewc",
+            "DP, without private replay, public replay or EWC",
+            overrides={
+                "continual.replay_share": 0.0,
+                "continual.public_replay_share": 0.0,
+                "continual.ewc_lambda": 0.0,
+            },
+        ),
+        Arm(
+            "drop",
+            "DP, dropping the adapter at the OS update",
+            overrides={"migration.strategy": "drop"},
+        ),
+    )
+}
+DEFAULT_ARMS = ("dp",)
+COMPARE_ARMS = tuple(ARMS)
+
+
+class PassThroughNoise(GaussianNoise):
+    """The non-DP arm's "noise": every release is the exact value (no privacy whatsoever)."""
+
+    def privatize_tree(
+        self, values: Any, std: float, *, bound: float | None = None
+    ) -> dict[str, mx.array]:
+        return {name: mx.array(value) for name, value in values.items()}
+
+    def sample(self, size: int, std: float) -> np.ndarray:
+        return np.zeros(size, dtype=np.float64)
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What to simulate (plain data: it travels to workers).
+
+    Attributes:
+        users, days: population size and timeline length.
+        update_day: the day the OS update ships ``update_base`` (before that day's logging); a
+            value >= ``days`` means no update during the run.
+        seed: population, noise and sampler seeds all derive from it.
+        policy: the base policy as a dict (``None``: :func:`default_policy`).
+        arms: names from :data:`ARMS`.
+        held_out: personal evaluation examples per user and day.
+        public_eval: public-corpus examples for the general loss.
+        base, update_base: bundled names or model directories.
+    """
+
+    users: int = 5
+    days: int = 7
+    update_day: int = 4
+    seed: int = 0
+    policy: dict[str, Any] | None = None
+    arms: tuple[str, ...] = DEFAULT_ARMS
+    held_out: int = 48
+    public_eval: int = 64
+    base: str = "base-v1"
+    update_base: str = "base-v2"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.users < 1:
+            problems.append(f"users must be >= 1, not {self.users}")
+        if self.days < 1:
+            problems.append(f"days must be >= 1, not {self.days}")
+        if self.update_day < 1:
+            problems.append(
+                f"update_day must be >= 1 (day 0 runs on the old base), not {self.update_day}"
+            )
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or not self.arms:
+            problems.append(f"arms must be among {', '.join(ARMS)}, not {list(self.arms)}")
+        if self.held_out < 1 or self.public_eval < 1:
+            problems.append("held_out and public_eval must be >= 1")
+        if problems:
+            raise ConfigError("invalid simulation: " + "; ".join(problems))
+
+    def base_policy(self) -> Policy:
+        """The run's policy (before each arm's overrides)."""
+        return default_policy() if self.policy is None else Policy.from_dict(self.policy)
+
+    @property
+    def has_update(self) -> bool:
+        return self.update_day < self.days
+
+    def base_on(self, day: int) -> str:
+        """The base model serving on ``day``."""
+        return self.update_base if self.has_update and day >= self.update_day else self.base
+
+
+def day_end(day: int) -> datetime:
+    """When the day's round runs: late evening of simulated day ``day`` (UTC)."""
+    return datetime.combine(START + timedelta(days=day), clock(23, 30), tzinfo=UTC)
