@@ -161,6 +161,10 @@ def decide(
             "personal gain not measured: no held-out unit (fewer than "
             f"{MIN_CANDIDATES_FOR_HOLDOUT} candidates, or their budget is spent)"
         )
+    elif min_gain <= -1:
+        # Documented meaning of -1: no personal check. A noised relative gain can fall below -1
+        # (the released loss more than doubled), so comparing would still refuse adapters.
+        reasons.append(f"personal gain {personal_gain:+.3f} (DP); check disabled (min -1)")
     elif personal_gain >= min_gain:
         reasons.append(f"personal gain {personal_gain:+.3f} (DP) meets {min_gain:+.3f}")
     else:
