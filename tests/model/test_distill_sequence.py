@@ -5,12 +5,12 @@ from __future__ import annotations
 from personal.errors import ConfigError
 from personal.model.base import load_base
 from personal.model.batching import make_batch
-from personal.model.distill import (
+from personal.model.generate import generate
+from personal.model.seqkd import (
     sequence_level_batches,
     sequence_level_distill,
     teacher_generations,
 )
-from personal.model.generate import generate
 from personal.model.tokenizer import encode_interaction, train_bpe_tokenizer
 from personal.model.train import train
 

@@ -22,12 +22,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from personal.model.base import BaseModel
-from personal.model.distill import (
-    DistillConfig,
-    distill,
-    sequence_level_batches,
-    teacher_generations,
-)
+from personal.model.distill import DistillConfig, distill
+from personal.model.seqkd import sequence_level_batches, teacher_generations
 from personal.model.train import train
 
 import mlx.optimizers as optim
