@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 
+from simulators.runner import default_policy
+
 pytestmark = pytest.mark.slow
 
 
-def test_quick_build_then_demo(tmp_path):
+def test_quick_build_then_demo_on_the_built_models(tmp_path):
     out, work = tmp_path / "models", tmp_path / "work"
     subprocess.run(
         [sys.executable, "-m", "simulators.build_base_models", "--quick",
          "--out", str(out), "--work", str(work)],
         check=True,
     )  # fmt: skip
-    assert (out / "base-v1" / "provenance.json").is_file()
-    assert (work / "build-results.json").is_file()
+    provenance = json.loads((out / "base-v1" / "provenance.json").read_text())
+    assert provenance["training"]["init"].startswith("width-pruned from the teacher")
+    results = json.loads((work / "build-results.json").read_text())
+    assert set(results["models"]) == {"teacher", "control-v1-size", "base-v1", "base-v2"}
+    policy = tmp_path / "tiny.toml"
+    policy.write_text(
+        default_policy()
+        .with_overrides(
+            {"training.steps": 2, "training.min_new_units": 2, "migration.distill_steps": 2}
+        )
+        .to_toml()
+    )
     demo = subprocess.run(
-        [sys.executable, "-m", "simulators.demo", "--base", str(out / "base-v1"), "--steps", "3"],
+        [sys.executable, "-m", "simulators.demo", "--users", "1", "--days", "2",
+         "--update-day", "1", "--held-out", "4", "--public-eval", "4", "--no-progress",
+         "--policy", str(policy), "--base", str(out / "base-v1"),
+         "--update-base", str(out / "base-v2"), "--out", str(tmp_path / "run")],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
-    assert "held-out personal requests" in demo.stdout
+    assert "final gain" in demo.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["users"][0]["arms"]["dp"]["migration"]["to"] == str(out / "base-v2")
