@@ -250,14 +250,10 @@ def prune_teacher(teacher: nn.Module, config: dict, calibration: list[Batch], se
         rows(p + "self_attn.q_proj.weight", q_dims, keep)
         rows(p + "self_attn.k_proj.weight", kv_dims, keep)
         rows(p + "self_attn.v_proj.weight", kv_dims, keep)
-        weights[p + "self_attn.o_proj.weight"] = tw[p + "self_attn.o_proj.weight"][
-            mx.array(keep)
-        ][:, mx.array(q_dims)]
+        rows(p + "self_attn.o_proj.weight", keep, q_dims)
         rows(p + "mlp.gate_proj.weight", neurons, keep)
         rows(p + "mlp.up_proj.weight", neurons, keep)
-        weights[p + "mlp.down_proj.weight"] = tw[p + "mlp.down_proj.weight"][mx.array(keep)][
-            :, mx.array(neurons)
-        ]
+        rows(p + "mlp.down_proj.weight", keep, neurons)
     student.update(tree_unflatten(list(weights.items())))
     mx.eval(student.parameters())
     return student
