@@ -101,3 +101,55 @@ def test_retrain_is_charged(tmp_path, tiny_model_factory):
             )  # fmt: skip
         assert report.charged and report.retrain["eligible"] >= 1
         assert any(p.ledger.epsilons()[u] > before[u] for u in before)
+
+
+def _lora_base(path, seed):
+    from personal.model.base import load_base
+    from personal.model.lora import LoRAConfig, inject_lora
+
+    base = load_base(path)
+    inject_lora(base.model, LoRAConfig(rank=2), seed=seed)
+    return base
+
+
+def test_residual_target_of_a_zero_adapter_is_the_new_base(tiny_model_factory):
+    """A teacher whose adapter changes nothing asks the new base to change nothing."""
+    from personal.adapters.migrate import lora_off, residual_target
+
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    old = _lora_base(tiny_model_factory("llama"), 0)  # fresh LoRA: B = 0
+    new = _lora_base(tiny_model_factory("llama", seed=1), 1)
+    inputs = mx.array([[1, 5, 9, 13, 17, 21]])
+    target = nn.log_softmax(residual_target(old.model, new.model, inputs), axis=-1)
+    with lora_off(new.model):
+        expected = nn.log_softmax(new.model(inputs), axis=-1)
+    assert np.allclose(np.array(target), np.array(expected), atol=1e-5)
+
+
+def test_residual_distill_transfers_the_adapters_shift(tiny_model_factory):
+    """The student learns the teacher's shift: its loss falls, and lora_off restores scales.
+
+    Both bases share weights here, so the shift is exactly representable by the student's LoRA.
+    """
+    from personal.adapters.migrate import lora_off, residual_distill
+    from personal.model.batching import make_batch
+    from personal.model.lora import get_adapter_weights, lora_modules, set_adapter_weights
+
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    old = _lora_base(tiny_model_factory("llama"), 0)
+    rng = np.random.default_rng(0)
+    shifted = {k: mx.array(rng.normal(0, 0.05, v.shape).astype(np.float32))
+               for k, v in get_adapter_weights(old.model).items()}  # fmt: skip
+    set_adapter_weights(old.model, shifted)
+    new = _lora_base(tiny_model_factory("llama"), 1)
+    scales = [m.scale for m in lora_modules(new.model).values()]
+    with lora_off(new.model):
+        assert all(m.scale == 0 for m in lora_modules(new.model).values())
+    assert [m.scale for m in lora_modules(new.model).values()] == scales
+    batch = make_batch([list(range(1, 12)), list(range(20, 28))], [3, 2])
+    losses = residual_distill(old.model, new.model, [batch] * 40, optim.Adam(learning_rate=1e-3))
+    assert losses[0] > 0 and losses[-1] < 0.3 * losses[0]

@@ -8,24 +8,33 @@ the new base to behave like the old base with its adapter:
 * **targets** are text the teacher (old base + active DP adapter) generates for them, so the
   new adapter is post-processing of a DP artifact: the migration charges nothing, and the
   ledger records it with zero charge and the reason;
-* training is sequence-level distillation (Kim & Rush 2016), which only exchanges text: it works
-  when the new base has another tokenizer or size. When both bases share a tokenizer, the
-  student additionally matches the teacher's token distributions (logit KD, Hinton et al. 2015)
-  on the same generated text, which carries more of the teacher's knowledge per example.
+* when both bases share a tokenizer, the student learns only the **personalization**, not the
+  old base: its target distribution is the new base's own, shifted by what the adapter changed
+  on the old base, ``log p* = log p_new + (log p_old+adapter - log p_old)`` (renormalised),
+  matched with KL on the generated replies. Plain distillation from the old base + adapter
+  would also pull the new base towards the old base's general behaviour (a worse model: the
+  update exists because the new base is better), which the general-loss gate then refuses;
+* otherwise training is sequence-level distillation (Kim & Rush 2016) on the generated text,
+  which only exchanges text and so works across tokenizers and sizes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from personal.model.base import BaseModel
-from personal.model.distill import DistillConfig, distill
+from personal.model.batching import Batch
+from personal.model.distill import logit_kd_loss
+from personal.model.lora import lora_modules
 from personal.model.seqkd import sequence_level_batches, teacher_generations
 from personal.model.train import train
 
+import mlx.core as mx
+import mlx.nn as nn
 import mlx.optimizers as optim
 
 STRATEGIES = ("distill", "retrain", "both", "drop")
@@ -115,11 +124,61 @@ def distill_migration(
     )[:steps]
     optimizer = optim.Adam(learning_rate=learning_rate)
     if same_tokenizer(teacher, student):
-        config = DistillConfig(temperature=1.0, kd_weight=1.0, ce_weight=1.0, feature_weight=0.0)
-        records = distill(teacher.model, student.model, batches, optimizer, config)
-        return len(records), [r["loss"] for r in records], True
+        losses = residual_distill(teacher.model, student.model, batches, optimizer)
+        return len(losses), losses, True
     losses = train(student.model, batches, optimizer)
     return len(losses), [float(v) for v in losses], False
+
+
+@contextlib.contextmanager
+def lora_off(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as its bare base: every LoRA update scaled to 0, restored on exit."""
+    modules = list(lora_modules(model).values())
+    scales = [m.scale for m in modules]
+    for m in modules:
+        m.scale = 0.0
+    try:
+        yield
+    finally:
+        for m, scale in zip(modules, scales, strict=True):
+            m.scale = scale
+
+
+def residual_target(teacher: nn.Module, student: nn.Module, inputs: mx.array) -> mx.array:
+    """``log p_new + (log p_old+adapter - log p_old)``: the new base shifted by the adapter.
+
+    Unnormalised log-probabilities (``logit_kd_loss`` normalises them). With a zero adapter the
+    target is the new base itself, so a migration can never make the new base worse than the
+    adapter made the old one.
+    """
+    shifted = nn.log_softmax(teacher(inputs).astype(mx.float32), axis=-1)
+    with lora_off(teacher):
+        old = nn.log_softmax(teacher(inputs).astype(mx.float32), axis=-1)
+    with lora_off(student):
+        new = nn.log_softmax(student(inputs).astype(mx.float32), axis=-1)
+    return mx.stop_gradient(new + shifted - old)
+
+
+def residual_distill(
+    teacher: nn.Module, student: nn.Module, batches: Sequence[Batch], optimizer: optim.Optimizer
+) -> list[float]:
+    """Train ``student``'s LoRA towards :func:`residual_target` on ``batches``' masked tokens."""
+
+    def loss(model: nn.Module, batch: Batch, target: mx.array) -> mx.array:
+        return logit_kd_loss(model(batch.inputs), target, batch.mask, 1.0)
+
+    loss_and_grad = nn.value_and_grad(student, loss)
+    teacher.eval()
+    student.eval()  # no dropout: the bare-base pass and the trained pass must agree
+    losses = []
+    for batch in batches:
+        target = residual_target(teacher, student, batch.inputs)
+        mx.eval(target)
+        value, grads = loss_and_grad(student, batch, target)
+        optimizer.update(student, grads)
+        mx.eval(value, student.parameters(), optimizer.state)
+        losses.append(float(value.item()))
+    return losses
 
 
 def timed() -> Any:
