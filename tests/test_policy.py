@@ -71,6 +71,7 @@ OTHER = {
     "retention.epoch_days": 7,
     "migration.strategy": "both",
     "migration.distill_steps": 10,
+    "migration.distill_learning_rate": 0.01,
     "migration.retrain_budget_share": 0.5,
     "store.synchronous": "NORMAL",
 }
@@ -112,6 +113,7 @@ BAD = {
     "retention.epoch_days": ("30", 4000),
     "migration.strategy": (1, "keep"),
     "migration.distill_steps": (200.5, 0),
+    "migration.distill_learning_rate": (0.0, 2.0),
     "migration.retrain_budget_share": ("all", 1.5),
     "store.synchronous": (True, "full"),
 }

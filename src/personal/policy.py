@@ -284,6 +284,9 @@ class MigrationPolicy(_Validated):
         strategy: ``"distill"`` (free: post-processing), ``"retrain"`` (charged),
             ``"both"`` (distill, then a budgeted retrain) or ``"drop"`` (start over).
         distill_steps: distillation steps, in [1, 1e6].
+        distill_learning_rate: Adam learning rate of the distillation, in [1e-6, 1]. Its own
+            key: distillation reads no private data and is not noised, so the DP round's
+            (often plain-SGD) learning rate does not suit it.
         retrain_budget_share: share of each unit's *remaining* budget a retrain may spend,
             in [0, 1]; must be > 0 for ``retrain`` and ``both``.
     """
@@ -292,6 +295,7 @@ class MigrationPolicy(_Validated):
 
     strategy: str = _spec(_Choice(("distill", "retrain", "both", "drop")), "distill")
     distill_steps: int = _spec(_Number(int, 1, 1_000_000), 200)
+    distill_learning_rate: float = _spec(_Number(float, 1e-6, 1.0), 1e-3)
     retrain_budget_share: float = _spec(_Number(float, 0.0, 1.0), 0.25)
 
     @classmethod

@@ -110,7 +110,7 @@ class BaseUpdates:
         prompts = public_prompts(min(512, max(64, migration.distill_steps * 2)))
         steps, losses, token_level = distill_migration(
             old, self.base, prompts, steps=migration.distill_steps,
-            learning_rate=self.policy.training.learning_rate,
+            learning_rate=migration.distill_learning_rate,
         )  # fmt: skip
         report.prompts, report.steps, report.token_level = len(prompts), steps, token_level
         report.distill_loss = [losses[0], losses[-1]] if losses else []
