@@ -52,7 +52,8 @@ class MigrationReport:
             new base).
         prompts, steps: public prompts distilled on and student steps taken.
         distill_loss: the student's loss on the teacher's text, first and last step.
-        token_level: whether logit distillation was added (same tokenizer on both bases).
+        token_level: whether residual logit distillation was used (same tokenizer on both
+            bases); otherwise sequence-level distillation on the generated text.
         charged: whether any private data was read (only ``retrain`` / ``both`` do).
         gates: the gate decision on the new base.
         retrain: the DP round report of a retrain, if any.

@@ -188,7 +188,8 @@ def migrate_command(
     if report.steps:
         click.echo(
             f"distilled {report.steps} steps on {report.prompts} public prompts "
-            f"({'token-level + ' if report.token_level else ''}sequence-level); charged nothing"
+            f"({'residual token-level' if report.token_level else 'sequence-level'}); "
+            "charged nothing"
         )
     if report.retrain:
         click.echo(f"retrain: {report.retrain}")
