@@ -18,7 +18,7 @@ DEFAULT_OUT = "runs/simulate"
 
 
 def _progress_bar(total: int) -> Any:
-    """A tqdm bar on stderr (or a plain counter when tqdm is missing)."""
+    """A tqdm bar on stderr (None, i.e. no bar, if tqdm is missing)."""
     try:
         from tqdm import tqdm
     except ImportError:
