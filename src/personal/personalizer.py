@@ -249,8 +249,13 @@ class Personalizer(BaseUpdates):
             return self._update(progress, now, test_only)
 
     def _update(
-        self, progress: Progress | None, now: datetime | None, test_only: dict[str, Any]
+        self,
+        progress: Progress | None,
+        now: datetime | None,
+        test_only: dict[str, Any],
+        max_budget_share: float | None = None,
     ) -> RoundReport:
+        """The round; ``max_budget_share`` caps each unit's spend (a migration retrain)."""
         model, tokenizer = self.base.model, self.base.tokenizer
         previous = {k: mx.array(v) for k, v in get_adapter_weights(model).items()}
         context = self.round_context()
@@ -266,12 +271,12 @@ class Personalizer(BaseUpdates):
         train_units, held_out = split_held_out([*new_units, *replayed], coins)
         public, public_train = self._public_batches()
         general_before = general_loss(model, public)
-        validation = self._open_validation(held_out, context)
+        validation = self._open_validation(held_out, context, max_budget_share)
         plan = self.round_plan(len(train_units))
         try:
             report = run_round(
                 model, tokenizer, self.log_, self.ledger, plan, context=context,
-                progress=progress, candidates=train_units,
+                progress=progress, candidates=train_units, max_budget_share=max_budget_share,
                 hooks=lambda eligible: continual.hooks(model, plan, eligible, public_train),
                 **test_only,
             )  # fmt: skip
@@ -327,14 +332,17 @@ class Personalizer(BaseUpdates):
             self._public = (public_batches(tokenizer), public_training_batches(tokenizer))
         return self._public
 
-    def _open_validation(self, held_out: list[str], context: dict[str, Any]) -> Validation | None:
+    def _open_validation(
+        self, held_out: list[str], context: dict[str, Any], max_share: float | None = None
+    ) -> Validation | None:
         """Charge the held-out units for the personal metric, then score the old adapter."""
         if not held_out:
             return None
         sigma = self._validation_sigma()
         charge = Charge(purpose="validation", sample_rate=1.0, noise_multiplier=sigma, steps=1)
         try:
-            units = [str(u) for u in self.ledger.select(charge, held_out).eligible]
+            selection = self.ledger.select(charge, held_out, max_share=max_share)
+            units = [str(u) for u in selection.eligible]
         except BudgetExhausted:
             return None
         round_id = self.ledger.begin_round(charge, units, **{**context, "clip_norm": 1.0})

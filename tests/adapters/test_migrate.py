@@ -100,7 +100,22 @@ def test_retrain_is_charged(tmp_path, tiny_model_factory):
                 noise=GaussianNoise(seed=3), sampler_seed=4,
             )  # fmt: skip
         assert report.charged and report.retrain["eligible"] >= 1
-        assert any(p.ledger.epsilons()[u] > before[u] for u in before)
+        after = p.ledger.epsilons()
+        assert any(after[u] > before[u] for u in before)
+        share = p.policy.migration.retrain_budget_share
+        lifetime = p.policy.privacy.lifetime_epsilon
+        for u, spent in before.items():  # nobody spent more than its share of what was left
+            assert after[u] <= spent + share * (lifetime - spent) + 1e-9
+
+
+def test_retrain_respects_the_budget_share(tmp_path, tiny_model_factory):
+    """A share too small for one round: the retrain is skipped and nothing is charged."""
+    policy = _policy(**{"migration.retrain_budget_share": 0.001})
+    with _trained(tmp_path, tiny_model_factory("llama"), policy) as p:
+        before = dict(p.ledger.epsilons())
+        report = p.on_base_update(tiny_model_factory("llama", seed=1), strategy="retrain")
+        assert not report.charged and "0.10% of their remaining budget" in report.retrain["skipped"]
+        assert p.ledger.epsilons() == before
 
 
 def _lora_base(path, seed):

@@ -183,6 +183,38 @@ def test_repeating_one_round_stops_exactly_at_the_budget(sigma, q, steps, epsilo
         assert not fits_budget(rf.rdp_of("u"), charge.rdp(), epsilon=epsilon, delta=1e-5)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    sigma=st.floats(0.5, 20.0),
+    q=st.floats(0.01, 1.0),
+    steps=st.integers(1, 200),
+    share=st.floats(0.01, 1.0),
+    spent_rounds=st.integers(0, 20),
+)
+def test_a_capped_charge_never_takes_more_than_its_share(sigma, q, steps, share, spent_rounds):
+    """max_share: an admitted unit spends at most ``share`` of what it had left."""
+    rf = RenyiFilter(epsilon=8.0, delta=1e-5)
+    earlier = _charge(q=0.1, sigma=2.0, steps=20)
+    for _ in range(spent_rounds):
+        rf.charge(earlier, rf.select(earlier, ["u"]).eligible)
+    before = rf.epsilon_of("u")
+    charge = _charge(q=q, sigma=sigma, steps=steps)
+    capped = rf.select(charge, ["u"], max_share=share)
+    assert set(capped.eligible) <= set(rf.select(charge, ["u"]).eligible)
+    rf.charge(charge, capped.eligible)
+    assert rf.epsilon_of("u") <= before + share * (8.0 - before) + 1e-9
+    if not capped.eligible:  # excluded: the charge would indeed have cost more than the share
+        after = filter_epsilon(rf.rdp_of("u") + charge.rdp(), delta=1e-5)
+        assert after > before + share * (8.0 - before) or after > 8.0
+
+
+def test_max_share_must_be_a_share() -> None:
+    rf = RenyiFilter(epsilon=8.0, delta=1e-5)
+    for bad in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(PrivacyParameterError, match="max_share"):
+            rf.select(_charge(), ["u"], max_share=bad)
+
+
 # --- composition and exclusion ------------------------------------------------------------------
 
 

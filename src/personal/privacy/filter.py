@@ -144,17 +144,34 @@ class Selection:
 
 
 def eligible_mask(
-    current_rdp: ArrayLike, charge_rdp: ArrayLike, *, epsilon: float, delta: float
+    current_rdp: ArrayLike,
+    charge_rdp: ArrayLike,
+    *,
+    epsilon: float,
+    delta: float,
+    max_share: float | None = None,
 ) -> NDArray[np.bool_]:
     """Vectorised filter rule: row ``i`` of ``current_rdp`` ``(n, k)`` may take the charge.
 
     Returns a boolean array ``(n,)``, True where ``filter_epsilon(current + charge) <= epsilon``
     (see :func:`personal.privacy.rdp.fits_budget`, which is the same rule for one unit).
+
+    ``max_share`` (in (0, 1]) also caps what this charge may spend of each unit's *remaining*
+    budget: ``filter_epsilon(current + charge) <= e + max_share * (epsilon - e)`` with ``e`` the
+    unit's filter-ε so far (a migration retrain, ``migration.retrain_budget_share``). Like the
+    lifetime rule it depends only on past charges, never on data.
     """
     eps = check_epsilon(epsilon)
     current = as_rdp(current_rdp, name="current_rdp").reshape(-1, len(ORDERS))
     total = current + as_rdp(charge_rdp, name="charge_rdp")  # (n, k)
-    return np.asarray(filter_epsilon(total, delta=delta) <= eps, dtype=bool).reshape(-1)
+    after = np.atleast_1d(filter_epsilon(total, delta=delta))
+    fits = after <= eps
+    if max_share is not None:
+        if not (_is_real(max_share) and 0 < max_share <= 1):
+            raise PrivacyParameterError(f"max_share must be in (0, 1]; got {max_share!r}.")
+        spent = np.atleast_1d(filter_epsilon(current, delta=delta))
+        fits &= after <= spent + max_share * (eps - spent)
+    return np.asarray(fits, dtype=bool).reshape(-1)
 
 
 def _check_unit(unit: object) -> UnitId:
@@ -264,17 +281,22 @@ class RenyiFilter:
         current[known] = self._rdp[rows[known]]
         return current
 
-    def select(self, charge: Charge, units: Iterable[UnitId]) -> Selection:
+    def select(
+        self, charge: Charge, units: Iterable[UnitId], *, max_share: float | None = None
+    ) -> Selection:
         """Split candidate ``units`` into those that fit ``charge`` and those excluded.
 
         Pure: nothing is recorded. The decision depends only on each unit's past charges and
         the round's public parameters -- never on the unit's data. Order is preserved.
+        ``max_share``: also exclude units this charge would cost more than that share of their
+        remaining budget (see :func:`eligible_mask`).
         """
         charge = _check_charge(charge)
         ids, rows = self._rows(units)
         mask = eligible_mask(
-            self._current(rows), charge.rdp(), epsilon=self._epsilon, delta=self._delta
-        ).tolist()
+            self._current(rows), charge.rdp(), epsilon=self._epsilon, delta=self._delta,
+            max_share=max_share,
+        ).tolist()  # fmt: skip
         eligible = tuple(u for u, ok in zip(ids, mask, strict=True) if ok)
         excluded = tuple(u for u, ok in zip(ids, mask, strict=True) if not ok)
         return Selection(charge=charge, eligible=eligible, excluded=excluded)

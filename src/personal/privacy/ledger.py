@@ -131,11 +131,19 @@ class Ledger(Journal):
 
     # --- the protocol --------------------------------------------------------------------------
 
-    def select(self, charge: Charge, candidate_units: Iterable[UnitId]) -> Selection:
+    def select(
+        self,
+        charge: Charge,
+        candidate_units: Iterable[UnitId],
+        *,
+        max_share: float | None = None,
+    ) -> Selection:
         """Split candidates into units that can take ``charge`` and units excluded (over budget).
 
         Pure: nothing is recorded. The decision depends only on past charges and the round's
         public parameters, never on the units' data (the Rényi filter's condition).
+        ``max_share``: also exclude units the charge would cost more than that share of their
+        remaining budget (a migration retrain).
 
         Raises:
             NoEligibleUnits: No candidates at all.
@@ -149,10 +157,11 @@ class Ledger(Journal):
                 "filters) to train on; log some first (nothing was charged)"
             )
         self._sync()
-        mask = self._fits(charge, units)
+        mask = self._fits(charge, units, max_share)
         if not mask.any():
+            share = "" if max_share is None else f" or {max_share:.2%} of their remaining budget"
             raise BudgetExhausted(
-                f"all {len(units)} candidate units would exceed the lifetime budget "
+                f"all {len(units)} candidate units would exceed the lifetime budget{share} "
                 f"(ε={self.epsilon}, δ={self.delta}) with this round ({charge.purpose}, "
                 f"σ={charge.noise_multiplier}, q={charge.sample_rate}, {charge.steps} steps); "
                 "nothing was charged. Log new interactions, or make the round cheaper (more "
@@ -162,9 +171,13 @@ class Ledger(Journal):
         excluded = tuple(u for u, ok in zip(units, mask, strict=True) if not ok)
         return Selection(charge=charge, eligible=eligible, excluded=excluded)
 
-    def _fits(self, charge: Charge, units: tuple[UnitId, ...]) -> np.ndarray:
+    def _fits(
+        self, charge: Charge, units: tuple[UnitId, ...], max_share: float | None = None
+    ) -> np.ndarray:
         current = self._table.current(units)  # (n, k)
-        return eligible_mask(current, charge.rdp(), epsilon=self.epsilon, delta=self.delta)
+        return eligible_mask(
+            current, charge.rdp(), epsilon=self.epsilon, delta=self.delta, max_share=max_share
+        )
 
     def begin_round(
         self,

@@ -39,7 +39,13 @@ class BaseUpdates:
     _continual: Any
     _public: Any
 
-    def _update(self, progress: Any, now: Any, test_only: dict[str, Any]) -> Any: ...
+    def _update(
+        self,
+        progress: Any,
+        now: Any,
+        test_only: dict[str, Any],
+        max_budget_share: float | None = None,
+    ) -> Any: ...
     def _public_batches(self) -> tuple[list[Any], list[Any]]: ...
     def _save_and_activate(self, report: Any, gate: Any, parent: int | None = None) -> int: ...
 
@@ -58,7 +64,8 @@ class BaseUpdates:
             ``distill``: the old base + active adapter teach a fresh LoRA on the new base on
                 public prompts and its own generated text: no private record is read, the
                 ledger records a zero charge and why.
-            ``retrain``: DP rounds over the store's units, charged as usual.
+            ``retrain``: a DP round over the store's units, charged as usual but each unit
+            spending at most ``migration.retrain_budget_share`` of its remaining budget.
             ``both``: distill, then a DP retrain round.
             ``drop``: start over with no adapter.
 
@@ -93,7 +100,8 @@ class BaseUpdates:
         if strategy in ("retrain", "both"):
             self.settings.set(LAST_ID_KEY, 0)  # every unit is a candidate again
             try:
-                retrain = self._update(None, None, test_only)
+                share = self.policy.migration.retrain_budget_share
+                retrain = self._update(None, None, test_only, max_budget_share=share)
             except (NoEligibleUnits, BudgetExhausted) as exc:
                 report.retrain = {"skipped": str(exc)}
             else:

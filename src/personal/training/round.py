@@ -176,6 +176,7 @@ def run_round(
     sampler: PoissonSampler[str] | None = None,
     candidates: Sequence[str] | None = None,
     hooks: Callable[[int], dict[str, Any]] | None = None,
+    max_budget_share: float | None = None,
 ) -> RoundReport:
     """Run one DP round on ``model``'s trainable parameters (inject LoRA and freeze first).
 
@@ -197,6 +198,8 @@ def run_round(
             (post-processing of the released gradient: replay of public data, EWC, Fisher).
         sampler: a custom sampler; it must be a :class:`PoissonSampler` at the round's rate
             ``q``, the only sampling the charge is valid for.
+        max_budget_share: exclude units the round would cost more than this share of their
+            remaining budget (a migration retrain's ``retrain_budget_share``).
 
     Raises:
         NoEligibleUnits: the log holds no unit at all.
@@ -216,7 +219,7 @@ def run_round(
         purpose=plan.purpose, sample_rate=q, noise_multiplier=plan.noise_multiplier,
         steps=plan.steps,
     )  # fmt: skip
-    selection = ledger.select(charge, candidates)
+    selection = ledger.select(charge, candidates, max_share=max_budget_share)
     eligible = [str(u) for u in selection.eligible]
     if not eligible:
         raise BudgetExhausted(
