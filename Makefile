@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps test test-slow test-all lint demo bench build-models clean
+.PHONY: install system-deps test test-slow test-all lint demo bench bench-long build-models clean
 
 install: $(STAMP)
 
@@ -53,6 +53,12 @@ bench: install
 	$(BIN)/python benchmarks/store.py --json
 	$(BIN)/python benchmarks/dp_step.py --json
 	$(BIN)/python benchmarks/adapter_swap.py --json
+
+# Quality and throughput experiments (about 45 minutes on 2 cores together).
+bench-long: install
+	$(BIN)/python benchmarks/simulate_scaling.py --json
+	$(BIN)/python benchmarks/migration.py --json --train-noise none --steps 8
+	$(BIN)/python benchmarks/forgetting.py --json
 
 # Rebuild the bundled base models (not needed by tests or the demo: they ship in the package).
 build-models: install
