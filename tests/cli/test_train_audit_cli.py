@@ -32,6 +32,8 @@ scale = 4.0
 [gates]
 max_general_regression = 1.0
 min_personal_gain = -1.0
+[migration]
+distill_steps = 8
 """
 
 
