@@ -272,11 +272,7 @@ class Personalizer(BaseUpdates):
         plan = self.round_plan(len(train_units))
         # Fail before anything is charged: the validation charge comes first and is never
         # refunded, so a round that cannot train must not open it (a pure check on past charges).
-        training = Charge(
-            purpose=plan.purpose, sample_rate=plan.sample_rate(len(train_units)),
-            noise_multiplier=plan.noise_multiplier, steps=plan.steps,
-        )  # fmt: skip
-        self.ledger.select(training, train_units, max_share=max_budget_share)
+        self.ledger.select(plan.charge(len(train_units)), train_units, max_share=max_budget_share)
         public, public_train = self._public_batches()
         general_before = general_loss(model, public)
         validation = self._open_validation(held_out, context, max_budget_share)

@@ -94,6 +94,13 @@ class RoundPlan:
         """``q`` for ``candidates`` units: the expected batch over the candidate count."""
         return min(1.0, self.expected_batch_size / max(candidates, 1))
 
+    def charge(self, candidates: int) -> Charge:
+        """What the round charges each eligible unit when drawing from ``candidates`` units."""
+        return Charge(
+            purpose=self.purpose, sample_rate=self.sample_rate(candidates),
+            noise_multiplier=self.noise_multiplier, steps=self.steps,
+        )  # fmt: skip
+
 
 @dataclass
 class RoundReport:
@@ -213,12 +220,9 @@ def run_round(
         raise NoEligibleUnits(
             "the store holds no interactions to train on: log some first (nothing was charged)"
         )
-    q = plan.sample_rate(len(candidates))
+    charge = plan.charge(len(candidates))
+    q = charge.sample_rate
     sampler = _check_sampler(sampler, q, sampler_seed)
-    charge = Charge(
-        purpose=plan.purpose, sample_rate=q, noise_multiplier=plan.noise_multiplier,
-        steps=plan.steps,
-    )  # fmt: skip
     selection = ledger.select(charge, candidates, max_share=max_budget_share)
     eligible = [str(u) for u in selection.eligible]
     if not eligible:
