@@ -8,25 +8,19 @@ from personal.errors import SeededNoiseWarning
 from personal.model.lora import get_adapter_weights
 from personal.model.tokenizer import train_bpe_tokenizer
 from personal.personalizer import Personalizer
-from personal.policy import load_policy
 from personal.privacy.noise import GaussianNoise
 from personal.store import RawKey
 
 import numpy as np
 import pytest
+from round_policies import tiny_round_policy
 
 KEY = RawKey(bytes(range(32)))
 TEXTS = [f"call {name} at {hour}" for name in ("Ana", "Bo", "Cy") for hour in ("6", "7", "noon")]
 
 
 def _policy(**extra):
-    return load_policy("research").with_overrides({
-        "privacy.lifetime_epsilon": 20.0, "privacy.noise_multiplier": 3.0,
-        "training.min_new_units": 1, "training.steps": 2, "training.expected_batch_size": 4.0,
-        "training.max_tokens": 24, "training.lora.rank": 2, "store.synchronous": "NORMAL",
-        "gates.max_general_regression": 1.0, "gates.min_personal_gain": -1.0,
-        "migration.distill_steps": 3, **extra,
-    })  # fmt: skip
+    return tiny_round_policy(**{"migration.distill_steps": 3, **extra})
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,17 @@ from personal.continual.ewc import EWCState
 from personal.continual.replay import ReplayBuffer
 from personal.errors import NoEligibleUnits, SeededNoiseWarning
 from personal.personalizer import Personalizer
-from personal.policy import load_policy
 from personal.privacy.noise import GaussianNoise
 from personal.store import RawKey
 
 import pytest
+from round_policies import tiny_round_policy
 
 KEY = RawKey(bytes(range(32)))
 
 
 def _policy(**extra):
-    return load_policy("research").with_overrides({
-        "privacy.lifetime_epsilon": 20.0, "privacy.noise_multiplier": 3.0,
-        "training.min_new_units": 1, "training.steps": 2, "training.expected_batch_size": 4.0,
-        "training.max_tokens": 24, "training.lora.rank": 2, "store.synchronous": "NORMAL",
-        "gates.max_general_regression": 1.0, "gates.min_personal_gain": -1.0,
+    return tiny_round_policy(**{
         "continual.replay_share": 0.5, "continual.buffer_capacity": 64,
         "continual.public_replay_share": 0.2, "continual.ewc_lambda": 5.0, **extra,
     })  # fmt: skip
