@@ -123,7 +123,8 @@ def _lora_base(path, seed):
 
 def test_residual_target_of_a_zero_adapter_is_the_new_base(tiny_model_factory):
     """A teacher whose adapter changes nothing asks the new base to change nothing."""
-    from personal.adapters.migrate import lora_off, residual_target
+    from personal.adapters.migrate import residual_target
+    from personal.model.lora import lora_off
 
     import mlx.core as mx
     import mlx.nn as nn
@@ -142,9 +143,9 @@ def test_residual_distill_transfers_the_adapters_shift(tiny_model_factory):
 
     Both bases share weights here, so the shift is exactly representable by the student's LoRA.
     """
-    from personal.adapters.migrate import lora_off, residual_distill
+    from personal.adapters.migrate import residual_distill
     from personal.model.batching import make_batch
-    from personal.model.lora import get_adapter_weights, lora_modules, set_adapter_weights
+    from personal.model.lora import get_adapter_weights, lora_modules, lora_off, set_adapter_weights
 
     import mlx.core as mx
     import mlx.optimizers as optim

@@ -20,16 +20,15 @@ the new base to behave like the old base with its adapter:
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from personal.model.base import BaseModel
 from personal.model.batching import Batch
 from personal.model.distill import logit_kd_loss
-from personal.model.lora import lora_modules
+from personal.model.lora import lora_off
 from personal.model.seqkd import sequence_level_batches, teacher_generations
 from personal.model.train import train
 
@@ -129,20 +128,6 @@ def distill_migration(
         return len(losses), losses, True
     losses = train(student.model, batches, optimizer)
     return len(losses), [float(v) for v in losses], False
-
-
-@contextlib.contextmanager
-def lora_off(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` as its bare base: every LoRA update scaled to 0, restored on exit."""
-    modules = list(lora_modules(model).values())
-    scales = [m.scale for m in modules]
-    for m in modules:
-        m.scale = 0.0
-    try:
-        yield
-    finally:
-        for m, scale in zip(modules, scales, strict=True):
-            m.scale = scale
 
 
 def residual_target(teacher: nn.Module, student: nn.Module, inputs: mx.array) -> mx.array:

@@ -11,9 +11,10 @@ of every LoRA tensor; nothing else is trainable.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -198,6 +199,20 @@ def _example_paths(block: nn.Module) -> list[str]:
 def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Full path -> LoRA layer for every LoRA layer in ``model``."""
     return {name: m for name, m in model.named_modules() if isinstance(m, _LORA_TYPES)}
+
+
+@contextlib.contextmanager
+def lora_off(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as its bare base: every LoRA update scaled to 0, restored on exit."""
+    modules = list(lora_modules(model).values())
+    scales = [m.scale for m in modules]
+    for m in modules:
+        m.scale = 0.0
+    try:
+        yield
+    finally:
+        for m, scale in zip(modules, scales, strict=True):
+            m.scale = scale
 
 
 def lora_config_of(model: nn.Module) -> LoRAConfig | None:
