@@ -188,6 +188,8 @@ class ContinualPolicy(_Validated):
         buffer_capacity: units kept in the replay buffer (reservoir sampling), in [0, 1e6].
         public_replay_share: share of each step's batch drawn from public text (free),
             in [0, 1). ``replay_share + public_replay_share < 1``: part of every batch is new.
+        public_distill_weight: weight of KL(base ‖ adapted) on public text, a pull towards the
+            base's own predictions on general text (free; 0 disables it), in [0, 1e4].
         ewc_lambda: weight of the EWC penalty (0 disables EWC), in [0, 1e6].
         fisher_source: ``"public"`` (Fisher on public text) or ``"dp_gradients"`` (from the
             round's already-noised gradients); neither reads raw private data.
@@ -198,6 +200,7 @@ class ContinualPolicy(_Validated):
     replay_share: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.25)
     buffer_capacity: int = _spec(_Number(int, 0, 1_000_000), 1024)
     public_replay_share: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.25)
+    public_distill_weight: float = _spec(_Number(float, 0.0, 1e4), 0.0)
     ewc_lambda: float = _spec(_Number(float, 0.0, 1e6), 10.0)
     fisher_source: str = _spec(_Choice(("public", "dp_gradients")), "public")
 

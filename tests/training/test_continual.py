@@ -1,4 +1,5 @@
-"""Continual rounds: new units plus replayed ones, public replay, online EWC state."""
+"""Continual rounds: new units plus replayed ones, public replay, distillation to the base,
+online EWC state."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import warnings
 from personal.continual.ewc import EWCState
 from personal.continual.replay import ReplayBuffer
 from personal.errors import NoEligibleUnits, SeededNoiseWarning
+from personal.model.base import load_base
+from personal.model.batching import make_batch
+from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora, set_adapter_weights
 from personal.personalizer import Personalizer
 from personal.privacy.noise import GaussianNoise
 from personal.store import RawKey
+from personal.training.continual import distill_to_base_loss, distill_to_base_transform
 
+import mlx.core as mx
+import numpy as np
 import pytest
 from round_policies import tiny_round_policy
 
@@ -20,7 +27,8 @@ KEY = RawKey(bytes(range(32)))
 def _policy(**extra):
     return tiny_round_policy(**{
         "continual.replay_share": 0.5, "continual.buffer_capacity": 64,
-        "continual.public_replay_share": 0.2, "continual.ewc_lambda": 5.0, **extra,
+        "continual.public_replay_share": 0.2, "continual.public_distill_weight": 2.0,
+        "continual.ewc_lambda": 5.0, **extra,
     })  # fmt: skip
 
 
@@ -50,3 +58,41 @@ def test_rounds_replay_old_units_and_anchor_ewc(tmp_path, tiny_model_factory, fi
         old = set(charged[0].units)
         assert len(old & set(charged[1].units)) == 4  # only the replayed old units charged
         assert len(ReplayBuffer.open(p.store, 64)) == 12
+
+
+def _drifted(tiny_model_factory):
+    """A tiny base with a rank-2 adapter moved away from zero, and a public-like batch."""
+    base = load_base(tiny_model_factory("llama"))
+    inject_lora(base.model, LoRAConfig(rank=2), seed=0)
+    at_base = get_adapter_weights(base.model)
+    moved = {k: v + 0.05 * mx.random.normal(v.shape, key=mx.random.key(i))
+             for i, (k, v) in enumerate(sorted(at_base.items()))}  # fmt: skip
+    rows = [[1, 5, 9, 13, 17, 21, 25, 29], [2, 6, 10, 14, 18, 22, 26, 30]]
+    return base.model, at_base, moved, make_batch(rows, [3, 3])
+
+
+def test_distill_to_base_is_zero_at_the_base_and_grows_with_drift(tiny_model_factory):
+    model, at_base, moved, batch = _drifted(tiny_model_factory)
+    assert float(distill_to_base_loss(model, batch)) == pytest.approx(0.0, abs=1e-6)  # B = 0
+    set_adapter_weights(model, moved)
+    assert float(distill_to_base_loss(model, batch)) > 1e-6
+    # lora_off inside the loss restores the adapter (else a second call would compare the base
+    # with itself and give 0).
+    assert float(distill_to_base_loss(model, batch)) == float(distill_to_base_loss(model, batch))
+    set_adapter_weights(model, at_base)
+    assert float(distill_to_base_loss(model, batch)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distill_to_base_transform_adds_a_pull_that_reduces_the_drift(tiny_model_factory):
+    model, _, moved, batch = _drifted(tiny_model_factory)
+    set_adapter_weights(model, moved)
+    before = float(distill_to_base_loss(model, batch))
+    zeros = {k: mx.zeros_like(v) for k, v in moved.items()}
+    ones = {k: mx.ones_like(v) for k, v in moved.items()}
+    pull = distill_to_base_transform(model, [batch], 2.0)(zeros, moved)
+    shifted = distill_to_base_transform(model, [batch], 2.0)(ones, moved)
+    for k in moved:  # additive: the released gradient is kept, the pull added on top
+        assert np.allclose(np.array(shifted[k]), np.array(pull[k]) + 1.0, atol=1e-6)
+    assert any(float(mx.abs(g).max()) > 0 for g in pull.values())
+    set_adapter_weights(model, {k: v - 0.05 * pull[k] for k, v in moved.items()})
+    assert float(distill_to_base_loss(model, batch)) < before

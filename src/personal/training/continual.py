@@ -11,6 +11,12 @@ Per round (:class:`ContinualState`, used by :class:`~personal.personalizer.Perso
 * **Public replay** (free): each step mixes the gradient of a public-corpus batch into the
   released, already-noised private gradient (``continual.public_replay_share`` of it). Public
   data and post-processing of a DP release cost no privacy.
+* **Distillation to the base on public text** (free): each step adds the gradient of
+  ``continual.public_distill_weight``·KL(p_base ‖ p_adapted) on a public-corpus batch, a pull
+  towards the base model's own predictions on general text. It is zero while the adapter leaves
+  general text alone and grows with the drift, so it bounds the general-skill regression that
+  DP noise and personal data accumulate over many rounds (LwF, Li & Hoiem 2017, with the frozen
+  base as the teacher: the base is the same model with the adapter scaled to 0).
 * **Online EWC** (free): the gradient of (λ/2)·Σ F (θ - θ*)² around the previous active adapter
   θ* is added to the released gradient; F comes from public data, or from the round's noised
   gradients with the noise's bias removed (:mod:`personal.continual.ewc`).
@@ -30,7 +36,8 @@ from personal.continual.ewc import (
     update_state,
 )
 from personal.continual.replay import ReplayBuffer
-from personal.model.lora import get_adapter_weights
+from personal.model.distill import logit_kd_loss
+from personal.model.lora import get_adapter_weights, lora_off
 from personal.model.train import masked_ce_loss
 from personal.policy import Policy
 from personal.privacy.noise import RandomBytes
@@ -56,6 +63,33 @@ def public_gradient_transform(model: nn.Module, batches: Sequence[Any], share: f
         _, public = value_and_grad(model, batch)
         public_flat = dict(tree_flatten(public))
         return {k: (1 - share) * g + share * public_flat[k] for k, g in grads.items()}
+
+    return transform
+
+
+def distill_to_base_loss(model: nn.Module, batch: Any) -> mx.array:
+    """KL(p_base ‖ p_model) per response token: how far the adapter moved the model's
+    predictions on ``batch`` from the bare base's (the base = ``model`` with LoRA off)."""
+    with lora_off(model):
+        base_logits = mx.stop_gradient(model(batch.inputs))
+    return logit_kd_loss(model(batch.inputs), base_logits, batch.mask)
+
+
+def distill_to_base_transform(model: nn.Module, batches: Sequence[Any], weight: float) -> Transform:
+    """``g ↦ g + weight·∇KL(p_base ‖ p_θ)`` with a new public batch each step (free).
+
+    The penalty's curvature at the base is the Fisher of the model's predictions on public
+    text, so with plain SGD at learning rate ``lr`` it is stable while
+    ``lr·weight·F_max < 2``; past that the adapter oscillates away from the base (the gate then
+    refuses it). ``docs/continual.md`` gives the values measured on the bundled bases.
+    """
+    source = cycle(batches)
+    value_and_grad = nn.value_and_grad(model, distill_to_base_loss)
+
+    def transform(grads: dict[str, mx.array], params: dict[str, mx.array]) -> dict[str, mx.array]:
+        _, pull = value_and_grad(model, next(source))
+        pull_flat = dict(tree_flatten(pull))
+        return {k: g + weight * pull_flat[k] for k, g in grads.items()}
 
     return transform
 
@@ -108,6 +142,10 @@ class ContinualState:
         if continual.public_replay_share > 0 and public:
             transforms.append(
                 public_gradient_transform(model, public, continual.public_replay_share)
+            )
+        if continual.public_distill_weight > 0 and public:
+            transforms.append(
+                distill_to_base_transform(model, public, continual.public_distill_weight)
             )
         self._fisher = None
         if continual.fisher_source == "dp_gradients" and continual.ewc_lambda > 0:
