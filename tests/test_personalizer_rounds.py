@@ -11,7 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
-from personal.errors import RoundInProgress, SeededNoiseWarning
+from personal.errors import BudgetExhausted, RoundInProgress, SeededNoiseWarning
 from personal.model.lora import get_adapter_weights
 from personal.personalizer import Personalizer
 from personal.policy import load_policy
@@ -69,6 +69,22 @@ def test_held_out_units_are_charged_for_the_personal_metric(tmp_path, tiny_model
         assert not set(validation.units) & set(training.units)
         assert len(validation.units) + len(training.units) == 40
         assert report.candidates == 40 - len(validation.units)
+        assert p.ledger.verify().ok
+
+
+def test_a_round_that_cannot_train_charges_no_validation_first(tmp_path, tiny_model_factory):
+    """The held-out validation is charged before training and never refunded, so a round whose
+    training charge fits no unit must fail before it opens the validation (ledger untouched)."""
+    policy = _policy(**{
+        "privacy.lifetime_epsilon": 1.0, "privacy.noise_multiplier": 0.5,  # a round costs > 1
+        "gates.validation_noise_multiplier": 50.0,  # the validation alone would fit
+    })  # fmt: skip
+    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
+        _fill(p, 40)
+        with pytest.raises(BudgetExhausted, match="nothing was charged"):
+            _update(p)
+        assert p.ledger.rounds() == []
+        assert set(p.ledger.epsilons().values()) <= {0.0}
         assert p.ledger.verify().ok
 
 
