@@ -1,7 +1,8 @@
 """Policies: the rules one device lives by (privacy budget, training, replay, gates, ...).
 
-A policy is data -- a TOML file -- parsed into frozen dataclasses and validated completely before
-anything uses it. Three policies ship with the package (``src/personal/policies/``):
+A policy is data -- a TOML file -- parsed into frozen dataclasses (one per section, in
+:mod:`personal.policy_sections`, re-exported here) and validated completely before anything uses
+it. Three policies ship with the package (``src/personal/policies/``):
 ``default``, ``strict`` (lifetime ε = 1) and ``research`` (fast rounds for simulations).
 
 Example::
@@ -38,294 +39,33 @@ from typing import Any, ClassVar
 
 from personal._policy_specs import (
     _NAME,
-    _Choice,
     _error,
     _join,
-    _Layers,
-    _Number,
-    _one_of,
     _parse,
     _Section,
     _show,
     _spec,
     _spec_of,
-    _Targets,
     _Text,
     _Validated,
 )
 from personal.errors import PolicyError
+from personal.policy_sections import (
+    ContinualPolicy,
+    GatesPolicy,
+    LoRAPolicy,
+    MigrationPolicy,
+    PrivacyPolicy,
+    RetentionPolicy,
+    StorePolicy,
+    TrainingPolicy,
+)
 
 #: Directory of the policies shipped with the package (the single copy; see policies/README.md).
 BUNDLED_DIR = Path(__file__).with_name("policies")
 
 #: Largest policy file read (policies are a few KiB; this bounds what a bad path can cost).
 MAX_FILE_BYTES = 1 << 20
-
-
-# --- the sections ------------------------------------------------------------------------------
-
-_EPS = _Number(float, 0.1, 100.0)
-
-
-@dataclass(frozen=True)
-class PrivacyPolicy(_Validated):
-    """The privacy contract (what a reviewer checks first; docs/privacy.md).
-
-    Attributes:
-        unit: what DP protects: one ``"interaction"``, a ``"session"`` or a ``"day"``.
-        lifetime_epsilon: ε each unit may lose over the device's whole life, in [0.1, 100].
-        delta: δ of the lifetime guarantee, in (0, 1e-3]; keep it well below 1 / (units).
-        round_epsilon: per-round target ε (noise is calibrated to spend at most this per round
-            for a unit eligible in it), in (0, lifetime_epsilon]. Exactly one of this and
-            ``noise_multiplier``; defaults to 0.5 when neither is given in Python.
-        noise_multiplier: σ, a fixed noise multiplier (noise std / clip norm), in [0.1, 1000].
-        clip_norm: C, the L2 bound on a unit's gradient contribution, in (0, 1000].
-        accountant: ``"rdp"`` (default; also what the per-unit filter uses) or ``"prv"``
-            (tighter, for reports and calibration of a planned schedule).
-    """
-
-    _PATH: ClassVar[str] = "privacy"
-    _REQUIRED: ClassVar[tuple[str, ...]] = ("unit", "lifetime_epsilon", "delta")
-
-    unit: str = _spec(_Choice(("interaction", "session", "day")), "interaction")
-    lifetime_epsilon: float = _spec(_EPS, 8.0)
-    delta: float = _spec(_Number(float, 0.0, 1e-3, low_open=True), 1e-6)
-    round_epsilon: float | None = _spec(
-        _Number(float, 0.0, 100.0, low_open=True, optional=True), None
-    )
-    noise_multiplier: float | None = _spec(_Number(float, 0.1, 1000.0, optional=True), None)
-    clip_norm: float = _spec(_Number(float, 0.0, 1000.0, low_open=True), 1.0)
-    accountant: str = _spec(_Choice(("rdp", "prv")), "rdp")
-
-    @classmethod
-    def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
-        keys = ("round_epsilon", "noise_multiplier")
-        problems = _one_of(out, cls._PATH, keys, 0.5, required=strict)
-        eps = out["round_epsilon"]
-        if not problems and eps is not None and eps > out["lifetime_epsilon"]:
-            problems.append(
-                f"privacy.round_epsilon = {out['round_epsilon']!r} exceeds "
-                f"privacy.lifetime_epsilon = {out['lifetime_epsilon']!r}: a round may spend "
-                "at most the lifetime budget; lower round_epsilon."
-            )
-        return problems
-
-
-@dataclass(frozen=True)
-class LoRAPolicy(_Validated):
-    """The adapter trained (see :class:`personal.model.lora.LoRAConfig`).
-
-    Attributes:
-        rank: r, in [1, 256].
-        scale: update multiplier ``y = Wx + scale·BAx``, in (0, 1000] (PEFT's
-            ``lora_alpha = scale · rank``).
-        dropout: dropout on the LoRA input while training, in [0, 1).
-        targets: module-path suffixes inside a block (``None``, written ``"all-linear"``:
-            every attention and MLP linear, MoE routers excluded).
-        num_layers: adapt only the last N blocks, in [1, 1024] (``None``, written ``"all"``).
-    """
-
-    _PATH: ClassVar[str] = "training.lora"
-
-    rank: int = _spec(_Number(int, 1, 256), 8)
-    scale: float = _spec(_Number(float, 0.0, 1000.0, low_open=True), 20.0)
-    dropout: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.0)
-    targets: tuple[str, ...] | None = _spec(_Targets(), None)
-    num_layers: int | None = _spec(_Layers(), None)
-
-    def to_lora_config(self) -> Any:
-        """The :class:`~personal.model.lora.LoRAConfig` (imports MLX)."""
-        from personal.model.lora import LoRAConfig
-
-        return LoRAConfig(
-            rank=self.rank,
-            scale=self.scale,
-            dropout=self.dropout,
-            targets=self.targets,
-            num_layers=self.num_layers,
-        )
-
-
-@dataclass(frozen=True)
-class TrainingPolicy(_Validated):
-    """When a round runs and what it does.
-
-    Attributes:
-        min_new_units: new units logged since the last round before another may run,
-            in [1, 1e6].
-        max_rounds_per_day: at most this many rounds per (local) day, in [1, 1440].
-        steps: DP-SGD steps per round, in [1, 100000].
-        learning_rate: the optimiser's step size, in (0, 10].
-        optimizer: ``"adam"`` or ``"sgd"`` (both only ever see noised gradients).
-        expected_batch_size: B, expected units per step (sampling rate q = B / units),
-            in [1, 65536].
-        max_tokens: tokens per example (longer ones are truncated), in [8, 32768].
-        examples_per_unit: most recent examples a unit contributes per step, in [1, 1024]
-            (the unit is clipped as one whatever this is).
-        lora: the adapter (``[training.lora]``).
-    """
-
-    _PATH: ClassVar[str] = "training"
-
-    min_new_units: int = _spec(_Number(int, 1, 1_000_000), 32)
-    max_rounds_per_day: int = _spec(_Number(int, 1, 1440), 1)
-    steps: int = _spec(_Number(int, 1, 100_000), 50)
-    learning_rate: float = _spec(_Number(float, 0.0, 10.0, low_open=True), 1e-3)
-    optimizer: str = _spec(_Choice(("adam", "sgd")), "adam")
-    expected_batch_size: float = _spec(_Number(float, 1.0, 65536.0), 16.0)
-    max_tokens: int = _spec(_Number(int, 8, 32768), 128)
-    examples_per_unit: int = _spec(_Number(int, 1, 1024), 4)
-    lora: LoRAPolicy = field(default_factory=LoRAPolicy)
-
-
-@dataclass(frozen=True)
-class ContinualPolicy(_Validated):
-    """Forgetting mitigation: replay of past units and public text, and online EWC.
-
-    Attributes:
-        replay_share: share of each step's expected batch drawn from the private replay
-            buffer (charged to those units), in [0, 1).
-        buffer_capacity: units kept in the replay buffer (reservoir sampling), in [0, 1e6].
-        public_replay_share: share of each step's batch drawn from public text (free),
-            in [0, 1). ``replay_share + public_replay_share < 1``: part of every batch is new.
-        public_distill_weight: weight of KL(base ‖ adapted) on public text, a pull towards the
-            base's own predictions on general text (free; 0 disables it), in [0, 1e4].
-        ewc_lambda: weight of the EWC penalty (0 disables EWC), in [0, 1e6].
-        fisher_source: ``"public"`` (Fisher on public text) or ``"dp_gradients"`` (from the
-            round's already-noised gradients); neither reads raw private data.
-    """
-
-    _PATH: ClassVar[str] = "continual"
-
-    replay_share: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.25)
-    buffer_capacity: int = _spec(_Number(int, 0, 1_000_000), 1024)
-    public_replay_share: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.25)
-    public_distill_weight: float = _spec(_Number(float, 0.0, 1e4), 0.0)
-    ewc_lambda: float = _spec(_Number(float, 0.0, 1e6), 10.0)
-    fisher_source: str = _spec(_Choice(("public", "dp_gradients")), "public")
-
-    @classmethod
-    def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
-        problems = []
-        total = out["replay_share"] + out["public_replay_share"]
-        if total >= 1.0:
-            problems.append(
-                f"continual.replay_share + continual.public_replay_share = {total:g}: must be "
-                "< 1 so that part of every batch is new data; lower one of them."
-            )
-        if out["replay_share"] > 0 and out["buffer_capacity"] == 0:
-            problems.append(
-                f"continual.replay_share = {out['replay_share']:g} needs a replay buffer but "
-                "continual.buffer_capacity = 0: raise the capacity or set replay_share = 0."
-            )
-        return problems
-
-
-@dataclass(frozen=True)
-class GatesPolicy(_Validated):
-    """What a new adapter must show before it becomes active.
-
-    Attributes:
-        max_general_regression: largest relative rise of the public-corpus loss vs the active
-            adapter, in [0, 1] (0.01 = 1%).
-        min_personal_gain: smallest relative drop of the DP-noised held-out personal loss,
-            in [-1, 1] (0: no worse; -1 disables the check).
-        validation_noise_multiplier: σ of the Gaussian noise on the personal metric, in
-            [0.1, 1000]. Exactly one of this and ``validation_epsilon``; defaults to 10 when
-            neither is given.
-        validation_epsilon: per-round ε target of the personal metric instead, in
-            (0, privacy.lifetime_epsilon]. The metric is charged to the held-out units.
-    """
-
-    _PATH: ClassVar[str] = "gates"
-
-    max_general_regression: float = _spec(_Number(float, 0.0, 1.0), 0.01)
-    min_personal_gain: float = _spec(_Number(float, -1.0, 1.0), 0.0)
-    validation_noise_multiplier: float | None = _spec(
-        _Number(float, 0.1, 1000.0, optional=True), None
-    )
-    validation_epsilon: float | None = _spec(
-        _Number(float, 0.0, 100.0, low_open=True, optional=True), None
-    )
-
-    @classmethod
-    def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
-        keys = ("validation_noise_multiplier", "validation_epsilon")
-        return _one_of(out, cls._PATH, keys, 10.0, required=False)
-
-
-@dataclass(frozen=True)
-class RetentionPolicy(_Validated):
-    """How long private data lives.
-
-    Attributes:
-        days: interactions older than this are erased, in [1, 36500].
-        epoch_days: length of a data-key epoch (erasure crypto-shreds whole epochs),
-            in [1, 3650] and <= ``days``.
-    """
-
-    _PATH: ClassVar[str] = "retention"
-
-    days: int = _spec(_Number(int, 1, 36500), 365)
-    epoch_days: int = _spec(_Number(int, 1, 3650), 30)
-
-    @classmethod
-    def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
-        if out["epoch_days"] > out["days"]:
-            return [
-                f"retention.epoch_days = {out['epoch_days']} exceeds retention.days = "
-                f"{out['days']}: an epoch must end before its data expires; lower epoch_days."
-            ]
-        return []
-
-
-@dataclass(frozen=True)
-class MigrationPolicy(_Validated):
-    """What happens to the adapter when a new base model arrives.
-
-    Attributes:
-        strategy: ``"distill"`` (free: post-processing), ``"retrain"`` (charged),
-            ``"both"`` (distill, then a budgeted retrain) or ``"drop"`` (start over).
-        distill_steps: distillation steps, in [1, 1e6].
-        distill_learning_rate: Adam learning rate of the distillation, in [1e-6, 1]. Its own
-            key: distillation reads no private data and is not noised, so the DP round's
-            (often plain-SGD) learning rate does not suit it.
-        retrain_budget_share: share of each unit's *remaining* budget a retrain may spend,
-            in [0, 1]; must be > 0 for ``retrain`` and ``both``.
-    """
-
-    _PATH: ClassVar[str] = "migration"
-
-    strategy: str = _spec(_Choice(("distill", "retrain", "both", "drop")), "distill")
-    distill_steps: int = _spec(_Number(int, 1, 1_000_000), 200)
-    distill_learning_rate: float = _spec(_Number(float, 1e-6, 1.0), 1e-3)
-    retrain_budget_share: float = _spec(_Number(float, 0.0, 1.0), 0.25)
-
-    @classmethod
-    def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
-        if out["strategy"] in ("retrain", "both") and out["retrain_budget_share"] == 0:
-            return [
-                f'migration.strategy = "{out["strategy"]}" retrains but '
-                'migration.retrain_budget_share = 0: give it a share > 0 or use "distill".'
-            ]
-        return []
-
-
-@dataclass(frozen=True)
-class StorePolicy(_Validated):
-    """The encrypted store.
-
-    Attributes:
-        synchronous: SQLite durability, ``"FULL"`` (every commit survives power loss) or
-            ``"NORMAL"`` (faster; may lose the last commits on power loss, never corrupts).
-    """
-
-    _PATH: ClassVar[str] = "store"
-
-    synchronous: str = _spec(_Choice(("FULL", "NORMAL")), "FULL")
-
-
-# --- the policy --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
