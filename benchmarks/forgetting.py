@@ -14,8 +14,9 @@ and noise draws (common random numbers; the replay buffer's coins are the librar
 * ``ewc``: online EWC only;
 * ``replay_ewc``: both;
 * ``replay_ewc_nodp``: ``replay_ewc`` without noise -- a **non-private reference**. Gradients are
-  still clipped per unit and the ledger still charges the nominal σ, but the noise source
-  returns the clipped sums unchanged and the lifetime ε is raised to 100 so that no unit is ever
+  still clipped per unit and the ledger still charges the nominal σ, but the noise source (the
+  simulator's ``PassThroughNoise``) releases the clipped sums and the gate's personal metric
+  unchanged, and the lifetime ε is raised to 100 so that no unit is ever
   excluded. Its ε numbers mean nothing: nothing it trains is private.
 
 Measured with :func:`personal.model.evaluate.evaluate` (token-weighted loss on response tokens):
@@ -62,9 +63,8 @@ from personal.policy import Policy, load_policy
 from personal.privacy.noise import GaussianNoise
 from personal.store import RawKey
 
-import mlx.core as mx
-
 from simulators.public_corpus import Interaction, sample_interaction, split
+from simulators.scenario import PassThroughNoise
 from simulators.world import SlotSkew, World
 
 ARMS = ("none", "replay", "ewc", "replay_ewc", "replay_ewc_nodp")
@@ -188,15 +188,6 @@ def batches(tokenizer: Any, items: Sequence[Interaction], size: int = 32) -> lis
 # --- arms ------------------------------------------------------------------------------------
 
 
-class NoNoise(GaussianNoise):
-    """The non-private reference: releases the clipped sums exactly, without noise."""
-
-    def privatize_tree(  # type: ignore[override]
-        self, values: Mapping[str, mx.array], std: float, *, bound: float | None = None
-    ) -> dict[str, mx.array]:
-        return super().privatize_tree(values, 0.0)
-
-
 def arm_policy(arm: str, config: Config) -> Policy:
     """The ``research`` policy with the run's knobs and the arm's mitigations."""
     replay = arm in ("replay", "replay_ewc", "replay_ewc_nodp")
@@ -273,7 +264,7 @@ def run_user(
                 for it in interactions:
                     p.log(it.prompt, it.response)
                 seed = _seed(config.seed, "round", user.index, r)
-                noise = NoNoise() if arm == "replay_ewc_nodp" else GaussianNoise(seed=seed)
+                noise = PassThroughNoise() if arm == "replay_ewc_nodp" else GaussianNoise(seed=seed)
                 report = p.update(noise=noise, sampler_seed=seed % 2**31)
                 gate = report.gates or {}
                 if every_round or r in (half, config.rounds):
