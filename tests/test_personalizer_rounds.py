@@ -88,6 +88,30 @@ def test_a_round_that_cannot_train_charges_no_validation_first(tmp_path, tiny_mo
         assert p.ledger.verify().ok
 
 
+@pytest.mark.parametrize("reference", ["active", "base"])
+def test_general_regression_is_measured_against_the_chosen_reference(
+    tmp_path, tiny_model_factory, reference
+):
+    policy = _policy(**{
+        "gates.max_general_regression": 1.0, "gates.min_personal_gain": -1.0,
+        "gates.general_reference": reference,
+    })  # fmt: skip
+    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
+        _fill(p, 8)
+        first = _update(p).gates
+        p.log("navigate home", "Starting directions home.")
+        second = _update(p).gates
+    assert first["passed"] and second["passed"]
+    bare_base = first["general_loss_before"]  # before round 1 the active model is the base
+    if reference == "base":
+        assert second["general_loss_before"] == pytest.approx(bare_base, rel=1e-6)
+        assert "vs the bare base" in second["reasons"][0]
+    else:
+        assert second["general_loss_before"] == pytest.approx(first["general_loss_after"], 1e-6)
+        assert second["general_loss_before"] != pytest.approx(bare_base, rel=1e-6)
+        assert "vs the active adapter" in second["reasons"][0]
+
+
 def test_a_failing_gate_keeps_the_previous_adapter(tmp_path, tiny_model_factory):
     strict = _policy(**{
         "gates.max_general_regression": 0.0, "gates.min_personal_gain": 1.0,

@@ -26,7 +26,7 @@ from personal.adapters.registry import AdapterRegistry
 from personal.errors import BudgetExhausted, NoEligibleUnits, PolicyError
 from personal.model.base import BaseModel, load_base
 from personal.model.generate import Generation, generate
-from personal.model.lora import get_adapter_weights, inject_lora, set_adapter_weights
+from personal.model.lora import get_adapter_weights, inject_lora, lora_off, set_adapter_weights
 from personal.policy import Policy, load_policy
 from personal.privacy.accountant import calibrate_noise
 from personal.privacy.filter import Charge
@@ -285,6 +285,10 @@ class Personalizer(BaseUpdates):
             )  # fmt: skip
             general_after = general_loss(model, public)
             gain = validation.measure(test_only.get("noise")) if validation else None
+            reference = self.policy.gates.general_reference
+            if reference == "base":  # the bare base: the total drift, not this round's step
+                with lora_off(model):
+                    general_before = general_loss(model, public)
         except BaseException:
             set_adapter_weights(model, previous)
             if validation:
@@ -297,6 +301,7 @@ class Personalizer(BaseUpdates):
             personal_gain=gain,
             min_gain=self.policy.gates.min_personal_gain,
             held_out=len(validation.units) if validation else 0,
+            reference=reference,
         )
         if validation:
             validation.finish(gate)

@@ -184,8 +184,11 @@ class GatesPolicy(_Validated):
     """What a new adapter must show before it becomes active.
 
     Attributes:
-        max_general_regression: largest relative rise of the public-corpus loss vs the active
-            adapter, in [0, 1] (0.01 = 1%).
+        max_general_regression: largest relative rise of the public-corpus loss vs the
+            reference, in [0, 1] (0.01 = 1%).
+        general_reference: what that rise is measured against: ``"active"`` (the adapter
+            serving now: bounds each round's step, so the drift can add up over rounds) or
+            ``"base"`` (the bare base model: bounds the total drift of every adapter served).
         min_personal_gain: smallest relative drop of the DP-noised held-out personal loss,
             in [-1, 1] (0: no worse; -1 disables the check).
         validation_noise_multiplier: σ of the Gaussian noise on the personal metric, in
@@ -198,6 +201,7 @@ class GatesPolicy(_Validated):
     _PATH: ClassVar[str] = "gates"
 
     max_general_regression: float = _spec(_Number(float, 0.0, 1.0), 0.01)
+    general_reference: str = _spec(_Choice(("active", "base")), "active")
     min_personal_gain: float = _spec(_Number(float, -1.0, 1.0), 0.0)
     validation_noise_multiplier: float | None = _spec(
         _Number(float, 0.1, 1000.0, optional=True), None

@@ -46,3 +46,10 @@ def test_minimum_of_minus_one_disables_the_personal_check(gain):
 def test_a_non_finite_general_loss_refuses():
     assert not _decide(0.5, after=float("nan")).passed
     assert not _decide(0.5, after=float("inf")).passed
+
+
+def test_the_reason_names_the_reference():
+    kwargs = {"general_before": 2.0, "general_after": 2.01, "max_regression": 0.02,
+              "personal_gain": None, "min_gain": 0.0, "held_out": 0}  # fmt: skip
+    assert "vs the active adapter" in decide(**kwargs).reasons[0]
+    assert "vs the bare base" in decide(**kwargs, reference="base").reasons[0]

@@ -43,7 +43,9 @@ class GateResult:
 
     Attributes:
         passed: both gates passed (a gate that could not be measured passes, with a reason).
-        general_loss_before, general_loss_after: public held-out loss of the old and new adapter.
+        general_loss_before, general_loss_after: public held-out loss of the reference (the
+            active adapter, or the bare base with ``gates.general_reference = "base"``) and of
+            the new adapter.
         general_regression: relative rise (after / before - 1).
         personal_gain: the noised mean relative loss drop on held-out units (DP), or None.
         held_out_units: how many units were held out and charged for it.
@@ -147,15 +149,23 @@ def decide(
     personal_gain: float | None,
     min_gain: float,
     held_out: int,
+    reference: str = "active",
 ) -> GateResult:
-    """Apply the policy's thresholds to the measurements."""
+    """Apply the policy's thresholds to the measurements.
+
+    ``general_before`` is the reference's loss: the active adapter's (``reference="active"``)
+    or the bare base's (``"base"``); ``reference`` only names it in the reasons.
+    """
     regression = general_after / general_before - 1 if general_before > 0 else 0.0
     reasons, passed = [], True
+    versus = "the bare base" if reference == "base" else "the active adapter"
     if math.isfinite(regression) and regression <= max_regression:
-        reasons.append(f"general loss {regression:+.2%} within {max_regression:.2%}")
+        reasons.append(f"general loss {regression:+.2%} vs {versus}, within {max_regression:.2%}")
     else:
         passed = False
-        reasons.append(f"general loss rose {regression:+.2%}, more than {max_regression:.2%}")
+        reasons.append(
+            f"general loss rose {regression:+.2%} vs {versus}, more than {max_regression:.2%}"
+        )
     if personal_gain is None:
         reasons.append(
             "personal gain not measured: no held-out unit (fewer than "

@@ -129,6 +129,7 @@ class BaseUpdates:
             personal_gain=None,
             min_gain=self.policy.gates.min_personal_gain,
             held_out=0,
+            reference="base",  # measured with a fresh adapter: the new base itself
         )
         report.gates = gate.to_dict()
         summary = {"strategy": report.strategy, "prompts": len(prompts), "steps": steps,
