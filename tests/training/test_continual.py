@@ -19,6 +19,8 @@ from personal.training.continual import distill_to_base_loss, distill_to_base_tr
 import mlx.core as mx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from round_policies import tiny_round_policy
 
 KEY = RawKey(bytes(range(32)))
@@ -96,3 +98,17 @@ def test_distill_to_base_transform_adds_a_pull_that_reduces_the_drift(tiny_model
     assert any(float(mx.abs(g).max()) > 0 for g in pull.values())
     set_adapter_weights(model, {k: v - 0.05 * pull[k] for k, v in moved.items()})
     assert float(distill_to_base_loss(model, batch)) < before
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scale=st.floats(0.0, 0.3), seed=st.integers(0, 2**16))
+def test_distill_to_base_is_a_divergence(tiny_model_factory, scale, seed):
+    """KL(base ‖ adapted) is never negative, and zero at the base (B = 0)."""
+    model, at_base, _, batch = _drifted(tiny_model_factory)
+    moved = {k: v + scale * mx.random.normal(v.shape, key=mx.random.key(seed + i))
+             for i, (k, v) in enumerate(sorted(at_base.items()))}  # fmt: skip
+    set_adapter_weights(model, moved)
+    value = float(distill_to_base_loss(model, batch))
+    assert value >= -1e-6
+    if scale == 0.0:
+        assert value == pytest.approx(0.0, abs=1e-6)
