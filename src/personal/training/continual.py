@@ -81,7 +81,8 @@ def distill_to_base_transform(model: nn.Module, batches: Sequence[Any], weight: 
     The penalty's curvature at the base is the Fisher of the model's predictions on public
     text, so with plain SGD at learning rate ``lr`` it is stable while
     ``lr·weight·F_max < 2`` (``F_max`` that Fisher's largest eigenvalue); past that the adapter
-    oscillates away from the base (the gate then refuses it). ``docs/continual.md`` gives the values measured on the bundled bases.
+    oscillates away from the base (the gate then refuses it). ``docs/continual.md`` gives the
+    values measured on the bundled bases.
     """
     source = cycle(batches)
     value_and_grad = nn.value_and_grad(model, distill_to_base_loss)
