@@ -53,16 +53,27 @@ LAST_ID_KEY = "continual_last_record_id"
 Transform = Callable[[dict[str, mx.array], dict[str, mx.array]], dict[str, mx.array]]
 
 
+def _public_gradients(
+    model: nn.Module, batches: Sequence[Any], loss: Callable[[nn.Module, Any], mx.array]
+) -> Callable[[], dict[str, mx.array]]:
+    """Each call: the flat gradient of ``loss`` on the next public batch (cycling)."""
+    source = cycle(batches)
+    value_and_grad = nn.value_and_grad(model, loss)
+
+    def next_gradient() -> dict[str, mx.array]:
+        _, grads = value_and_grad(model, next(source))
+        return dict(tree_flatten(grads))
+
+    return next_gradient
+
+
 def public_gradient_transform(model: nn.Module, batches: Sequence[Any], share: float) -> Transform:
     """``g ↦ (1 - share)·g + share·∇L_public`` with a new public batch each step (free)."""
-    source = cycle(batches)
-    value_and_grad = nn.value_and_grad(model, masked_ce_loss)
+    next_gradient = _public_gradients(model, batches, masked_ce_loss)
 
     def transform(grads: dict[str, mx.array], params: dict[str, mx.array]) -> dict[str, mx.array]:
-        batch = next(source)
-        _, public = value_and_grad(model, batch)
-        public_flat = dict(tree_flatten(public))
-        return {k: (1 - share) * g + share * public_flat[k] for k, g in grads.items()}
+        public = next_gradient()
+        return {k: (1 - share) * g + share * public[k] for k, g in grads.items()}
 
     return transform
 
@@ -84,13 +95,11 @@ def distill_to_base_transform(model: nn.Module, batches: Sequence[Any], weight: 
     oscillates away from the base (the gate then refuses it). ``docs/continual.md`` gives the
     values measured on the bundled bases.
     """
-    source = cycle(batches)
-    value_and_grad = nn.value_and_grad(model, distill_to_base_loss)
+    next_gradient = _public_gradients(model, batches, distill_to_base_loss)
 
     def transform(grads: dict[str, mx.array], params: dict[str, mx.array]) -> dict[str, mx.array]:
-        _, pull = value_and_grad(model, next(source))
-        pull_flat = dict(tree_flatten(pull))
-        return {k: g + weight * pull_flat[k] for k, g in grads.items()}
+        pull = next_gradient()
+        return {k: g + weight * pull[k] for k, g in grads.items()}
 
     return transform
 
