@@ -18,6 +18,7 @@ raising a lifetime budget after the fact would void the guarantee already stated
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -274,7 +275,11 @@ class Personalizer(BaseUpdates):
         # refunded, so a round that cannot train must not open it (a pure check on past charges).
         self.ledger.select(plan.charge(len(train_units)), train_units, max_share=max_budget_share)
         public, public_train = self._public_batches()
-        general_before = general_loss(model, public)
+        # The gate's reference: the active adapter (this round's step) or the bare base (the
+        # total drift; the base is frozen, so measuring it before the round is the same).
+        reference = self.policy.gates.general_reference
+        with lora_off(model) if reference == "base" else contextlib.nullcontext():
+            general_before = general_loss(model, public)
         validation = self._open_validation(held_out, context, max_budget_share)
         try:
             report = run_round(
@@ -285,10 +290,6 @@ class Personalizer(BaseUpdates):
             )  # fmt: skip
             general_after = general_loss(model, public)
             gain = validation.measure(test_only.get("noise")) if validation else None
-            reference = self.policy.gates.general_reference
-            if reference == "base":  # the bare base: the total drift, not this round's step
-                with lora_off(model):
-                    general_before = general_loss(model, public)
         except BaseException:
             set_adapter_weights(model, previous)
             if validation:
