@@ -110,6 +110,7 @@ class Config:
     # off: on the 256 public replay examples it pulls towards fitting them, not towards the base.
     public_replay_share: float = 0.0
     public_distill_weight: float = 10.0
+    public_batch_size: int = 32
     ewc_lambda: float = 10.0
     fisher_source: str = "public"
     arms: tuple[str, ...] = ARMS
@@ -218,6 +219,7 @@ def arm_policy(arm: str, config: Config) -> Policy:
         "continual.replay_share": config.replay_share if replay else 0.0,
         "continual.public_replay_share": config.public_replay_share if replay else 0.0,
         "continual.public_distill_weight": config.public_distill_weight if replay else 0.0,
+        "continual.public_batch_size": config.public_batch_size,
         "continual.ewc_lambda": config.ewc_lambda if ewc else 0.0,
         "continual.fisher_source": config.fisher_source,
         "gates.max_general_regression": 1.0,

@@ -338,7 +338,11 @@ class Personalizer(BaseUpdates):
         """(held-out public batches for the gate, public batches for replay and Fisher)."""
         if self._public is None:
             tokenizer = self.base.tokenizer
-            self._public = (public_batches(tokenizer), public_training_batches(tokenizer))
+            size = self.policy.continual.public_batch_size
+            self._public = (
+                public_batches(tokenizer),
+                public_training_batches(tokenizer, batch=size),
+            )
         return self._public
 
     def _open_validation(

@@ -148,6 +148,9 @@ class ContinualPolicy(_Validated):
             in [0, 1). ``replay_share + public_replay_share < 1``: part of every batch is new.
         public_distill_weight: weight of KL(base ‖ adapted) on public text, a pull towards the
             base's own predictions on general text (free; 0 disables it), in [0, 1e4].
+        public_batch_size: public-corpus examples per step for public replay and distillation,
+            in [1, 256]. Larger estimates the pull more precisely at the cost of one forward
+            and backward pass over more examples per step.
         ewc_lambda: weight of the EWC penalty (0 disables EWC), in [0, 1e6].
         fisher_source: ``"public"`` (Fisher on public text) or ``"dp_gradients"`` (from the
             round's already-noised gradients); neither reads raw private data.
@@ -159,6 +162,7 @@ class ContinualPolicy(_Validated):
     buffer_capacity: int = _spec(_Number(int, 0, 1_000_000), 1024)
     public_replay_share: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.25)
     public_distill_weight: float = _spec(_Number(float, 0.0, 1e4), 0.0)
+    public_batch_size: int = _spec(_Number(int, 1, 256), 32)
     ewc_lambda: float = _spec(_Number(float, 0.0, 1e6), 10.0)
     fisher_source: str = _spec(_Choice(("public", "dp_gradients")), "public")
 

@@ -38,11 +38,13 @@ def test_sampling_is_seeded(tiny_model_factory):
 
 def test_trained_model_is_confident_and_says_it(tiny_model_factory):
     base = load_base(tiny_model_factory("llama"))
-    base.model.unfreeze()  # full fine-tuning memorises one reply within 60 steps
+    # Full fine-tuning memorises one reply within 60 steps. Adam at 1e-2 spiked back up near
+    # step 60 on some CPUs (float32 rounding differs by BLAS kernel); 3e-3 converges smoothly.
+    base.model.unfreeze()
     ids, start = encode_interaction(base.tokenizer, "Call mum", "Calling mum now.")
     batch = make_batch([ids], [start])
     untrained = generate(base.model, base.tokenizer, "Call mum", max_tokens=12)
-    train(base.model, [batch] * 60, optim.Adam(learning_rate=1e-2))
+    train(base.model, [batch] * 60, optim.Adam(learning_rate=3e-3))
     trained = generate(base.model, base.tokenizer, "Call mum", max_tokens=12)
     assert trained.text == "Calling mum now."
     assert trained.finish_reason == "stop"

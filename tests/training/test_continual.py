@@ -7,14 +7,20 @@ import warnings
 
 from personal.continual.ewc import EWCState
 from personal.continual.replay import ReplayBuffer
-from personal.errors import NoEligibleUnits, SeededNoiseWarning
+from personal.errors import ConfigError, NoEligibleUnits, SeededNoiseWarning
 from personal.model.base import load_base
 from personal.model.batching import make_batch
 from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora, set_adapter_weights
 from personal.personalizer import Personalizer
 from personal.privacy.noise import GaussianNoise
 from personal.store import RawKey
-from personal.training.continual import distill_to_base_loss, distill_to_base_transform
+from personal.store.settings import StoreSettings
+from personal.training.continual import (
+    PUBLIC_CURSOR_KEY,
+    PublicStream,
+    distill_to_base_loss,
+    distill_to_base_transform,
+)
 
 import mlx.core as mx
 import numpy as np
@@ -112,3 +118,44 @@ def test_distill_to_base_is_a_divergence(tiny_model_factory, scale, seed):
     assert value >= -1e-6
     if scale == 0.0:
         assert value == pytest.approx(0.0, abs=1e-6)
+
+
+def test_public_stream_cycles_from_its_start():
+    stream = PublicStream(["a", "b", "c"], start=4)
+    assert [stream.next() for _ in range(4)] == ["b", "c", "a", "b"]
+    assert stream.position == 2
+    with pytest.raises(ConfigError, match="at least one public batch"):
+        PublicStream([])
+
+
+def test_each_round_goes_on_with_the_public_text_the_last_one_stopped_at(
+    tmp_path, tiny_model_factory, monkeypatch
+):
+    """Public replay and distillation draw ``public_batch_size``-example batches from one stream
+    that a reopened store resumes (restarting it every round reused the same few examples)."""
+    drawn: list[tuple[int, int]] = []  # (position, rows) of every public batch handed out
+    next_batch = PublicStream.next
+
+    def spy(self):
+        position, batch = self.position, next_batch(self)
+        drawn.append((position, batch.inputs.shape[0]))
+        return batch
+
+    monkeypatch.setattr(PublicStream, "next", spy)
+    policy = _policy(**{"continual.public_batch_size": 16})
+    base = tiny_model_factory()
+    ends = []
+    for r in range(2):
+        with Personalizer.open(tmp_path / "s", base, policy, KEY, create=r == 0) as p:
+            for i in range(6):
+                p.log(f"play song {r}-{i}", f"Playing song {r}-{i}.")
+            _update(p)
+            ends.append(StoreSettings(p.store).get(PUBLIC_CURSOR_KEY))
+    batches = 256 // 16
+    first = [pos for pos, _ in drawn[: len(drawn) // 2]]
+    second = [pos for pos, _ in drawn[len(drawn) // 2 :]]
+    assert len(first) % batches != 0  # else a stream restarted each round would pass as well
+    assert first == [i % batches for i in range(len(first))]
+    assert second == [(len(first) + i) % batches for i in range(len(second))]
+    assert ends == [len(first) % batches, len(drawn) % batches]
+    assert {rows for _, rows in drawn} == {16}

@@ -10,7 +10,10 @@ Per round (:class:`ContinualState`, used by :class:`~personal.personalizer.Perso
   rounds that replay them.
 * **Public replay** (free): each step mixes the gradient of a public-corpus batch into the
   released, already-noised private gradient (``continual.public_replay_share`` of it). Public
-  data and post-processing of a DP release cost no privacy.
+  data and post-processing of a DP release cost no privacy. The public batches
+  (``continual.public_batch_size`` examples each) come from one :class:`PublicStream` that
+  resumes, round after round, where the last round stopped, so that every round sees other
+  public text (restarting it each round kept pulling on the same few examples).
 * **Distillation to the base on public text** (free): each step adds the gradient of
   ``continual.public_distill_weight``·KL(p_base ‖ p_adapted) on a public-corpus batch, a pull
   towards the base model's own predictions on general text. It is zero while the adapter leaves
@@ -25,7 +28,6 @@ Per round (:class:`ContinualState`, used by :class:`~personal.personalizer.Perso
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import cycle
 from typing import Any
 
 from personal.continual.ewc import (
@@ -36,6 +38,7 @@ from personal.continual.ewc import (
     update_state,
 )
 from personal.continual.replay import ReplayBuffer
+from personal.errors import ConfigError
 from personal.model.distill import logit_kd_loss
 from personal.model.lora import get_adapter_weights, lora_off
 from personal.model.train import masked_ce_loss
@@ -50,26 +53,51 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 LAST_ID_KEY = "continual_last_record_id"
+PUBLIC_CURSOR_KEY = "continual_public_cursor"
 Transform = Callable[[dict[str, mx.array], dict[str, mx.array]], dict[str, mx.array]]
 
 
+class PublicStream:
+    """Public-corpus batches in a fixed order, cycling, from batch ``start`` on.
+
+    Each call of :meth:`next` hands out the following batch; :attr:`position` is where the
+    next round should start (persist it, modulo the number of batches). Public data only.
+    """
+
+    def __init__(self, batches: Sequence[Any], start: int = 0) -> None:
+        if not batches:
+            raise ConfigError("A public stream needs at least one public batch.")
+        self.batches = list(batches)
+        self.position = start % len(self.batches)
+
+    def next(self) -> Any:
+        batch = self.batches[self.position]
+        self.position = (self.position + 1) % len(self.batches)
+        return batch
+
+
+def _as_stream(batches: Sequence[Any] | PublicStream) -> PublicStream:
+    return batches if isinstance(batches, PublicStream) else PublicStream(batches)
+
+
 def _public_gradients(
-    model: nn.Module, batches: Sequence[Any], loss: Callable[[nn.Module, Any], mx.array]
+    model: nn.Module, stream: PublicStream, loss: Callable[[nn.Module, Any], mx.array]
 ) -> Callable[[], dict[str, mx.array]]:
-    """Each call: the flat gradient of ``loss`` on the next public batch (cycling)."""
-    source = cycle(batches)
+    """Each call: the flat gradient of ``loss`` on the stream's next public batch."""
     value_and_grad = nn.value_and_grad(model, loss)
 
     def next_gradient() -> dict[str, mx.array]:
-        _, grads = value_and_grad(model, next(source))
+        _, grads = value_and_grad(model, stream.next())
         return dict(tree_flatten(grads))
 
     return next_gradient
 
 
-def public_gradient_transform(model: nn.Module, batches: Sequence[Any], share: float) -> Transform:
+def public_gradient_transform(
+    model: nn.Module, batches: Sequence[Any] | PublicStream, share: float
+) -> Transform:
     """``g ↦ (1 - share)·g + share·∇L_public`` with a new public batch each step (free)."""
-    next_gradient = _public_gradients(model, batches, masked_ce_loss)
+    next_gradient = _public_gradients(model, _as_stream(batches), masked_ce_loss)
 
     def transform(grads: dict[str, mx.array], params: dict[str, mx.array]) -> dict[str, mx.array]:
         public = next_gradient()
@@ -86,8 +114,13 @@ def distill_to_base_loss(model: nn.Module, batch: Any) -> mx.array:
     return logit_kd_loss(model(batch.inputs), base_logits, batch.mask)
 
 
-def distill_to_base_transform(model: nn.Module, batches: Sequence[Any], weight: float) -> Transform:
+def distill_to_base_transform(
+    model: nn.Module, batches: Sequence[Any] | PublicStream, weight: float
+) -> Transform:
     """``g ↦ g + weight·∇KL(p_base ‖ p_θ)`` with a new public batch each step (free).
+
+    The pull's gradient is estimated on one batch, so its error grows with the drift and
+    shrinks with the batch (``continual.public_batch_size``; ``docs/continual.md``).
 
     The penalty's curvature at the base is the Fisher of the model's predictions on public
     text, so with plain SGD at learning rate ``lr`` it is stable while
@@ -95,7 +128,7 @@ def distill_to_base_transform(model: nn.Module, batches: Sequence[Any], weight: 
     oscillates away from the base (the gate then refuses it). ``docs/continual.md`` gives the
     values measured on the bundled bases.
     """
-    next_gradient = _public_gradients(model, batches, distill_to_base_loss)
+    next_gradient = _public_gradients(model, _as_stream(batches), distill_to_base_loss)
 
     def transform(grads: dict[str, mx.array], params: dict[str, mx.array]) -> dict[str, mx.array]:
         pull = next_gradient()
@@ -128,6 +161,7 @@ class ContinualState:
         self.buffer = ReplayBuffer.open(log.store, policy.continual.buffer_capacity, random=random)
         self.ewc = EWCState.load(log.store)
         self._fisher: FisherFromNoisedGradients | None = None
+        self._stream: PublicStream | None = None
         self._high_water = log.last_id()
 
     def candidates(self) -> tuple[list[str], list[str]]:
@@ -149,14 +183,16 @@ class ContinualState:
         transforms: list[Transform] = []
         if self.ewc is not None and continual.ewc_lambda > 0:
             transforms.append(ewc_gradient_transform(self.ewc, continual.ewc_lambda))
-        if continual.public_replay_share > 0 and public:
-            transforms.append(
-                public_gradient_transform(model, public, continual.public_replay_share)
-            )
-        if continual.public_distill_weight > 0 and public:
-            transforms.append(
-                distill_to_base_transform(model, public, continual.public_distill_weight)
-            )
+        self._stream = None
+        if public and (continual.public_replay_share > 0 or continual.public_distill_weight > 0):
+            start = int(self.settings.get(PUBLIC_CURSOR_KEY, 0))
+            self._stream = stream = PublicStream(public, start)
+            if continual.public_replay_share > 0:
+                share = continual.public_replay_share
+                transforms.append(public_gradient_transform(model, stream, share))
+            if continual.public_distill_weight > 0:
+                weight = continual.public_distill_weight
+                transforms.append(distill_to_base_transform(model, stream, weight))
         self._fisher = None
         if continual.fisher_source == "dp_gradients" and continual.ewc_lambda > 0:
             self._fisher = FisherFromNoisedGradients(
@@ -180,6 +216,8 @@ class ContinualState:
             self.ewc = update_state(self.ewc, anchor, fisher)
             self.ewc.save(self.log.store)
         self.settings.set(LAST_ID_KEY, self._high_water)
+        if self._stream is not None:  # the next round goes on with other public text
+            self.settings.set(PUBLIC_CURSOR_KEY, self._stream.position)
 
     def refresh(self) -> None:
         """Note the log's current last record id (call right before choosing candidates)."""

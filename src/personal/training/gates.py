@@ -92,7 +92,7 @@ def public_batches(tokenizer: Any, n: int = 128, seed: int = 20261123) -> list[A
 
 
 def public_training_batches(
-    tokenizer: Any, n: int = 256, batch: int = 8, seed: int = 7
+    tokenizer: Any, n: int = 256, batch: int = 32, seed: int = 7
 ) -> list[Any]:
     """Public-corpus batches for public replay and the public Fisher (disjoint from the gate's
     held-out set: another seed stream)."""
