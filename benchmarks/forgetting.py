@@ -31,7 +31,7 @@ Measured with :func:`personal.model.evaluate.evaluate` (token-weighted loss on r
 Gates are made permissive (``max_general_regression = 1``, ``min_personal_gain = -1``) so that
 every arm's adapters activate and the arms stay comparable.
 
-    python benchmarks/forgetting.py --json            # default run (~35 min on 2 cores)
+    python benchmarks/forgetting.py --json            # default run (~25 min on 2 cores)
     python benchmarks/forgetting.py --json --quick    # smoke run (~1-2 min)
 
 Progress goes to stderr, the JSON to stdout.
@@ -109,7 +109,7 @@ class Config:
     # public text. Cross-entropy replay on the public corpus's labels (public_replay_share) is
     # off: on the 256 public replay examples it pulls towards fitting them, not towards the base.
     public_replay_share: float = 0.0
-    public_distill_weight: float = 10.0
+    public_distill_weight: float = 5.0
     public_batch_size: int = 32
     ewc_lambda: float = 10.0
     fisher_source: str = "public"
