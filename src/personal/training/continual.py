@@ -60,8 +60,8 @@ Transform = Callable[[dict[str, mx.array], dict[str, mx.array]], dict[str, mx.ar
 class PublicStream:
     """Public-corpus batches in a fixed order, cycling, from batch ``start`` on.
 
-    Each call of :meth:`next` hands out the following batch; :attr:`position` is where the
-    next round should start (persist it, modulo the number of batches). Public data only.
+    Each call of :meth:`next` hands out the following batch; :attr:`position` (always below
+    the number of batches) is where the next round should start: persist it. Public data only.
     """
 
     def __init__(self, batches: Sequence[Any], start: int = 0) -> None:
