@@ -158,7 +158,7 @@ def _linear(n_in: int = 3, n_out: int = 1) -> nn.Module:
 
 
 def _sq_loss(model: nn.Module, x: mx.array, y: mx.array) -> mx.array:
-    return ((model(x) - y) ** 2).sum()
+    return ((model(x) - y) ** 2).sum(axis=-1)  # (S,) one loss per row
 
 
 def test_fisher_from_public_matches_hand_computed_diagonal() -> None:
@@ -216,7 +216,7 @@ def _dp_linear_step(sigma: float, clip: float, fisher, *, lr: float = 0.0, **kw)
 
 
 def _sum_loss(model: nn.Module, x: mx.array) -> mx.array:
-    return model(x).sum()  # the gradient w.r.t. W is x broadcast over outputs: constant
+    return model(x).sum(axis=-1)  # (S,); the gradient w.r.t. W is x over outputs: constant
 
 
 def test_pure_noise_steps_corrected_fisher_is_zero() -> None:

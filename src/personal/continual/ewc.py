@@ -263,7 +263,8 @@ def fisher_from_public(
         batches: each a :class:`~personal.model.batching.Batch` (``inputs, targets, mask``),
             a :class:`~personal.privacy.sampler.UnitBatch` (padding rows are ignored), or a
             tuple of per-row arrays ``(S, ...)`` for ``loss``.
-        loss: ``loss(model, *row) -> scalar``; default token-mean cross-entropy.
+        loss: per-row losses ``loss(model, *arrays) -> (S,)``; default token-mean
+            cross-entropy.
 
     Returns:
         Flat ``name -> float32 array`` in the trainable parameters' shapes.

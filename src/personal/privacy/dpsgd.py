@@ -2,8 +2,9 @@
 
 One step, reading top to bottom like :meth:`DPStep.__call__`:
 
-1. per-example gradients of the trainable parameters, ``mx.vmap(mx.grad(loss))`` over the rows
-   of a :class:`~personal.privacy.sampler.UnitBatch` (costs about one batched backward pass);
+1. per-example gradients of the trainable parameters (the LoRA adapter) for every row of a
+   :class:`~personal.privacy.sampler.UnitBatch`, in one batched backward pass through the
+   frozen base (:mod:`personal.model.per_example`: dense, quantized and MoE bases alike);
 2. per-*unit* aggregation: the rows of one privacy unit are summed and the unit's total is
    clipped to L2 norm ``C`` as one contribution (a unit with several examples is still one);
    padded rows have weight 0 and contribute exactly nothing;
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from personal.errors import ConfigError
+from personal.model.per_example import RowLoss, per_example_grads
 from personal.privacy.noise import GaussianNoise
 from personal.privacy.sampler import UnitBatch
 
@@ -41,7 +43,8 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-ExampleLoss = Callable[..., mx.array]
+#: ``loss(model, *arrays) -> (S,)`` per-row losses of a batch (see :data:`RowLoss`).
+ExampleLoss = RowLoss
 # name -> noised, normalised gradient; called once per step (empty steps included).
 ReleaseHook = Callable[[dict[str, mx.array]], None]
 # (noised gradient, current trainable parameters) -> the gradient the optimiser sees.
@@ -106,38 +109,20 @@ class DPStepReport:
 def example_ce_loss(
     model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array
 ) -> mx.array:
-    """Per-example loss for language models: token-mean cross-entropy of one row.
+    """Per-row loss for language models: the token-mean cross-entropy of each row.
 
     Args:
-        model: maps ``(1, T)`` token ids to ``(1, T, V)`` logits.
-        inputs: ``(T,)`` token ids.
-        targets: ``(T,)`` next tokens.
-        mask: ``(T,)`` 1 where the target counts; an all-zero mask gives loss 0, gradient 0.
+        model: maps ``(S, T)`` token ids to ``(S, T, V)`` logits.
+        inputs: ``(S, T)`` token ids.
+        targets: ``(S, T)`` next tokens.
+        mask: ``(S, T)`` 1 where the target counts; an all-zero row gives loss 0, gradient 0.
+
+    Returns:
+        ``(S,)`` losses, row ``s``'s depending on row ``s`` only.
     """
-    logits = model(inputs[None]).astype(mx.float32)[0]  # (T, V)
-    losses = nn.losses.cross_entropy(logits, targets, reduction="none")  # (T,)
-    return (losses * mask).sum() / mx.maximum(mask.sum(), 1.0)
-
-
-def per_example_grads(
-    model: nn.Module, loss: ExampleLoss, arrays: tuple[mx.array, ...]
-) -> tuple[mx.array, dict[str, mx.array]]:
-    """Per-row losses ``(S,)`` and gradients ``name -> (S, *param.shape)`` via vmap(grad).
-
-    Functional in the style of ``nn.value_and_grad``: the trainable parameters go in as an
-    argument (not batched), each row of ``arrays`` as a batched argument, and the model is
-    restored afterwards.
-    """
-    params = model.trainable_parameters()
-
-    def row_loss(p: dict, *row: mx.array) -> mx.array:
-        model.update(p)
-        return loss(model, *row)
-
-    in_axes = (None,) + (0,) * len(arrays)
-    losses, grads = mx.vmap(mx.value_and_grad(row_loss), in_axes=in_axes)(params, *arrays)
-    model.update(params)  # put the real parameters back (vmap left tracers in the model)
-    return losses, dict(tree_flatten(grads))
+    logits = model(inputs).astype(mx.float32)  # (S, T, V)
+    losses = nn.losses.cross_entropy(logits, targets, reduction="none")  # (S, T)
+    return (losses * mask).sum(axis=-1) / mx.maximum(mask.sum(axis=-1), 1.0)
 
 
 def clipped_unit_sum(
@@ -152,7 +137,7 @@ def clipped_unit_sum(
 
     Args:
         model: its trainable parameters are differentiated; the model is left as it was.
-        loss: ``loss(model, *row) -> scalar`` for one row of ``arrays``.
+        loss: ``loss(model, *arrays) -> (S,)`` per-row losses.
         arrays: per-example inputs, each ``(S, ...)``.
         units: ``(S,)`` int32 unit slot of each row.
         valid: ``(S,)`` 1.0 for real rows, 0.0 for padding.
@@ -215,8 +200,8 @@ class DPStep:
         core = partial(clipped_unit_sum, model, loss)
         update = self._update
         if compile:
-            # The RNG state is captured so that LoRA dropout draws new masks every step (under
-            # vmap, MLX draws one mask shared by a step's rows; it is not privacy noise).
+            # The RNG state is captured so that LoRA dropout draws new masks every step (dropout
+            # is not privacy noise: the noise comes from personal.privacy.noise only).
             state = [model.state, mx.random.state]
             core = partial(mx.compile, inputs=state, outputs=state)(core)
             full = [model.state, optimizer.state]
@@ -310,8 +295,8 @@ def make_dp_step(
         model: any ``mlx.nn.Module``; e.g. a base model after ``inject_lora``.
         optimizer: an ``mlx.optimizers`` optimiser; it sees only noised gradients.
         config: σ and C.
-        loss: per-example loss ``loss(model, *row) -> scalar``; rows are the batch's
-            ``arrays`` without their leading axis. Default: :func:`example_ce_loss`.
+        loss: per-row losses ``loss(model, *arrays) -> (S,)`` of the batch's ``arrays``; row
+            ``s``'s loss must depend on row ``s`` only. Default: :func:`example_ce_loss`.
         noise: the noise source; ``None`` makes a CSPRNG one (pass a seeded one in tests).
         compile: compile the gradient graph and the update.
         on_release: called every step (empty steps included) with the noised gradient already

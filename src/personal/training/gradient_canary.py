@@ -52,16 +52,21 @@ class GradientCanaries:
         return flat[list(self.coords.values())]
 
     def loss(self, clip_norm: float) -> ExampleLoss:
-        """Per-example loss: cross-entropy for real rows, ``C·θ[coord]`` for canary rows."""
+        """Per-row losses: cross-entropy for real rows, ``C·θ[coord]`` for canary rows.
+
+        Runs inside the per-example gradient pass, where each trainable tensor carries a
+        leading per-row axis (:mod:`personal.model.per_example`): row ``s`` reads its own copy.
+        """
         name = self.param
 
         def loss(
             model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, coord: mx.array
         ) -> mx.array:
-            ce = example_ce_loss(model, inputs, targets, mask)
-            flat = dict(tree_flatten(model.trainable_parameters()))[name].reshape(-1)
-            dirac = mx.take(flat, mx.maximum(coord, 0)) * clip_norm  # gradient: C·e_coord
-            return mx.where(coord >= 0, dirac, ce)
+            ce = example_ce_loss(model, inputs, targets, mask)  # (S,)
+            param = dict(tree_flatten(model.trainable_parameters()))[name]  # (S, *shape)
+            flat = param.reshape(param.shape[0], -1)  # (S, P)
+            picked = mx.take_along_axis(flat, mx.maximum(coord, 0)[:, None], axis=1)[:, 0]
+            return mx.where(coord >= 0, picked * clip_norm, ce)  # gradient of a canary: C·e_coord
 
         return loss
 
