@@ -36,6 +36,10 @@ class PolicyError(ConfigError):
     """A policy file or value is malformed or out of range."""
 
 
+class PublicDataError(ConfigError):
+    """Public data (a JSONL file, a self-generated set) is malformed, empty or unusable."""
+
+
 # --- base models -----------------------------------------------------------------------------
 
 
@@ -61,6 +65,11 @@ class UnsupportedArchitecture(ModelError):
 
 class TokenizerMismatch(ModelError):
     """The tokenizer does not fit the model (vocabulary larger than the embedding, ...)."""
+
+
+class NoChatFormat(TokenizerMismatch):
+    """The tokenizer has no usable chat format: no chat template and no end-of-sequence token,
+    or a template whose generation prompt does not begin a rendered exchange."""
 
 
 # --- adapters --------------------------------------------------------------------------------

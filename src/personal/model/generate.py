@@ -10,7 +10,10 @@ of the generated tokens, in (0, 1].
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from personal.model.chat import chat_format, eos_ids
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -51,20 +54,21 @@ class Generation:
 
 
 def prompt_tokens(tokenizer: object, prompt: str, *, chat: bool = True) -> list[int]:
-    """Token ids that start a generation: the chat template's user turn, or the raw prompt."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-        )
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    """Token ids that start a generation: the base's chat format, or the raw prompt.
+
+    With ``chat`` the prompt is rendered by :func:`~personal.model.chat.chat_format`, the same
+    rendering training and the gates use.
+    """
+    if chat:
+        return chat_format(tokenizer).prompt_ids(prompt)
     return list(tokenizer.encode(prompt))  # type: ignore[attr-defined]
 
 
-def _eos_ids(tokenizer: object) -> set[int]:
-    ids = set(getattr(tokenizer, "eos_token_ids", None) or [])
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is not None:
-        ids.add(int(eos))
+def stop_ids(tokenizer: object, *, chat: bool = True) -> set[int]:
+    """Token ids that end a generation: the EOS tokens, and the chat format's end of turn."""
+    ids = eos_ids(tokenizer)
+    if chat:
+        ids |= chat_format(tokenizer).stop_ids
     return ids
 
 
@@ -133,12 +137,12 @@ def generate(
     Args:
         model: an mlx-lm model (with or without an active adapter).
         tokenizer: its tokenizer (mlx-lm ``TokenizerWrapper`` or an HF tokenizer).
-        prompt: the user's request (wrapped in the chat template when ``chat`` and the
-            tokenizer has one).
+        prompt: the user's request (rendered in the base's chat format when ``chat``; the
+            generation stops on that format's end-of-turn token).
         max_tokens: upper bound on generated tokens.
         temperature: 0 for greedy decoding; > 0 samples from the tempered distribution.
         seed: seeds sampling, for reproducible simulations.
-        chat: apply the tokenizer's chat template.
+        chat: render ``prompt`` in the base's chat format (see :mod:`personal.model.chat`).
     """
     ids = prompt_tokens(tokenizer, prompt, chat=chat)
     tokens, logps, entropies, reason = generate_tokens(
@@ -146,10 +150,67 @@ def generate(
         ids,
         max_tokens=max_tokens,
         temperature=temperature,
-        eos_ids=_eos_ids(tokenizer),
+        eos_ids=stop_ids(tokenizer, chat=chat),
         seed=seed,
     )
     text = tokenizer.decode(tokens, skip_special_tokens=True) if tokens else ""  # type: ignore[attr-defined]
     mean_logp = sum(logps) / len(logps) if logps else 0.0
     mean_ent = sum(entropies) / len(entropies) if entropies else 0.0
     return Generation(text, tokens, mean_logp, mean_ent, reason)
+
+
+def greedy_replies(
+    model: nn.Module,
+    tokenizer: object,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int = 64,
+    batch_size: int = 32,
+) -> list[tuple[str, bool]]:
+    """Greedy replies to many prompts, in the base's chat format: ``(text, complete)`` each.
+
+    ``complete`` is ``False`` for a reply cut at ``max_tokens``. Prompts run ``batch_size`` at a
+    time through mlx-lm's ``BatchGenerator`` (one forward pass per step for the whole batch:
+    about 10x faster than one prompt at a time on the bundled bases); a model whose cache cannot
+    batch falls back to :func:`generate` one prompt at a time. Both are greedy, so the replies
+    agree up to floating-point ties.
+    """
+    ids = [prompt_tokens(tokenizer, p) for p in prompts]
+    stops = stop_ids(tokenizer)
+    try:
+        results = _batched_greedy(model, ids, stops, max_tokens, batch_size)
+    except (ValueError, TypeError, NotImplementedError, AttributeError):
+        results = [
+            (tokens, reason == "stop")
+            for tokens, _, _, reason in (
+                generate_tokens(model, p, max_tokens=max_tokens, eos_ids=stops) for p in ids
+            )
+        ]
+    decode = tokenizer.decode  # type: ignore[attr-defined]
+    return [(decode(t, skip_special_tokens=True) if t else "", done) for t, done in results]
+
+
+def _batched_greedy(
+    model: nn.Module, ids: list[list[int]], stops: set[int], max_tokens: int, batch_size: int
+) -> list[tuple[list[int], bool]]:
+    from mlx_lm.generate import BatchGenerator
+
+    generator = BatchGenerator(
+        model,
+        stop_tokens=[[t] for t in sorted(stops)],
+        completion_batch_size=batch_size,
+        prefill_batch_size=batch_size,
+    )
+    try:
+        uids = generator.insert(ids, [max_tokens] * len(ids))
+        tokens: dict[int, list[int]] = {uid: [] for uid in uids}
+        done: dict[int, bool] = {}
+        while responses := generator.next_generated():
+            for r in responses:
+                if r.finish_reason != "stop":
+                    tokens[r.uid].append(int(r.token))
+                if r.finish_reason is not None:
+                    done[r.uid] = r.finish_reason == "stop"
+    finally:
+        generator.close()
+    return [(tokens[uid], done.get(uid, False)) for uid in uids]

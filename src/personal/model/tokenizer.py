@@ -1,6 +1,6 @@
 """The product's chat format and a byte-level BPE tokenizer to go with it.
 
-Every model `personal` trains or personalizes speaks one chat format::
+The bundled models (and any base built with :func:`train_bpe_tokenizer`) speak one chat format::
 
     <|bos|><|user|>{prompt}<|assistant|>{response}<|eos|>
 
@@ -9,7 +9,8 @@ can rely on ``eos_token_id == 2`` whatever vocabulary a base model was trained w
 format exists three times and the tests keep them equal: as a Jinja :data:`CHAT_TEMPLATE` (for
 ``tokenizer_config.json``, used by mlx-lm and transformers), and as the pure-Python
 :func:`format_prompt` / :func:`format_interaction` (used by training code, which must not depend
-on a Jinja renderer).
+on a Jinja renderer). Other bases keep their own chat template: :mod:`personal.model.chat`
+chooses the format per tokenizer, and :func:`encode_interaction` goes through it.
 
 :func:`train_bpe_tokenizer` builds a GPT-2 style byte-level BPE with the HF ``tokenizers``
 library: every string, in any script, encodes and decodes back exactly, so there is no unknown
@@ -219,42 +220,44 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    # Accept a transformers tokenizer, mlx-lm's TokenizerWrapper (which forwards to one) or a
-    # raw ``tokenizers.Tokenizer`` (whose encode returns an Encoding, not a list).
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of already rendered ``text``, with no special token added by the tokenizer.
+
+    Accepts a transformers tokenizer, mlx-lm's TokenizerWrapper (which forwards to one) or a
+    raw ``tokenizers.Tokenizer`` (whose encode returns an Encoding, not a list). Rendered chat
+    text carries its own BOS where the format has one, so the tokenizer must not add another.
+    """
     encoded = tokenizer.encode(text, add_special_tokens=False)
     ids: Sequence[int] = encoded.ids if hasattr(encoded, "ids") else encoded
     return list(ids)
 
 
-def encode_interaction(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], int]:
-    """Tokenize one exchange and find where the response starts.
+def encode_interaction(
+    tokenizer: Any, prompt: str, response: str, *, complete: bool = True
+) -> tuple[list[int], int]:
+    """Tokenize one exchange in the base's chat format and find where the response starts.
 
-    Training usually takes the loss on response tokens only: ``ids[start:]`` are the response
-    and the closing ``<|eos|>``; ``ids[:start]`` equal the tokens of :func:`format_prompt`.
+    The one function every trainer, evaluator, gate and distiller encodes an exchange with: it
+    renders through :func:`personal.model.chat.chat_format`, the format ``generate`` serves in
+    (the product format above for the bundled models, byte-identical to earlier releases; the
+    base's own chat template otherwise). ``ids[start:]`` are the response and the token that
+    ends the assistant's turn (``<|eos|>`` here); ``ids[:start]`` are the generation prompt.
 
     Args:
-        tokenizer: A tokenizer from :func:`train_bpe_tokenizer` (transformers, mlx-lm wrapper,
-            or raw ``tokenizers.Tokenizer``).
+        tokenizer: the base's tokenizer (transformers, mlx-lm wrapper, or raw
+            ``tokenizers.Tokenizer``).
         prompt: The user's message.
         response: The assistant's reply.
+        complete: ``False`` leaves the end-of-turn token out (a reply cut at a length limit).
 
     Returns:
-        ``(ids, start)``: the token ids of :func:`format_interaction` and the index of the first
-        response token.
+        ``(ids, start)``: the token ids and the index of the first response token.
 
     Raises:
         TokenizerMismatch: If the prompt's tokens are not a prefix of the full tokens, which
             means the tokenizer lacks the ``<|assistant|>`` special token.
+        NoChatFormat: the tokenizer has neither a chat template nor an EOS token.
     """
-    prompt_ids = _encode(tokenizer, format_prompt(prompt))
-    ids = _encode(tokenizer, format_interaction(prompt, response))
-    start = len(prompt_ids)
-    # <|assistant|> is an added token, so tokenization cannot merge across it; if this fails,
-    # the tokenizer was not built for the chat format and response masks would be wrong.
-    if ids[:start] != prompt_ids:
-        raise TokenizerMismatch(
-            "the prompt's tokens are not a prefix of the interaction's tokens; the tokenizer "
-            f"must define {ASSISTANT} as a special token (train it with train_bpe_tokenizer)"
-        )
-    return ids, start
+    from personal.model.chat import chat_format  # chat builds on this module
+
+    return chat_format(tokenizer).encode(prompt, response, complete=complete)
