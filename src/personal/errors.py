@@ -67,6 +67,22 @@ class TokenizerMismatch(ModelError):
     """The tokenizer does not fit the model (vocabulary larger than the embedding, ...)."""
 
 
+class ModelExists(ModelError):
+    """A model directory to be written (an import's destination) already exists."""
+
+
+class UnsupportedQuantization(ModelError):
+    """A weights file uses a tensor type (GGUF K-quants, IQ types, ...) that cannot be read."""
+
+
+class UnsupportedTokenizer(ModelError):
+    """A model file's tokenizer is of a kind `personal` cannot rebuild (SentencePiece GGUF, ...)."""
+
+
+class MissingChatTemplate(ModelError):
+    """The model carries no chat template and none was given (a base, not an instruct, model?)."""
+
+
 class NoChatFormat(TokenizerMismatch):
     """The tokenizer has no usable chat format: no chat template and no end-of-sequence token,
     or a template whose generation prompt does not begin a rendered exchange."""

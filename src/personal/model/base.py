@@ -103,10 +103,19 @@ def bundled_models() -> dict[str, Path]:
 
 
 def resolve_model_path(path_or_name: str | Path) -> tuple[Path, str]:
-    """Map a bundled name or a directory to ``(directory, display name)``; no network."""
+    """Map a bundled or real-model name, or a directory, to ``(directory, display name)``.
+
+    Real-model names (``smollm2-135m-instruct``, see :mod:`personal.model.catalog`) are
+    converted into the cache on first use. Never touches the network.
+    """
     bundled = bundled_models()
     if isinstance(path_or_name, str) and path_or_name in bundled:
         return bundled[path_or_name], path_or_name
+    if isinstance(path_or_name, str):
+        from personal.model.catalog import resolve_catalog_name  # real models (GGUF packages)
+
+        if (found := resolve_catalog_name(path_or_name)) is not None:
+            return found
     path = Path(path_or_name).expanduser()
     if not path.is_dir():
         names = ", ".join(bundled) or "none installed"
