@@ -163,6 +163,8 @@ def test_truncated_file(f32_file, tmp_path, cut):
         ({"extra_meta": {"tokenizer.ggml.pre": "qwen2"}}, UnsupportedTokenizer, "'qwen2'"),
         ({"extra_meta": {"llama.expert_count": 4}}, UnsupportedArchitecture, "expert_count"),
         ({"extra_meta": {"llama.block_count": None}}, CorruptWeights, "block_count"),
+        ({"extra_meta": {"llama.block_count": 3}}, CorruptWeights, "do not fit"),
+        ({"extra_meta": {"llama.attention.head_count": [4, 4]}}, CorruptWeights, "malformed"),
     ],
 )
 def test_unsupported_files(tmp_path, kwargs, error, match):

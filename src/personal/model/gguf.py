@@ -218,7 +218,21 @@ def _write(
         "converter_version": CONVERTER_VERSION,
     }
     (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    _check_loads(tmp, source)
     _fsync_tree(tmp)
+
+
+def _check_loads(tmp: Path, source: Path) -> None:
+    """Build the model from the new directory (lazily): a file whose tensor shapes contradict
+    its metadata fails here, not at the user's next ``load_base``."""
+    from mlx_lm.utils import load_model
+
+    try:
+        load_model(tmp, lazy=True, strict=True)
+    except ValueError as exc:
+        raise CorruptWeights(
+            f"{source}'s tensors do not fit its own metadata ({exc}); use another copy."
+        ) from exc
 
 
 def import_gguf(
@@ -251,7 +265,10 @@ def import_gguf(
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}.")
     source, out = Path(gguf_path), Path(out_dir)
     header = read_header(source)
-    config = _config(header, source)  # other architectures: refused before anything else
+    try:  # other architectures are refused before anything else
+        config = _config(header, source)
+    except (TypeError, ValueError) as exc:  # metadata of the wrong type (a list, a string)
+        raise CorruptWeights(f"{source} has malformed llama metadata ({exc}).") from exc
     template = check_tokenizer(header.metadata, chat_template, source)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise ModelExists(f"{out} already exists; remove it or choose another directory.")
