@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from personal.errors import PolicyError
+from personal.errors import LifetimeContractFixed
 from personal.model.lora import get_adapter_weights
 from personal.personalizer import Personalizer
 from personal.policy import load_policy
@@ -58,10 +58,14 @@ def test_log_update_serve_and_reopen(tmp_path, tiny_model_factory):
 
 def test_the_lifetime_budget_is_bound_to_the_store(tmp_path, tiny_model_factory):
     base_dir = tiny_model_factory("llama")
-    with Personalizer.open(tmp_path / "s", base_dir, _policy(), KEY, create=True):
-        pass
     raised = _policy(**{"privacy.lifetime_epsilon": 60.0})
-    with pytest.raises(PolicyError, match="lifetime"):
+    with Personalizer.open(tmp_path / "s", base_dir, raised, KEY, create=True):
+        pass  # nothing recorded yet: the next policy may still set another budget
+    with Personalizer.open(tmp_path / "s", base_dir, _policy(), KEY) as p:
+        for i in range(4):
+            p.log(f"call Ana at {i}", f"Calling Ana at {i}.")
+        p.update()
+    with pytest.raises(LifetimeContractFixed, match="lifetime contract"):
         Personalizer.open(tmp_path / "s", base_dir, raised, KEY)
     # Anything else may change (here: the number of steps).
     with Personalizer.open(tmp_path / "s", base_dir, _policy(**{"training.steps": 5}), KEY) as p:

@@ -36,6 +36,11 @@ class PolicyError(ConfigError):
     """A policy file or value is malformed or out of range."""
 
 
+class LifetimeContractFixed(PolicyError):
+    """A policy would change a store's lifetime contract (ε, δ, unit, accountant) after the
+    ledger has recorded a round under it; the contract lives in the ledger's genesis entry."""
+
+
 class PublicDataError(ConfigError):
     """Public data (a JSONL file, a self-generated set) is malformed, empty or unusable."""
 
@@ -195,6 +200,11 @@ class LedgerRollback(LedgerIntegrityError):
 
 class LedgerAnchorMissing(LedgerIntegrityError):
     """The ledger's anchor (its chain head kept outside the database) is gone."""
+
+
+class UnitOfPrivacyMismatch(PrivacyError):
+    """Unit ids do not have the shape the store's unit of privacy promises (under ``day``, a
+    unit that is not the date of its interactions); nothing was charged."""
 
 
 class NoEligibleUnits(PrivacyError):

@@ -11,9 +11,10 @@
             report = p.update()          # one DP round, charged to the ledger first
         print(p.generate("remind me to call Ana").text)
 
-One store binds one lifetime budget: the first policy that trains a store records its lifetime
-(ε, δ) and privacy unit in the store; a later policy that tries to change them is refused, since
-raising a lifetime budget after the fact would void the guarantee already stated for old data.
+One store binds one lifetime contract (ε, δ, unit of privacy, accountant) in its privacy ledger's
+genesis entry; once a round is recorded, a policy that tries to change it is refused
+(:class:`~personal.errors.LifetimeContractFixed`), since raising a lifetime budget after the fact
+would void the guarantee already stated for old data.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from personal.adapters.registry import AdapterRegistry
-from personal.errors import BudgetExhausted, NoEligibleUnits, PolicyError
+from personal.errors import BudgetExhausted, NoEligibleUnits
 from personal.model.base import BaseModel, load_base
 from personal.model.generate import Generation, generate
 from personal.model.lora import get_adapter_weights, inject_lora, lora_off, set_adapter_weights
 from personal.policy import Policy, load_policy
 from personal.privacy.accountant import calibrate_noise
+from personal.privacy.contract import Contract
 from personal.privacy.filter import Charge
 from personal.privacy.ledger import Ledger
 from personal.privacy.noise import GaussianNoise, RandomBytes
@@ -55,8 +57,6 @@ from personal.training.round import Progress, RoundPlan, RoundReport, run_round
 import mlx.core as mx
 import numpy as np
 
-#: The settings that bind a store to one lifetime guarantee.
-BUDGET_KEYS = ("unit", "lifetime_epsilon", "delta")
 TRIGGER_KEY = "update_trigger"
 
 
@@ -112,7 +112,8 @@ class Personalizer(BaseUpdates):
                 ``sampler_seed=`` to :meth:`update` for fully reproducible rounds.
 
         Raises:
-            PolicyError: the policy would change the store's lifetime budget or unit.
+            LifetimeContractFixed: the policy would change the lifetime contract the store's
+                ledger binds (ε, δ, unit, accountant) after a round was recorded.
             WrongKey, StoreNotFound, LedgerRollback, ...: see the store and ledger.
         """
         path = Path(store).expanduser()
@@ -128,9 +129,10 @@ class Personalizer(BaseUpdates):
             settings = StoreSettings(log.store)
             bound = _bind_policy(settings, settings_policy)
             log.unit_by = bound.privacy.unit  # type: ignore[assignment]  # validated
-            ledger = Ledger.open(
-                log.store, epsilon=bound.privacy.lifetime_epsilon, delta=bound.privacy.delta
-            )
+            # The ledger, not the settings row, binds the contract: it refuses another one.
+            ledger = Ledger.open(log.store, Contract.of_policy(bound))
+            if settings.get("policy") != bound.to_dict():
+                settings.set("policy", bound.to_dict())  # the default of later commands
             loaded = base if isinstance(base, BaseModel) else load_base(base)
             inject_lora(loaded.model, bound.training.lora.to_lora_config())
             _record_base(settings, loaded, base)
@@ -430,22 +432,12 @@ def _record_base(settings: StoreSettings, loaded: BaseModel, source: object) -> 
 
 
 def _bind_policy(settings: StoreSettings, policy: Policy | None) -> Policy:
-    """The store's policy: ``policy`` if its budget matches the recorded one, else an error."""
+    """The policy to open with: ``policy``, else the store's recorded one, else ``default``.
+
+    Whether it may change the lifetime contract is the ledger's decision (:meth:`Ledger.open`),
+    so nothing is recorded here: a policy the ledger refuses never becomes the store's default.
+    """
+    if policy is not None:
+        return policy
     recorded = settings.get("policy")
-    if policy is None:
-        return (
-            Policy.from_dict(recorded, source="the store") if recorded else load_policy("default")
-        )
-    if recorded is not None:
-        old = recorded.get("privacy", {})
-        new = policy.to_dict()["privacy"]
-        changed = [k for k in BUDGET_KEYS if old.get(k) != new.get(k)]
-        if changed:
-            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-            raise PolicyError(
-                f"this store's lifetime privacy budget is fixed ({diffs}); a policy may not "
-                "change privacy.unit, privacy.lifetime_epsilon or privacy.delta of a store that "
-                "has trained. Use a policy with the recorded values, or a new store."
-            )
-    settings.set("policy", policy.to_dict())
-    return policy
+    return Policy.from_dict(recorded, source="the store") if recorded else load_policy("default")

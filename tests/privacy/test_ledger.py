@@ -17,6 +17,7 @@ from personal.errors import (
     LedgerAnchorMissing,
     LedgerIntegrityError,
     LedgerRollback,
+    LifetimeContractFixed,
     NoEligibleUnits,
     PrivacyError,
     PrivacyParameterError,
@@ -102,7 +103,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with opened(path) as ledger:
         run(ledger)
         run(ledger, UNITS[:3], status="aborted")
-        ledger.record_uncharged("migration", reason="distilled", base_fingerprint="sha256:v2")
+        ledger.record_uncharged(
+            "migration", reason="distilled", base_fingerprint="sha256:v2", policy_digest="sha256:p"
+        )
         run(ledger, UNITS[2:])
     return path
 
@@ -171,7 +174,9 @@ def test_finishing_a_round_that_is_not_open(path: Path) -> None:
             ledger.finish_round(round_id, "aborted")
         with pytest.raises(RoundNotOpen, match="not a charged round"):
             ledger.finish_round(99)
-        free = ledger.record_uncharged("migration", reason="r", base_fingerprint="f")
+        free = ledger.record_uncharged(
+            "migration", reason="r", base_fingerprint="f", policy_digest="sha256:p"
+        )
         with pytest.raises(RoundNotOpen):
             ledger.finish_round(free)
         with pytest.raises(PrivacyParameterError):
@@ -228,6 +233,7 @@ def test_a_zero_charge_migration_is_on_the_record(path: Path) -> None:
             reason="distilled from the old adapter on public prompts: post-processing",
             base_fingerprint="sha256:base-v2",
             adapter_version=4,
+            policy_digest="sha256:p",
         )
         assert ledger.epsilons() == before
         r = ledger.rounds()[-1]
@@ -240,9 +246,9 @@ def test_a_zero_charge_migration_is_on_the_record(path: Path) -> None:
         )
         assert r.reason.startswith("distilled") and r.status == "completed"
         with pytest.raises(PrivacyParameterError, match="reason"):
-            ledger.record_uncharged("migration", reason=" ", base_fingerprint="f")
+            ledger.record_uncharged("migration", reason=" ", base_fingerprint="f", policy_digest="p")
         with pytest.raises(PrivacyParameterError, match="purpose"):
-            ledger.record_uncharged("gossip", reason="r", base_fingerprint="f")
+            ledger.record_uncharged("gossip", reason="r", base_fingerprint="f", policy_digest="p")
         assert ledger.verify().ok
 
 
@@ -462,9 +468,11 @@ def test_a_database_from_before_the_ledger_is_refused(path: Path, tmp_path: Path
     with Store.open(path, KEY) as store:
         Ledger.reanchor(store, reason="accept the restored copy")
     with opened(path) as ledger:
+        # The re-anchored genesis binds no contract: the next open completes it.
         assert ledger.epsilons() == {} and [e.kind for e in ledger.entries()] == [
             "genesis",
             "reanchor",
+            "contract",
         ]
 
 
@@ -710,12 +718,13 @@ def test_verify_checks_what_the_seals_cannot(path: Path) -> None:
         assert "exceed the lifetime budget" in problems[3]
 
 
-def test_verify_flags_units_over_a_lowered_budget(path: Path) -> None:
+def test_a_lowered_budget_cannot_be_opened_after_a_round(path: Path) -> None:
     with opened(path) as ledger:
         run(ledger, ["a"])
+        head = ledger.head
     with Store.open(path, KEY) as store:
-        report = Ledger.open(store, epsilon=0.5, delta=DELTA).verify()
-        assert not report.ok and report.problems == [
-            f"1 unit(s) exceed the lifetime budget ε=0.5 at δ={DELTA} "
-            f"(max ε={report.max_epsilon:.6g})"
-        ]
+        with pytest.raises(LifetimeContractFixed, match="epsilon: 2.0 -> 0.5"):
+            Ledger.open(store, epsilon=0.5, delta=DELTA)
+        ledger = Ledger.open(store)  # the contract the chain binds
+        assert ledger.head == head and (ledger.epsilon, ledger.delta) == (EPS, DELTA)
+        assert ledger.verify().ok

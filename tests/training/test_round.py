@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 KEY = RawKey(bytes(range(32)))
-CONTEXT = {"base_fingerprint": "sha256:test", "accountant": "rdp"}
+CONTEXT = {"base_fingerprint": "sha256:test", "accountant": "rdp", "policy_digest": "sha256:p"}
 
 
 @pytest.fixture

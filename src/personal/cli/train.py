@@ -102,6 +102,7 @@ def audit_command(
     from personal.policy import Policy, load_policy
     from personal.privacy.audit import Audit, build_audit
     from personal.privacy.audit_html import render_html
+    from personal.privacy.contract import Contract
     from personal.privacy.ledger import Ledger
     from personal.store.settings import StoreSettings
 
@@ -110,19 +111,20 @@ def audit_command(
     key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
     with Store.open(store, key) as opened:
         recorded = StoreSettings(opened).get("policy")
+        policy: Policy | None = None
         if policy_name is not None:
             policy = load_policy(policy_name)
         elif recorded is not None:
             policy = Policy.from_dict(recorded, source=f"{store} (recorded policy)")
-        else:
-            policy = load_policy("default")
-        privacy = policy.privacy
+        fallback = Contract.of_policy(policy or load_policy("default"))
         try:
-            ledger = Ledger.open(opened, epsilon=privacy.lifetime_epsilon, delta=privacy.delta)
-            audit = build_audit(ledger, policy=policy)
+            # The contract comes from the ledger's genesis; a policy is only compared with it.
+            ledger = Ledger.open(opened) if Ledger.exists(opened) else Ledger.open(opened, fallback)
+            audit = build_audit(ledger, policy=policy, policy_given=policy_name is not None)
         except LedgerIntegrityError as exc:
-            audit = Audit(privacy.unit, privacy.accountant, privacy.delta,
-                          privacy.lifetime_epsilon, [], {}, [], False, [str(exc)])  # fmt: skip
+            audit = Audit(fallback.unit, fallback.accountant, fallback.delta, fallback.epsilon,
+                          [], {}, [], False, [str(exc)],
+                          contract_source="policy (the ledger cannot be read)")  # fmt: skip
     data = audit.to_json()
     if canaries:
         from personal.training.canary_audit import run_canary_audit

@@ -5,6 +5,10 @@
 :func:`personal.privacy.audit_html.render_html` is a self-contained page. The per-unit ε are
 recomputed here from the rounds (a fresh :class:`~personal.privacy.filter.RenyiFilter` replays
 every charge), so the report checks the ledger's own cached totals instead of trusting them.
+
+The lifetime contract the report holds rounds to -- ε, δ, the unit of privacy and the
+accountant -- is the one the ledger's genesis binds (:attr:`Ledger.contract`), never a policy
+file or a settings row: a policy passed in is only compared with it (``policy_matches_ledger``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from personal.errors import PersonalError
+from personal.privacy.contract import Contract
 from personal.privacy.rdp import filter_epsilon, sgm_rdp
 
 import numpy as np
@@ -42,6 +47,7 @@ class AuditRound:
     base_fingerprint: str | None = None
     adapter_version: int | None = None
     reason: str | None = None
+    epsilon: float | None = None  # what this round alone cost each eligible unit (filter ε)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Audit:
     checks: list[Check] = field(default_factory=list)
     accountant_epsilon_max: float | None = None
     accountant_note: str = ""
+    contract_source: str = "ledger genesis"
 
     @property
     def over_budget(self) -> list[str]:
@@ -106,6 +113,7 @@ class Audit:
             "accountant": self.accountant,
             "delta": self.delta,
             "lifetime_epsilon": self.lifetime_epsilon,
+            "contract_source": self.contract_source,
             "rounds": [{k: v for k, v in asdict(r).items() if v is not None} for r in self.rounds],
             "units": {
                 **self.unit_summary(),
@@ -185,8 +193,14 @@ def compliance_checks(
     lifetime_epsilon: float,
     clip_norm: float | None,
     policy_digest: str | None,
+    policy_contract: Any = None,
+    contract: Any = None,
 ) -> list[Check]:
-    """What a reviewer checks against the policy; each check says what it found."""
+    """What a reviewer checks against the policy; each check says what it found.
+
+    ``policy_contract`` and ``contract``: the lifetime contract a policy states and the one the
+    ledger binds; when both are given they must be equal (``policy_matches_ledger``).
+    """
     over = [u for u, e in unit_epsilons.items() if e > lifetime_epsilon]
     checks = [
         Check(
@@ -226,6 +240,18 @@ def compliance_checks(
                 f"rounds under {len(other)} earlier policies" if other else "one policy throughout",
             )
         )
+    if policy_contract is not None and contract is not None:
+        diffs = contract.differences(policy_contract.to_dict())
+        checks.append(
+            Check(
+                "policy_matches_ledger",
+                not diffs,
+                f"the policy differs from the ledger's lifetime contract ({', '.join(diffs)}); "
+                "the audit holds rounds to the ledger's"
+                if diffs
+                else f"the policy states the ledger's contract ({contract.describe()})",
+            )
+        )
     aborted = [r.round_id for r in rounds if r.status == "aborted"]
     checks.append(
         Check(
@@ -237,15 +263,25 @@ def compliance_checks(
     return checks
 
 
-def build_audit(ledger: Any, *, policy: Any) -> Audit:
-    """The audit of ``ledger`` (a :class:`~personal.privacy.ledger.Ledger`) under ``policy``.
+def _round_epsilon(r: Any, delta: float) -> float | None:
+    if not (r.charged and r.steps > 0 and r.noise_multiplier and r.sample_rate is not None):
+        return None
+    step = sgm_rdp(sample_rate=r.sample_rate, noise_multiplier=r.noise_multiplier, steps=r.steps)
+    return float(filter_epsilon(step, delta=delta))
 
-    Verifies the chain and its anchor, replays every charge from the decoded rounds, and runs
-    the compliance checks. A ledger that fails verification still yields a report (with
-    ``ledger_ok`` false) so a reviewer sees what is wrong.
+
+def build_audit(ledger: Any, *, policy: Any = None, policy_given: bool = False) -> Audit:
+    """The audit of ``ledger`` (a :class:`~personal.privacy.ledger.Ledger`).
+
+    Verifies the chain and its anchor (every round against the lifetime contract its genesis
+    binds), replays every charge from the decoded rounds, and runs the compliance checks.
+    ``policy`` (the store's recorded policy, or one the reviewer names) supplies the clip norm
+    to check; with ``policy_given`` its contract must also equal the ledger's. A ledger that
+    fails verification still yields a report (``ledger_ok`` false) so a reviewer sees what is
+    wrong.
     """
     report = ledger.verify()
-    privacy = policy.privacy
+    contract = ledger.contract
     try:
         decoded = ledger.rounds(with_units=True)
     except PersonalError as exc:  # tampered beyond decoding: report, do not crash
@@ -268,12 +304,13 @@ def build_audit(ledger: Any, *, policy: Any) -> Audit:
             base_fingerprint=r.base_fingerprint,
             adapter_version=None if r.adapter_version is None else int(r.adapter_version),
             reason=r.reason,
+            epsilon=_round_epsilon(r, contract.delta),
         )
         for r in decoded
     ]
     eligible = {r.round_id: list(r.units or ()) for r in decoded if r.charged}
     unit_eps, timeline = replay_charges(
-        rounds, eligible, epsilon=privacy.lifetime_epsilon, delta=privacy.delta
+        rounds, eligible, epsilon=contract.epsilon, delta=contract.delta
     )
     cached = {str(u): float(e) for u, e in ledger.epsilons().items()} if report.ok else {}
     drift = [
@@ -284,10 +321,10 @@ def build_audit(ledger: Any, *, policy: Any) -> Audit:
     if drift:
         problems.append(f"{len(drift)} units' cached ε differ from the replayed charges")
     audit = Audit(
-        unit_of_privacy=privacy.unit,
-        accountant=privacy.accountant,
-        delta=privacy.delta,
-        lifetime_epsilon=privacy.lifetime_epsilon,
+        unit_of_privacy=contract.unit,
+        accountant=contract.accountant,
+        delta=contract.delta,
+        lifetime_epsilon=contract.epsilon,
         rounds=rounds,
         unit_epsilons=unit_eps,
         epsilon_timeline=timeline,
@@ -295,10 +332,12 @@ def build_audit(ledger: Any, *, policy: Any) -> Audit:
         ledger_problems=problems,
     )
     audit.accountant_epsilon_max, audit.accountant_note = accountant_view(
-        rounds, eligible, unit_eps, mechanism=privacy.accountant, delta=privacy.delta
+        rounds, eligible, unit_eps, mechanism=contract.accountant, delta=contract.delta
     )
     audit.checks = compliance_checks(
-        rounds, unit_eps, lifetime_epsilon=privacy.lifetime_epsilon,
-        clip_norm=privacy.clip_norm, policy_digest=policy.digest(),
+        rounds, unit_eps, lifetime_epsilon=contract.epsilon,
+        clip_norm=policy.privacy.clip_norm if policy is not None else None,
+        policy_digest=policy.digest() if policy is not None else None,
+        policy_contract=Contract.of_policy(policy) if policy_given else None, contract=contract,
     )  # fmt: skip
     return audit

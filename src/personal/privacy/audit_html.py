@@ -44,6 +44,7 @@ def render_html(audit: Audit, *, title: str = "Privacy audit") -> str:
         "accountant": data["accountant"],
         "δ": data["delta"],
         "lifetime ε": data["lifetime_epsilon"],
+        "contract bound in": data["contract_source"],
         "units": units["count"],
         "ε min / median / max": (
             f"{units['epsilon_min']:.4g} / {units['epsilon_median']:.4g} / "
@@ -63,7 +64,7 @@ def render_html(audit: Audit, *, title: str = "Privacy audit") -> str:
     )
     problems = "".join(f"<li>{escape(p)}</li>" for p in data["ledger_problems"])
     columns = ["round_id", "time", "purpose", "noise_multiplier", "sample_rate", "steps",
-               "clip_norm", "eligible_units", "status"]  # fmt: skip
+               "clip_norm", "eligible_units", "epsilon", "policy_digest", "status"]  # fmt: skip
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>{_STYLE}</style></head><body>

@@ -6,8 +6,8 @@ Pure encoding and hashing; the protocol (who appends what, when) is in
 One row of ``ledger_entries`` is one entry of the chain::
 
     seq         1, 2, 3, ... (no gaps: position in the chain)
-    kind        genesis | charge | finish | uncharged | reanchor          (cleartext)
-    round_id    the round the entry belongs to (NULL for genesis/reanchor) (cleartext)
+    kind        genesis | contract | charge | finish | uncharged | reanchor (cleartext)
+    round_id    the round the entry belongs to (NULL otherwise)           (cleartext)
     created_at  UTC time of the append                                      (cleartext)
     prev_hash   entry_hash of entry seq-1 (the genesis hash for seq 1)
     entry_hash  SHA-256(prev_hash || canonical bytes of the entry)
@@ -18,6 +18,10 @@ One row of ``ledger_entries`` is one entry of the chain::
 The canonical bytes (:func:`entry_hash`) are a domain tag and the length-prefixed seq, kind,
 round id, time, key epoch and the *sealed* blob: the chain commits to ciphertexts, so a cleartext
 hash never lets anyone confirm a guess about a body (which unit ids were eligible).
+
+The genesis body binds the store's lifetime contract (ε, δ, unit, accountant; see
+:mod:`personal.privacy.contract`); a ``contract`` entry replaces it before the first round, or
+completes a format-1 genesis (ε and δ only).
 
 ``ledger_state`` holds one sealed snapshot of every unit's accumulated RDP, bound to the chain
 position (seq, entry_hash) it was computed at. It is a cache: :meth:`Ledger.verify` rebuilds it
@@ -48,7 +52,7 @@ FORMAT_VERSION = 1
 ENTRIES = "ledger_entries"
 STATE = "ledger_state"
 DOMAIN = "ledger"  # data-key family of every ledger row (never crypto-shredded with the log)
-KINDS = ("genesis", "charge", "finish", "uncharged", "reanchor")
+KINDS = ("genesis", "contract", "charge", "finish", "uncharged", "reanchor")
 HASH_BYTES = 32
 
 UnitId = str | int
@@ -96,6 +100,13 @@ class Row(NamedTuple):
 
 
 ROW_COLUMNS = "seq, kind, round_id, created_at, prev_hash, entry_hash, key_epoch, sealed"
+# What reads select: every column cast to the type it was written with, so a value edited into
+# another type (a blob made TEXT by `||`) fails the hash check instead of crashing the driver.
+READ_COLUMNS = (
+    "seq, CAST(kind AS TEXT), CAST(round_id AS INTEGER), CAST(created_at AS TEXT), "
+    "CAST(prev_hash AS BLOB), CAST(entry_hash AS BLOB), CAST(key_epoch AS INTEGER), "
+    "CAST(sealed AS BLOB)"
+)
 
 
 def entry_fields(
@@ -370,8 +381,12 @@ def check_context(
         raise PrivacyParameterError(
             f"adapter_version must be str, int or None: {adapter_version!r}"
         )
-    if policy_digest is not None and not isinstance(policy_digest, str):
-        raise PrivacyParameterError(f"policy_digest must be a string or None: {policy_digest!r}")
+    if not isinstance(policy_digest, str) or not policy_digest:
+        # The audit checks every round against the contract and shows the policy it ran under.
+        raise PrivacyParameterError(
+            f"every round records the digest of its policy: pass policy_digest (got "
+            f"{policy_digest!r}); nothing was recorded"
+        )
     return {
         "base_fingerprint": base_fingerprint,
         "adapter_version": adapter_version,

@@ -16,6 +16,7 @@ from typing import Any
 from personal.errors import (
     LedgerIntegrityError,
     LedgerRollback,
+    LifetimeContractFixed,
     PrivacyError,
     RecordNotFound,
     StoreError,
@@ -26,6 +27,7 @@ from personal.privacy import anchor as anc
 from personal.privacy.chain import (
     DOMAIN,
     ENTRIES,
+    READ_COLUMNS,
     ROW_COLUMNS,
     STATE,
     LedgerEntry,
@@ -42,9 +44,12 @@ from personal.privacy.chain import (
     genesis_hash,
     units_of,
 )
+from personal.privacy.contract import DEFAULTS, Contract, bound_fields, complete, fold
+from personal.privacy.contract import FORMAT as CONTRACT_FORMAT
 from personal.store import Store
 from personal.store.crypto import Sealed
 from personal.store.db import utcnow
+from personal.store.settings import sealed_policy_contract
 
 Build = Callable[[], tuple[str, int | None, dict[str, Any], UnitTable | None]]
 
@@ -63,6 +68,8 @@ class Journal:
         self.genesis = genesis_hash(store.store_id)
         self._head = LedgerHead(0, self.genesis.hex())
         self._table = UnitTable()
+        self._bound: dict[str, Any] = {}  # the contract fields the chain binds so far
+        self._spent = False  # whether any round (charged or not) is recorded
 
     @property
     def head(self) -> LedgerHead:
@@ -72,7 +79,7 @@ class Journal:
 
     def read_rows(self) -> list[Row]:
         """Every stored entry row, in chain order (nothing decrypted)."""
-        cur = self.store.db.execute(f"SELECT {ROW_COLUMNS} FROM {ENTRIES} ORDER BY seq")
+        cur = self.store.db.execute(f"SELECT {READ_COLUMNS} FROM {ENTRIES} ORDER BY seq")
         return [Row(*r) for r in cur.fetchall()]
 
     def load(self) -> None:
@@ -86,6 +93,8 @@ class Journal:
         if lag:
             self.body(rows[-1])  # authenticate the entry the anchor does not cover yet
         self._table = self.load_table(rows)
+        self._bound = fold(self.body(r) for r in rows if r.kind in ("genesis", "contract"))
+        self._spent = any(r.kind in ("charge", "uncharged") for r in rows)
         self._head = head
         if lag:
             self.anchor_head(head)
@@ -203,11 +212,47 @@ class Journal:
             self._head = head
             if table is not None:
                 self._table = table
+            if kind in ("genesis", "contract"):
+                self._bound.update(bound_fields(body))
+            self._spent = self._spent or kind in ("charge", "uncharged")
             anc.write_head(self.store, self.anchor, head, data)
             return round_id
         raise LedgerIntegrityError(
             "the ledger kept changing under this process (another writer?): retry the round"
         )
+
+    @property
+    def contract(self) -> Contract:
+        """The lifetime contract the chain binds (genesis, or its latest ``contract`` entry)."""
+        return Contract.from_fields(self._bound)
+
+    def bind_contract(self, request: Mapping[str, Any]) -> None:
+        """Complete a format-1 genesis, then check (or, before any round, replace) the contract.
+
+        Raises:
+            LifetimeContractFixed: ``request`` differs and a round is already recorded.
+        """
+        if not complete(self._bound):
+            # An older ledger: ε and δ stay the genesis's; unit and accountant come from the
+            # store's sealed policy, else from the caller (docs/privacy.md, "Lifetime contract").
+            fields = {**DEFAULTS, **request, **sealed_policy_contract(self.store), **self._bound}
+            self._append_contract(Contract.from_fields(fields), "completes a format-1 genesis")
+        changed = self.contract.differences(request)
+        if not changed:
+            return
+        if self._spent:
+            raise LifetimeContractFixed(
+                f"this store's lifetime contract is fixed in its privacy ledger "
+                f"({self.contract.describe()}); the policy asks for {', '.join(changed)}. A "
+                "contract cannot change once a round has been recorded under it: use a policy "
+                "with the ledger's values (`personal audit` shows them), or a new store"
+            )
+        new = Contract.from_fields({**self.contract.to_dict(), **request})
+        self._append_contract(new, "replaced before the first round (nothing was spent)")
+
+    def _append_contract(self, contract: Contract, reason: str) -> None:
+        body = {"format": CONTRACT_FORMAT, **contract.to_dict(), "reason": reason}
+        self._transact(lambda: ("contract", None, body, None))
 
     def _refresh(self) -> None:
         """Catch up with entries appended by other processes (reloading the chain)."""

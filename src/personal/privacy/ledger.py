@@ -2,7 +2,7 @@
 
 One ledger per store. Protocol of a round (the training round and the audit use only this)::
 
-    ledger = Ledger.open(store, epsilon=policy.epsilon, delta=policy.delta)
+    ledger = Ledger.open(store, Contract.of_policy(policy))   # binds or checks the contract
     selection = ledger.select(charge, log.units())       # pure: excludes units over budget
     round_id = ledger.begin_round(charge, selection.eligible, base_fingerprint=...,
                                   adapter_version=..., policy_digest=..., clip_norm=C,
@@ -56,10 +56,12 @@ from personal.privacy.chain import (
     rounds_of,
     units_digest,
 )
+from personal.privacy.contract import FORMAT as CONTRACT_FORMAT
+from personal.privacy.contract import Contract, check_round
 from personal.privacy.filter import PURPOSES, Charge, Selection, eligible_mask
 from personal.privacy.journal import Journal
 from personal.privacy.ledger_verify import LedgerReport, reanchor, verify_ledger
-from personal.privacy.rdp import check_epsilon, check_probability, filter_epsilon
+from personal.privacy.rdp import filter_epsilon
 from personal.store import Store
 
 import numpy as np
@@ -70,18 +72,10 @@ STATUSES = ("completed", "aborted")
 class Ledger(Journal):
     """The privacy ledger of one store. Use :meth:`open`.
 
-    Args (of :meth:`open`):
-        store: The open store.
-        epsilon: The policy's lifetime ε per unit.
-        delta: The policy's δ per unit.
-        anchor: Where the anchor lives: a path or a :class:`~personal.privacy.anchor.FileAnchor`
-            (default ``STORE/ledger.anchor``).
+    Its lifetime contract (:attr:`contract`: ε, δ, unit of privacy, accountant) is the one its
+    chain binds, never the caller's: :meth:`open` refuses a different one once a round is
+    recorded (:mod:`personal.privacy.contract`).
     """
-
-    def __init__(self, store: Store, epsilon: float, delta: float, anchor: anc.FileAnchor):
-        super().__init__(store, anchor)
-        self.epsilon = epsilon
-        self.delta = delta
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -89,27 +83,65 @@ class Ledger(Journal):
     def open(
         cls,
         store: Store,
+        contract: Contract | None = None,
         *,
-        epsilon: float,
-        delta: float,
+        epsilon: float | None = None,
+        delta: float | None = None,
+        unit: str | None = None,
+        accountant: str | None = None,
         anchor: anc.FileAnchor | str | Path | None = None,
     ) -> Ledger:
         """Open (creating on first use) the store's ledger and check it against its anchor.
 
+        Args:
+            store: The open store.
+            contract: The lifetime contract the caller expects (or its fields one by one;
+                fields left ``None`` accept what the ledger binds). A new ledger binds it in
+                its genesis entry (ε and δ are needed then).
+            anchor: Where the anchor lives (default ``STORE/ledger.anchor``).
+
         Raises:
+            LifetimeContractFixed: The ledger binds another contract and has recorded rounds
+                (before its first round, the requested contract replaces the old one).
             LedgerIntegrityError: An entry was modified, deleted or reordered.
             LedgerRollback: The database is an older copy than the anchor (training refused).
             LedgerAnchorMissing: The anchor is gone (see :meth:`reanchor`).
         """
-        eps, d = check_epsilon(epsilon), check_probability("delta", delta)
-        ledger = cls(store, eps, d, anc.as_anchor(store, anchor))
+        given = {"epsilon": epsilon, "delta": delta, "unit": unit, "accountant": accountant}
+        request = {
+            **(contract.to_dict() if contract is not None else {}),
+            **{k: v for k, v in given.items() if v is not None},
+        }
+        ledger = cls(store, anc.as_anchor(store, anchor))
         if MIGRATIONS.version(store.db) == 0:
-            ledger._create()
+            ledger._create(request)
         store.apply_migrations(MIGRATIONS)
         ledger.load()
+        ledger.bind_contract(request)
         return ledger
 
-    def _create(self) -> None:
+    @staticmethod
+    def exists(store: Store) -> bool:
+        """Whether the store has a privacy ledger (opening one without a contract needs it)."""
+        return MIGRATIONS.version(store.db) > 0
+
+    @property
+    def epsilon(self) -> float:
+        """The lifetime ε per unit, as the ledger binds it."""
+        return self.contract.epsilon
+
+    @property
+    def delta(self) -> float:
+        """The lifetime δ per unit, as the ledger binds it."""
+        return self.contract.delta
+
+    def _create(self, request: dict[str, Any]) -> None:
+        if "epsilon" not in request or "delta" not in request:
+            raise PrivacyParameterError(
+                "this store has no privacy ledger yet: opening it needs the lifetime contract "
+                "(ε and δ at least) to bind into its genesis entry"
+            )
+        contract = Contract.from_fields(request)
         with self.store.atomic() as db:
             if MIGRATIONS.version(db) > 0:  # another process created it meanwhile
                 return
@@ -125,7 +157,7 @@ class Ledger(Journal):
                     "gone: they were deleted. Training is refused: restore store.db from a backup"
                 )
             self.store.apply_migrations(MIGRATIONS)
-            body = {"format": 1, "epsilon": self.epsilon, "delta": self.delta}
+            body = {"format": CONTRACT_FORMAT, **contract.to_dict()}
             head, data = self.append("genesis", None, body)
         anc.write_head(self.store, self.anchor, head, data)
 
@@ -209,6 +241,7 @@ class Ledger(Journal):
         context = check_context(base_fingerprint, adapter_version, policy_digest)
         clip = check_positive("clip_norm", clip_norm)
         check_mechanism(accountant)
+        check_round(self.contract, units, accountant)
         step = charge.rdp()
 
         def build() -> tuple[str, int | None, dict[str, Any], UnitTable | None]:
@@ -224,7 +257,8 @@ class Ledger(Journal):
             table.add(units, step)
             body = {
                 **charge.to_dict(), **context, "clip_norm": clip, "accountant": accountant,
-                "epsilon": self.epsilon, "delta": self.delta, "units": list(units),
+                "epsilon": self.epsilon, "delta": self.delta, "unit": self.contract.unit,
+                "units": list(units),
                 "units_digest": units_digest(units), "unit_count": len(units),
                 "status": "charged",
             }  # fmt: skip
@@ -285,7 +319,8 @@ class Ledger(Journal):
         body = {
             "purpose": purpose, "reason": reason, "summary": summary, "epsilon": self.epsilon,
             **check_context(base_fingerprint, adapter_version, policy_digest),
-            "delta": self.delta, "units_digest": units_digest(()), "unit_count": 0,
+            "delta": self.delta, "unit": self.contract.unit, "units_digest": units_digest(()),
+            "unit_count": 0,
             "status": "completed",
         }  # fmt: skip
         encode_body(body)
@@ -334,5 +369,5 @@ class Ledger(Journal):
         entry must authenticate. Appends a ``reanchor`` entry (``reason`` and what the old
         anchor said), so the audit shows when and why it happened.
         """
-        ledger = cls(store, 1.0, 0.5, anc.as_anchor(store, anchor))  # the budget is not used
+        ledger = cls(store, anc.as_anchor(store, anchor))
         return reanchor(ledger, reason)

@@ -3,8 +3,9 @@
 Verification trusts nothing cached: it recomputes every link and hash, authenticates every
 sealed body, checks every charge entry's unit digest, replays every charge through the filter
 rule at the budget recorded with it (no unit may ever have been charged past it), rebuilds the
-per-unit RDP table from the chain alone, checks every unit against the current lifetime budget,
-and compares the chain head with the anchor.
+per-unit RDP table from the chain alone, checks every round against the lifetime contract the
+genesis binds (its ε, δ, accountant and unit of privacy; a contract may not change once a round
+is recorded), checks every unit against that budget, and compares the chain head with the anchor.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from personal.privacy.chain import (
     units_digest,
     units_of,
 )
+from personal.privacy.contract import Contract, bound_fields, complete, misfits
 from personal.privacy.rdp import filter_epsilon
 
 import numpy as np
@@ -51,6 +53,8 @@ class LedgerReport:
         anchor: The head the anchor names (``None`` if missing or unusable).
         repairs: What verification fixed (unit cache rebuilt, anchor lag of one re-anchored).
         notes: Facts a reviewer must see (re-anchoring by an admin, interrupted rounds).
+        contract: The lifetime contract the chain binds (``epsilon``, ``delta``, ``unit``,
+            ``accountant``), as replayed from its genesis and ``contract`` entries.
     """
 
     ok: bool
@@ -63,6 +67,7 @@ class LedgerReport:
     anchor: LedgerHead | None
     repairs: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    contract: dict[str, Any] = field(default_factory=dict)
 
 
 class _Replay:
@@ -73,15 +78,22 @@ class _Replay:
         self.rounds: dict[int, str] = {}  # round id -> "charged" | "finished" | "uncharged"
         self.last_round = 0
         self.notes: list[str] = []
+        self.bound: dict[str, Any] = {}  # the lifetime contract so far
+        self.spent = False  # a round was recorded: the contract is fixed from here on
 
     def entry(self, row: Row, body: Mapping[str, Any]) -> list[str]:
         where = f"entry {row.seq} ({row.kind})"
         if (row.seq == 1) != (row.kind == "genesis"):
             return [f"{where}: the genesis entry must be entry 1 and only entry 1"]
+        if row.kind in ("genesis", "contract"):
+            return self._contract(body, where)
         if row.kind in ("charge", "uncharged"):
             if row.round_id is None or row.round_id <= self.last_round:
                 return [f"{where}: round id {row.round_id} is not the next round"]
             self.last_round = row.round_id
+            self.spent = True
+            if not body.get("policy_digest"):
+                self.notes.append(f"round {row.round_id} records no policy digest")
         if row.kind == "charge":
             return self._charge(row, body, where)
         if row.kind == "uncharged":
@@ -102,15 +114,54 @@ class _Replay:
             )
         return []
 
+    def _contract(self, body: Mapping[str, Any], where: str) -> list[str]:
+        new = bound_fields(body)
+        changed = [k for k in new if k in self.bound and new[k] != self.bound[k]]
+        self.bound.update(new)
+        try:
+            if complete(self.bound):
+                Contract.from_fields(self.bound)
+        except PrivacyParameterError as exc:
+            return [f"{where}: malformed lifetime contract ({exc})"]
+        if changed and self.spent:
+            return [
+                f"{where}: changes the lifetime contract ({', '.join(changed)}) after rounds "
+                "were recorded under it"
+            ]
+        return []
+
+    def _against_contract(self, row: Row, body: Mapping[str, Any], where: str) -> list[str]:
+        """A charge's recorded budget, accountant and unit ids must be the contract's."""
+        problems, b = [], self.bound
+        if (float(body["epsilon"]), float(body["delta"])) != (b["epsilon"], b["delta"]):
+            problems.append(
+                f"{where}: round {row.round_id} was charged under ε={body['epsilon']}, "
+                f"δ={body['delta']}, not the ledger's lifetime contract (ε={b['epsilon']}, "
+                f"δ={b['delta']})"
+            )
+        if "accountant" in b and body.get("accountant") != b["accountant"]:
+            problems.append(
+                f"{where}: round {row.round_id} names the {body.get('accountant')!r} "
+                f"accountant, not the contract's {b['accountant']!r}"
+            )
+        bad = misfits(b.get("unit", "interaction"), body.get("units", ()))
+        if bad:
+            problems.append(
+                f"{where}: round {row.round_id} charged {len(bad)} unit(s) (e.g. {bad[0]!r}) "
+                f"that are not a {b.get('unit')} unit: the audit's unit of privacy would be false"
+            )
+        return problems
+
     def _charge(self, row: Row, body: Mapping[str, Any], where: str) -> list[str]:
         try:
             step = charge_of(body, row.seq).rdp()
             units = units_of(body, row.seq)
-            eps, delta = float(body["epsilon"]), float(body["delta"])
+            eps = float(self.bound.get("epsilon", body["epsilon"]))
+            delta = float(self.bound.get("delta", body["delta"]))
             budget_ok = filter_epsilon(self.table.current(units) + step, delta=delta)
+            problems = self._against_contract(row, body, where) if "epsilon" in self.bound else []
         except (LedgerIntegrityError, PrivacyParameterError, KeyError, TypeError, ValueError):
             return [f"{where}: malformed charge entry"]
-        problems = []
         if body.get("units_digest") != units_digest(units) or body.get("unit_count") != len(units):
             problems.append(f"{where}: its unit digest or count does not match its unit list")
         over = int((np.atleast_1d(budget_ok) > eps * (1 + _TOL)).sum())
@@ -170,6 +221,7 @@ def verify_ledger(ledger: Ledger) -> LedgerReport:
         anchor=anchored,
         repairs=repairs,
         notes=replay.notes,
+        contract=dict(replay.bound),
     )
 
 

@@ -69,3 +69,19 @@ class StoreSettings:
         """The names that have a value, sorted."""
         rows = self.store.db.execute(f"SELECT name FROM {TABLE} ORDER BY name").fetchall()
         return [r[0] for r in rows]
+
+
+def sealed_policy_contract(store: Store) -> dict[str, Any]:
+    """The lifetime-contract fields (``epsilon``, ``delta``, ``unit``, ``accountant``) of the
+    store's sealed ``policy`` setting; ``{}`` when there is none.
+
+    Only a ledger written before the contract was bound into it reads this (once, to complete
+    its genesis): the ledger, not this row, is what binds a store.
+    """
+    recorded = StoreSettings(store).get("policy")
+    privacy = recorded.get("privacy") if isinstance(recorded, dict) else None
+    if not isinstance(privacy, dict):
+        return {}
+    names = {"lifetime_epsilon": "epsilon", "delta": "delta", "unit": "unit",
+             "accountant": "accountant"}  # fmt: skip
+    return {new: privacy[old] for old, new in names.items() if privacy.get(old) is not None}
