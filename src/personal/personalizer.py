@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from personal.adapters.registry import AdapterRegistry
-from personal.errors import BudgetExhausted, NoEligibleUnits
+from personal.errors import BudgetExhausted, NoEligibleUnits, UnitOfPrivacyMismatch
 from personal.model.base import BaseModel, load_base
 from personal.model.generate import Generation, generate
 from personal.model.lora import get_adapter_weights, inject_lora, lora_off, set_adapter_weights
@@ -129,6 +129,7 @@ class Personalizer(BaseUpdates):
             settings = StoreSettings(log.store)
             bound = _bind_policy(settings, settings_policy)
             log.unit_by = bound.privacy.unit  # type: ignore[assignment]  # validated
+            _check_units(log, bound.privacy.unit)
             # The ledger, not the settings row, binds the contract: it refuses another one.
             ledger = Ledger.open(log.store, Contract.of_policy(bound))
             if settings.get("policy") != bound.to_dict():
@@ -428,6 +429,20 @@ def _record_base(settings: StoreSettings, loaded: BaseModel, source: object) -> 
         where = str(loaded.path) if isinstance(source, BaseModel) else str(source)
         settings.set(
             "base", {"fingerprint": loaded.fingerprint, "name": loaded.name, "source": where}
+        )
+
+
+def _check_units(log: InteractionLog, unit: str) -> None:
+    """Refuse a unit of privacy the store's records were not logged under (cleartext check)."""
+    misfits = log.misfit_count(unit)  # type: ignore[arg-type]  # a validated policy unit
+    if misfits:
+        raise UnitOfPrivacyMismatch(
+            f"{misfits} interaction(s) in this store were logged under another unit of privacy "
+            f"than the policy's {unit!r} (e.g. imported before the store's policy was recorded), "
+            f"so training would charge them as the wrong units and the audit's claim would be "
+            "false. Train under a policy whose privacy.unit matches how they were logged, or "
+            "import them into a new store created with `personal init STORE --policy P` "
+            "(nothing was charged)"
         )
 
 

@@ -75,6 +75,22 @@ def test_privacy_units_by_day_and_by_session(tmp_path: Path, raw_key: RawKey) ->
         InteractionLog.open(tmp_path / "s", raw_key, unit_by="week")  # type: ignore[arg-type]
 
 
+def test_explicit_units_must_fit_the_unit_of_privacy(tmp_path: Path, raw_key: RawKey) -> None:
+    """Under day the unit is the date of ts; under session never the per-interaction form."""
+    with InteractionLog.create(tmp_path / "d", raw_key) as log:
+        log.append("a", "b", ts=T0)  # interaction:1, logged before the unit was day
+        log.unit_by = "day"
+        with pytest.raises(InvalidInteraction, match="UTC date 2024-05-01"):
+            log.append("a", "b", ts=T0, unit="session-1")
+        assert log.get(log.append("a", "b", ts=T0, unit="2024-05-01")).unit == "2024-05-01"
+        assert (log.misfit_count("day"), log.misfit_count("interaction")) == (1, 0)
+        assert log.misfit_count("session") == 1
+        log.unit_by = "session"
+        with pytest.raises(InvalidInteraction, match="session id"):
+            log.append("a", "b", unit="interaction:12")
+        assert len(log) == 2
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -12,12 +12,14 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from personal.errors import InvalidInteraction, StoreError
 from personal.store import Interaction, InteractionLog, Passphrase
-from personal.store.records import parse_time, prepare
+from personal.store.db import format_ts
+from personal.store.records import UnitBy, check_unit, parse_time, prepare
 
 import click
 
@@ -47,8 +49,9 @@ def _open(store: Path, key_file: Path | None) -> InteractionLog:
     return InteractionLog.open(store, _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False))
 
 
-def _parse_line(line: str, where: str) -> Interaction:
-    """One JSONL line of ``personal import`` as an interaction."""
+def _parse_line(line: str, where: str, unit_by: UnitBy = "interaction") -> Interaction:
+    """One JSONL line of ``personal import`` as an interaction (its unit checked against the
+    store's unit of privacy ``unit_by``)."""
     try:
         item: Any = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -70,39 +73,55 @@ def _parse_line(line: str, where: str) -> Interaction:
     if item.get("metadata") is not None:
         extra["metadata"] = item["metadata"]
     interaction = Interaction(item["prompt"], item["response"], **extra)
-    try:
-        prepare(interaction, 0, "", {})  # validate now, to name the line
+    try:  # validate now, to name the line
+        prepared = prepare(interaction, 0, format_ts(datetime.now(UTC)), {})
+        check_unit(unit_by, prepared.unit, prepared.ts, 0)
     except InvalidInteraction as exc:
         raise InvalidInteraction(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
     return interaction
 
 
-def _read_jsonl(stream: Iterable[str], name: str) -> Iterator[Interaction]:
+def _read_jsonl(
+    stream: Iterable[str], name: str, unit_by: UnitBy = "interaction"
+) -> Iterator[Interaction]:
     for number, line in enumerate(stream, start=1):
         if line.strip():
-            yield _parse_line(line, f"{name} line {number}")
+            yield _parse_line(line, f"{name} line {number}", unit_by)
 
 
 def _report_bad(record_id: int, exc: StoreError) -> None:
     click.echo(f"warning: skipped {exc}", err=True)
 
 
-def _cmd_init(store: Path, key_file: Path | None) -> None:
-    """Create a new encrypted store at STORE."""
+def _cmd_init(store: Path, policy_name: str | None, key_file: Path | None) -> None:
+    """Create a new encrypted store at STORE (--policy: record the policy it will train under,
+    whose unit of privacy imports then follow)."""
+    from personal.policy import load_policy
+    from personal.store.settings import StoreSettings
+
+    policy = load_policy(policy_name) if policy_name is not None else None  # before creating
     key = _passphrase(key_file, ENV_KEY, "New passphrase", confirm=True)
-    InteractionLog.create(store, key).close()
-    click.echo(f"created store {store}")
+    with InteractionLog.create(store, key) as log:
+        if policy is not None:
+            StoreSettings(log.store).set("policy", policy.to_dict())
+    unit = f" (unit of privacy: {policy.privacy.unit})" if policy is not None else ""
+    click.echo(f"created store {store}{unit}")
 
 
 def _cmd_import(store: Path, file: Path, key_file: Path | None) -> None:
     """Append the interactions of a JSONL FILE ('-': stdin) in one transaction."""
+    from personal.privacy.ledger import store_unit
+
     name = "<stdin>" if str(file) == "-" else str(file)
-    try:
-        with click.open_file(str(file), encoding="utf-8") as stream:
-            interactions = list(_read_jsonl(stream, name))  # all validated before any write
-    except UnicodeDecodeError as exc:
-        raise InvalidInteraction(f"{name} is not UTF-8 text ({exc.reason})") from None
     with _open(store, key_file) as log:
+        # Units follow the store's unit of privacy: under `day` the log derives each one from
+        # ts; under `session` every line must name its session.
+        log.unit_by = store_unit(log.store)  # type: ignore[assignment]  # validated
+        try:
+            with click.open_file(str(file), encoding="utf-8") as stream:
+                interactions = list(_read_jsonl(stream, name, log.unit_by))  # before any write
+        except UnicodeDecodeError as exc:
+            raise InvalidInteraction(f"{name} is not UTF-8 text ({exc.reason})") from None
         ids = log.append_many(interactions)
     click.echo(f"imported {len(ids)} interactions into {store}")
 
@@ -186,7 +205,12 @@ def _command(group: click.Group, name: str, fn: Callable[..., None], *decorators
 def register(group: click.Group) -> None:
     """Add the store commands to the ``personal`` group."""
     json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-    _command(group, "init", _cmd_init, _store_arg, _key_file)
+    policy_opt = click.option(
+        "--policy", "policy_name", default=None,
+        help="Record the policy the store will train under (its unit of privacy governs "
+        "imports); default: decided by the first train.",
+    )  # fmt: skip
+    _command(group, "init", _cmd_init, _store_arg, policy_opt, _key_file)
     file_arg = click.argument(
         "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
     )

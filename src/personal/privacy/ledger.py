@@ -56,13 +56,14 @@ from personal.privacy.chain import (
     rounds_of,
     units_digest,
 )
+from personal.privacy.contract import DEFAULTS, Contract, check_round
 from personal.privacy.contract import FORMAT as CONTRACT_FORMAT
-from personal.privacy.contract import Contract, check_round
 from personal.privacy.filter import PURPOSES, Charge, Selection, eligible_mask
 from personal.privacy.journal import Journal
 from personal.privacy.ledger_verify import LedgerReport, reanchor, verify_ledger
 from personal.privacy.rdp import filter_epsilon
 from personal.store import Store
+from personal.store.settings import sealed_policy_contract
 
 import numpy as np
 
@@ -371,3 +372,14 @@ class Ledger(Journal):
         """
         ledger = cls(store, anc.as_anchor(store, anchor))
         return reanchor(ledger, reason)
+
+
+def store_unit(store: Store) -> str:
+    """The unit of privacy interactions entering ``store`` get (``import``, ``log()``).
+
+    The ledger's contract once the store has a ledger; before, the unit of the policy recorded
+    with the store (``personal init --policy``); else ``interaction`` (the default policy's).
+    """
+    if Ledger.exists(store):
+        return Ledger.open(store).contract.unit
+    return str(sealed_policy_contract(store).get("unit", DEFAULTS["unit"]))

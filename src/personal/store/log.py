@@ -42,9 +42,11 @@ from personal.store.records import (
     Prepared,
     Record,
     UnitBy,
+    check_unit,
     decode_padded,
     default_unit,
     filters_sql,
+    misfit_sql,
     parse_time,
     prepare,
 )
@@ -152,6 +154,8 @@ class InteractionLog:
         """Append interactions in one transaction (all or none); returns their ids in order."""
         now, sources = format_ts(datetime.now(UTC)), dict[str, bytes]()
         prepared = [prepare(it, i, now, sources) for i, it in enumerate(interactions)]
+        for i, p in enumerate(prepared):  # the unit of privacy is enforced where data enters
+            check_unit(self.unit_by, p.unit, p.ts, i)
         if not prepared:
             return []
         with self.store.atomic() as db:
@@ -332,6 +336,17 @@ class InteractionLog:
         with dbm.translate_errors():
             row = self.store.db.execute(f"SELECT max(id) FROM {TABLE}").fetchone()
         return int(row[0] or 0)
+
+    def misfit_count(self, unit_by: UnitBy) -> int:
+        """How many records have a unit that does not fit ``unit_by`` (e.g. under ``day``, a
+        unit that is not the record's UTC date): records logged under another unit of privacy.
+        Cleartext columns only."""
+        condition = misfit_sql(unit_by)
+        if condition is None:
+            return 0
+        with dbm.translate_errors():
+            row = self.store.db.execute(f"SELECT count(*) FROM {TABLE} WHERE {condition}")
+            return int(row.fetchone()[0])
 
     def units_after(self, record_id: int) -> list[str]:
         """Units with a record whose id is above ``record_id`` (cleartext; no decryption)."""

@@ -199,6 +199,43 @@ def prepare(item: Interaction, index: int, now: str, sources: dict[str, bytes]) 
     return Prepared(unit, stamp, source, payload, source_utf8)
 
 
+_AUTO_UNIT = "interaction:"
+
+
+def check_unit(unit_by: UnitBy, unit: str | None, ts: str, index: int) -> None:
+    """Refuse an explicit unit that contradicts the log's unit of privacy.
+
+    Under ``day`` a unit is the UTC date of its interaction (derived from ``ts``), so an explicit
+    unit must be that date; under ``session`` the app's session id must not be the
+    one-per-interaction form ``interaction:<id>`` the log generates. Otherwise the audit's
+    "unit of privacy: day" would not be true of what training charges. Under ``interaction``
+    any coarser unit an app passes is fine: it protects more than one interaction.
+    """
+    if unit is None or unit_by == "interaction":
+        return
+    if unit_by == "day" and unit != ts[:10]:
+        raise _bad(
+            index,
+            f"the store's unit of privacy is the day: unit {unit!r} is not this interaction's "
+            f"UTC date {ts[:10]} (from its ts); leave unit out and the log derives it",
+        )
+    if unit_by == "session" and unit.startswith(_AUTO_UNIT) and unit[len(_AUTO_UNIT) :].isdigit():
+        raise _bad(
+            index,
+            f"the store's unit of privacy is the session: {unit!r} is the per-interaction form; "
+            "pass the interaction's session id as unit",
+        )
+
+
+def misfit_sql(unit_by: UnitBy) -> str | None:
+    """SQL condition on a ``records`` row whose unit does not fit ``unit_by`` (``None``: any)."""
+    if unit_by == "day":
+        return "unit != substr(ts, 1, 10)"
+    if unit_by == "session":
+        return f"unit GLOB '{_AUTO_UNIT}[0-9]*'"
+    return None
+
+
 def default_unit(unit_by: UnitBy, record_id: int, ts: str, index: int) -> str:
     """The privacy unit of an interaction appended without one."""
     if unit_by == "interaction":
