@@ -10,7 +10,6 @@ from personal.store import InteractionLog, Passphrase
 
 import pytest
 from click.testing import CliRunner
-
 from test_train_audit_cli import PASS, POLICY
 
 

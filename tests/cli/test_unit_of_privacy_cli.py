@@ -41,9 +41,7 @@ def _day_lines(day: str, n: int):
     ]
 
 
-def test_forty_interactions_of_one_day_are_one_unit_and_the_audit_says_so(
-    env, tiny_model_factory
-):
+def test_forty_interactions_of_one_day_are_one_unit_and_the_audit_says_so(env, tiny_model_factory):
     store = env / "store"
     created = _run("init", store, "--policy", env / "day.toml")
     assert created.exit_code == 0 and "unit of privacy: day" in created.output
@@ -88,7 +86,8 @@ def test_imports_that_contradict_the_unit_are_refused(env):
 def test_training_refuses_records_logged_under_another_unit(env, tiny_model_factory):
     store = env / "store"
     assert _run("init", store).exit_code == 0  # no policy: one unit per interaction
-    assert _run("import", store, _jsonl(env / "in.jsonl", _day_lines("2024-05-01", 6))).exit_code == 0
+    lines = _jsonl(env / "in.jsonl", _day_lines("2024-05-01", 6))
+    assert _run("import", store, lines).exit_code == 0
     base = tiny_model_factory("llama")
     refused = _run("train", store, "--base", base, "--policy", env / "day.toml")
     assert refused.exit_code == 2 and "another unit of privacy" in refused.output

@@ -246,7 +246,9 @@ def test_a_zero_charge_migration_is_on_the_record(path: Path) -> None:
         )
         assert r.reason.startswith("distilled") and r.status == "completed"
         with pytest.raises(PrivacyParameterError, match="reason"):
-            ledger.record_uncharged("migration", reason=" ", base_fingerprint="f", policy_digest="p")
+            ledger.record_uncharged(
+                "migration", reason=" ", base_fingerprint="f", policy_digest="d"
+            )
         with pytest.raises(PrivacyParameterError, match="purpose"):
             ledger.record_uncharged("gossip", reason="r", base_fingerprint="f", policy_digest="p")
         assert ledger.verify().ok
@@ -723,7 +725,7 @@ def test_a_lowered_budget_cannot_be_opened_after_a_round(path: Path) -> None:
         run(ledger, ["a"])
         head = ledger.head
     with Store.open(path, KEY) as store:
-        with pytest.raises(LifetimeContractFixed, match="epsilon: 2.0 -> 0.5"):
+        with pytest.raises(LifetimeContractFixed, match=r"epsilon: 2\.0 -> 0\.5"):
             Ledger.open(store, epsilon=0.5, delta=DELTA)
         ledger = Ledger.open(store)  # the contract the chain binds
         assert ledger.head == head and (ledger.epsilon, ledger.delta) == (EPS, DELTA)

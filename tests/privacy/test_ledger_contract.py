@@ -81,7 +81,7 @@ def test_deleting_the_settings_row_changes_nothing(store: Store) -> None:
     ledger = Ledger.open(store, STRICT)
     _round(ledger)
     store.db.execute("DELETE FROM store_settings WHERE name = 'policy'")
-    with pytest.raises(LifetimeContractFixed, match="epsilon: 1.0 -> 5.0"):
+    with pytest.raises(LifetimeContractFixed, match=r"epsilon: 1\.0 -> 5\.0"):
         Ledger.open(store, epsilon=5.0, delta=1e-6)
     assert Ledger.open(store).contract == STRICT
 
@@ -132,7 +132,7 @@ def test_an_old_ledger_is_completed_from_the_sealed_policy(store: Store) -> None
 def test_an_old_ledger_keeps_its_genesis_budget(store: Store) -> None:
     """The sealed row is gone: the opening policy supplies the unit, never ε or δ."""
     _legacy(store, None)
-    with pytest.raises(LifetimeContractFixed, match="epsilon: 2.0 -> 9.0"):
+    with pytest.raises(LifetimeContractFixed, match=r"epsilon: 2\.0 -> 9\.0"):
         Ledger.open(store, Contract(9.0, 1e-6))
     assert Ledger.open(store, Contract(2.0, 1e-6)).contract == Contract(2.0, 1e-6)
 

@@ -125,17 +125,15 @@ def audit_command(
             audit = Audit(fallback.unit, fallback.accountant, fallback.delta, fallback.epsilon,
                           [], {}, [], False, [str(exc)],
                           contract_source="policy (the ledger cannot be read)")  # fmt: skip
-    data = audit.to_json()
     if canaries:
         from personal.training.canary_audit import run_canary_audit
 
         result = run_canary_audit(store, key, base, policy, canaries=canaries)
-        data["canary_audit"] = result.to_dict()
-        audit.ok = audit.ok and result.passed  # type: ignore[misc]
+        audit.canary_audit = result.to_dict()  # part of the verdict (Audit.ok)
+    data = audit.to_json()
     if html_file is not None:
         html_file.write_text(render_html(audit), encoding="utf-8")
-    ok = bool(data["ok"]) and data.get("canary_audit", {}).get("passed", True)
-    data["ok"] = ok
+    ok = bool(data["ok"])
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:

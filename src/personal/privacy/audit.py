@@ -76,6 +76,7 @@ class Audit:
     accountant_epsilon_max: float | None = None
     accountant_note: str = ""
     contract_source: str = "ledger genesis"
+    canary_audit: dict[str, Any] | None = None  # the empirical audit's result, when run
 
     @property
     def over_budget(self) -> list[str]:
@@ -84,8 +85,13 @@ class Audit:
 
     @property
     def ok(self) -> bool:
-        """The ledger verifies, no unit is over budget, and every compliance check passes."""
-        return self.ledger_ok and not self.over_budget and all(c.ok for c in self.checks)
+        """The ledger verifies, no unit is over budget, every compliance check passes, and the
+        canary audit (when run) passed."""
+        canaries_ok = self.canary_audit is None or bool(self.canary_audit.get("passed"))
+        return (
+            self.ledger_ok and not self.over_budget and all(c.ok for c in self.checks)
+            and canaries_ok
+        )  # fmt: skip
 
     def unit_summary(self, bins: int = 10) -> dict[str, Any]:
         """Count, min, median, max and a histogram of per-unit ε over [0, lifetime ε]."""
@@ -126,6 +132,7 @@ class Audit:
             "ledger_ok": self.ledger_ok,
             "ledger_problems": list(self.ledger_problems),
             "compliance": [asdict(c) for c in self.checks],
+            **({"canary_audit": self.canary_audit} if self.canary_audit is not None else {}),
         }
 
 

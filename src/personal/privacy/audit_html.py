@@ -54,6 +54,12 @@ def render_html(audit: Audit, *, title: str = "Privacy audit") -> str:
         "rounds": len(data["rounds"]),
         "ledger verified": "yes" if data["ledger_ok"] else "NO",
     }
+    if "canary_audit" in data:
+        c = data["canary_audit"]
+        summary["canary audit"] = (
+            f"empirical ε ≥ {c['epsilon_lower_bound']:.3g} (accounted "
+            f"{c['epsilon_accounted']:.3g}): {'pass' if c['passed'] else 'FAIL'}"
+        )
     summary_rows = "".join(
         f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in summary.items()
     )

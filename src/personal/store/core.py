@@ -32,6 +32,7 @@ from personal.errors import (
     WrongKey,
 )
 from personal.store import db as dbm
+from personal.store import workdir
 from personal.store.crypto import (
     AAD_VERSION,
     FieldValue,
@@ -164,6 +165,7 @@ class Store:
         """Open an existing store; raises :class:`WrongKey` before any record is read."""
         path = Path(path)
         store_id = read_marker(path)
+        workdir.clean(path)  # scratch copies a killed process left (module docstring)
         db_path = path / DB_NAME
         if not db_path.exists():
             raise StoreCorrupt(f"{db_path} is missing: restore it from a backup")

@@ -2,8 +2,10 @@
 
 ``personal audit STORE --canaries N`` runs :func:`run_canary_audit`:
 
-1. copy the store (the original is never written: its ledger is not charged, its adapters are
-   not touched);
+1. copy the store into a scratch directory *inside* it (the original database is never
+   written: its ledger is not charged, its adapters are not touched). The copy is ciphertext
+   like the store, and a copy a killed audit leaves behind is removed by the next open of the
+   store (:mod:`personal.store.workdir`), never left in ``/tmp`` where no erasure reaches it;
 2. draw N canary units and insert each into the copy independently with probability 1/2 (CSPRNG
    coins unless a test seed is given);
 3. run one DP round under the store's policy on the copy, through the real sampler, ledger,
@@ -18,21 +20,25 @@ that does not bound a unit, a sampler that does not match the accountant) shows 
 above it. Gradient canaries are the worst case the analysis covers, so they give much tighter
 bounds than text canaries, which a small model barely memorises in one round. The round also
 trains on the user's real data (the realistic setting); its only output is the bound and the
-counts, and the copy is deleted afterwards.
+counts, and the copy is deleted afterwards. Canary units take the shape of the store's unit of
+privacy (under ``day``, dates of a distant past year that no real interaction has).
 """
 
 from __future__ import annotations
 
 import secrets
 import shutil
-import tempfile
+import sqlite3
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from personal.privacy.canary import audit_bound
 from personal.privacy.noise import GaussianNoise
-from personal.store import KeyProvider, Store
+from personal.store import KeyProvider, Store, workdir
+from personal.store.layout import DB_NAME
+from personal.store.workdir import is_scratch
 from personal.training.gradient_canary import GradientCanaries
 from personal.training.round import run_round
 
@@ -68,11 +74,34 @@ class CanaryAuditResult:
 
 
 def _copy_store(store: Path, key: KeyProvider, into: Path) -> Path:
+    """A consistent copy of ``store`` in ``into``: its files, and the database through SQLite's
+    online backup (one snapshot, whatever other processes write meanwhile)."""
+    target = into / "store"
+
+    def skip(directory: str, names: list[str]) -> set[str]:
+        if Path(directory) != store:
+            return set()
+        database = {DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"}
+        return {n for n in names if n in database or is_scratch(n) or n.endswith(".lock")}
+
     with Store.open(store, key) as opened:
-        opened.checkpoint()  # fold the WAL in so the copy is one consistent file set
-        target = into / "store"
-        shutil.copytree(store, target)
+        shutil.copytree(store, target, ignore=skip)
+        copy = sqlite3.connect(target / DB_NAME)
+        try:
+            opened.db.conn.backup(copy)
+        finally:
+            copy.close()
+    (target / DB_NAME).chmod(0o600)
     return target
+
+
+def _canary_units(unit: str, n: int) -> list[tuple[str, datetime | None]]:
+    """N canary unit ids (and times) that fit the unit of privacy."""
+    if unit != "day":
+        return [(f"audit-canary-{i}", None) for i in range(n)]
+    first = datetime(1900, 1, 1, 12, tzinfo=UTC)  # long before any real interaction
+    days = [first + timedelta(days=i) for i in range(n)]
+    return [(d.date().isoformat(), d) for d in days]
 
 
 def run_canary_audit(
@@ -100,13 +129,15 @@ def run_canary_audit(
     from personal.personalizer import Personalizer
 
     rng = np.random.default_rng(seed if seed is not None else secrets.randbits(128))
-    units = [f"audit-canary-{i}" for i in range(canaries)]
     included = rng.random(canaries) < 0.5
-    with tempfile.TemporaryDirectory(prefix="personal-audit-") as tmp:
-        copy = _copy_store(Path(store), key, Path(tmp))
+    with workdir.scratch(store) as tmp:
+        copy = _copy_store(Path(store), key, tmp)
         with Personalizer.open(copy, base, policy, key) as p:
+            drawn = _canary_units(p.ledger.contract.unit, canaries)
+            units = [u for u, _ in drawn]
             for i in np.flatnonzero(included):
-                p.log("audit canary", "audit canary", unit=units[i], source="audit")
+                unit, ts = drawn[i]
+                p.log("audit canary", "audit canary", unit=unit, ts=ts, source="audit")
             chosen = GradientCanaries.pick(p.base.model, units, rng)
             before = chosen.values(p.base.model)
             run_round(
