@@ -1,61 +1,143 @@
 """Time one DP-SGD step against the non-DP step and against PyTorch + Opacus, in one run.
 
-Reference configuration of ``benchmarks/lora_step.py``: llama, hidden 512, intermediate 1408,
-8 layers, 8 heads, vocab 8192; sequence 128, batch 16; LoRA rank 8, scale 20 on all seven
-linear layers of every block; Adam.
+Reference configuration (``reference_config.py``, shared with ``lora_step.py``): llama, hidden
+512, intermediate 1408, 8 layers, 8 heads, vocab 8192; sequence 128, batch 16; LoRA rank 8,
+scale 20 on all seven linear layers of every block; Adam.
 
 * ``nondp_step_s``: :func:`personal.model.train.make_train_step` (compiled, batched gradient).
-* ``dp_step_s``: :func:`personal.privacy.dpsgd.make_dp_step` on 16 one-example units: vmap
-  per-example gradients, per-unit clipping, CSPRNG noise with snapping, division by the
-  expected batch size, Adam. Everything a real step does, noise included.
-* ``torch_opacus_step_s``: the same model in PyTorch (``transformers.LlamaForCausalLM``), the
-  same LoRA through PEFT (``r=8, lora_alpha=160`` so that alpha/r = 20, same seven targets),
-  and Opacus 1.6: ``GradSampleModule`` (hooks mode) computes per-sample gradients
-  of the LoRA ``nn.Linear`` layers (the only trainable modules: embedding, norms and rotary
-  parts are frozen, so Opacus never needs hooks for them) and ``DPOptimizer`` clips, noises
-  and steps Adam. Default (non-secure) Opacus noise; ``torch.set_num_threads(cpu count)``.
+* ``dp_step_s``: :func:`personal.privacy.dpsgd.make_dp_step` on 16 one-example units:
+  per-example gradients in one batched backward pass (an expanded adapter,
+  :mod:`personal.model.per_example`), per-unit clipping, CSPRNG noise with snapping, division
+  by the expected batch size, Adam. Everything a real step does, noise included.
+* ``torch_opacus_step_s``: the same model, LoRA and batch in PyTorch + PEFT + Opacus, run as a
+  user would run it: in a process of its own (``opacus_peer.py``), started with the
+  environment this process had before ``import personal`` configured OpenBLAS, with torch's
+  own threads and BLAS and no MLX loaded. Only for the reference configuration.
+
+Other bases: ``--arch mixtral`` (or any mlx-lm model type) builds a random model of the
+reference size (MoE: 4 experts, 2 per token), ``--quantize`` makes it 4-bit (group 32), and
+``--base NAME|DIR`` loads any base ``load_base`` accepts (e.g. ``smollm2-135m-instruct``).
+LoRA then goes on every linear layer (MoE experts included, routers excluded). A quantized
+base trains as is (``--quantized-path keep``) or on a float32 copy made at load
+(``--quantized-path dequantize``).
 
 Steps are interleaved (non-DP, DP, Opacus, repeat) so that load from other processes hits all
 three alike; medians are reported. Peak bytes are MLX's allocator peak over one step of each.
 
     python benchmarks/dp_step.py --json
+    python benchmarks/dp_step.py --json --arch mixtral --quantize --no-torch
+    python benchmarks/dp_step.py --json --base smollm2-135m-instruct --batch 8 --seq 64
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
-import warnings
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import personal
-from personal.model.batching import Batch
-from personal.model.lora import trainable_parameter_count
-from personal.model.train import make_train_step
-from personal.privacy.dpsgd import DPConfig, make_dp_step
-from personal.privacy.sampler import UnitBatch, pack_token_units
-from personal.runtime import blas_status, peak_memory_bytes, reset_peak_memory
+# What a user's own PyTorch process would see: the environment before `import personal` sets
+# OpenBLAS's core type for MLX (see personal.runtime).
+CLEAN_ENV = dict(os.environ)
 
-import mlx.core as mx
-import mlx.optimizers as optim
-import numpy as np
-from reference import REFERENCE, TARGETS, reference_model
+import personal  # noqa: E402
+from personal.model.batching import Batch  # noqa: E402
+from personal.model.lora import LoRAConfig, inject_lora, trainable_parameter_count  # noqa: E402
+from personal.model.train import make_train_step  # noqa: E402
+from personal.privacy.dpsgd import DPConfig, make_dp_step  # noqa: E402
+from personal.privacy.sampler import UnitBatch, pack_token_units  # noqa: E402
+from personal.runtime import blas_status, peak_memory_bytes, reset_peak_memory  # noqa: E402
 
-SIGMA, CLIP = 1.0, 1.0
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+import mlx.optimizers as optim  # noqa: E402
+import numpy as np  # noqa: E402
+from mlx_lm.utils import dequantize_model, quantize_model  # noqa: E402
+from reference import reference_model  # noqa: E402
+from reference_config import CLIP, LEARNING_RATE, RANK, REFERENCE, SCALE, SIGMA  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+# MoE variants of the reference size: 4 experts, 2 per token.
+MOE = {
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen3_moe": {
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 704,
+        "head_dim": 64,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "norm_topk_prob": True,
+    },
+}
 
 
-def mlx_steps(tokens: np.ndarray) -> tuple[Callable[[], None], Callable[[], None], int]:
-    """(non-DP step, DP step, trainable parameter count) on one MLX model."""
-    model = reference_model()
+def build_model(args: argparse.Namespace) -> tuple[nn.Module, int, str]:
+    """(model with LoRA in train mode, vocabulary size, description) for the options."""
+    if args.base is None and args.arch is None and not args.quantize:
+        return reference_model(), int(REFERENCE["vocab_size"]), "reference"
+    if args.base is not None:
+        from personal.model.base import load_base
+
+        base = load_base(args.base)
+        model, vocab, name = base.model, base.vocab_size, base.name
+        quantized = base.quantization is not None
+    else:
+        arch = args.arch or "llama"
+        config = {**REFERENCE, "model_type": arch, **MOE.get(arch, {})}
+        module = importlib.import_module(f"mlx_lm.models.{arch}")
+        mx.random.seed(0)
+        model = module.Model(module.ModelArgs.from_dict(config))
+        mx.eval(model.parameters())
+        if args.quantize:
+            model, _ = quantize_model(model, config, group_size=32, bits=4)
+        vocab, name, quantized = int(config["vocab_size"]), arch, args.quantize
+    if quantized and args.quantized_path == "dequantize":
+        model = dequantize_model(model)
+    elif quantized and args.quantized_path == "on-the-fly":
+        dequantize_per_call(model)
+    name += f"-4bit-{args.quantized_path}" if quantized else ""
+    inject_lora(model, LoRAConfig(rank=RANK, scale=SCALE))
+    model.train()
+    return model, vocab, name
+
+
+class _DequantizingLinear(nn.QuantizedLinear):
+    """A quantized linear that dequantizes its weight at every call and multiplies in float32:
+    memory stays that of the 4-bit weights, the matmul is the fast float32 one."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        weight = mx.dequantize(
+            self["weight"], self["scales"], self.get("biases"), self.group_size, self.bits
+        )
+        y = x @ weight.T
+        return y + self["bias"] if "bias" in self else y
+
+
+def dequantize_per_call(model: nn.Module) -> None:
+    """Switch every ``QuantizedLinear`` of ``model`` to :class:`_DequantizingLinear`."""
+    for _, module in model.named_modules():
+        if type(module) is nn.QuantizedLinear:
+            module.__class__ = _DequantizingLinear
+
+
+def mlx_steps(
+    model: nn.Module, tokens: np.ndarray
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(non-DP step, DP step) on one MLX model."""
     batch_size, width = tokens.shape[0], tokens.shape[1] - 1
-    plain_opt = optim.Adam(learning_rate=1e-4)
+    plain_opt = optim.Adam(learning_rate=LEARNING_RATE)
     plain = make_train_step(model, plain_opt)
     toks = mx.array(tokens)
     batch = Batch(toks[:, :-1], toks[:, 1:], mx.ones((batch_size, width)))
-    dp = make_dp_step(model, optim.Adam(learning_rate=1e-4), DPConfig(SIGMA, CLIP))
+    dp = make_dp_step(model, optim.Adam(learning_rate=LEARNING_RATE), DPConfig(SIGMA, CLIP))
     units: UnitBatch = pack_token_units(
         [[row.tolist()] for row in tokens], float(batch_size), width=width
     )
@@ -66,57 +148,42 @@ def mlx_steps(tokens: np.ndarray) -> tuple[Callable[[], None], Callable[[], None
     def run_dp() -> None:
         dp(units)
 
-    return run_plain, run_dp, trainable_parameter_count(model)
+    return run_plain, run_dp
 
 
-def opacus_step(tokens: np.ndarray) -> Callable[[], None]:
-    """The same step in PyTorch + PEFT + Opacus (imported here: torch is heavy)."""
-    import torch
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+class OpacusPeer:
+    """``opacus_peer.py`` in its own process; :meth:`step` runs one step there and returns
+    the time the peer measured."""
 
-    # Opacus's hooks fire with frozen inputs (embeddings): PyTorch warns on every backward.
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-    torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=REFERENCE["hidden_size"],
-        intermediate_size=REFERENCE["intermediate_size"],
-        num_hidden_layers=REFERENCE["num_hidden_layers"],
-        num_attention_heads=REFERENCE["num_attention_heads"],
-        num_key_value_heads=REFERENCE["num_key_value_heads"],
-        vocab_size=REFERENCE["vocab_size"],
-        rms_norm_eps=REFERENCE["rms_norm_eps"],
-        tie_word_embeddings=False,
-        attn_implementation="sdpa",
-    )
-    base = LlamaForCausalLM(config)
-    lora = LoraConfig(r=8, lora_alpha=160, lora_dropout=0.0, target_modules=list(TARGETS))
-    model = get_peft_model(base, lora)
-    model.train()
-    # GradSampleModule is Opacus's hook-based ("hooks" mode) per-sample gradient wrapper.
-    module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=False)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = DPOptimizer(
-        torch.optim.Adam(params, lr=1e-4),
-        noise_multiplier=SIGMA,
-        max_grad_norm=CLIP,
-        expected_batch_size=tokens.shape[0],
-        loss_reduction="mean",
-    )
-    ids = torch.from_numpy(tokens.astype(np.int64))
-    inputs, targets = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+    def __init__(self, batch: int, seq: int) -> None:
+        command = [sys.executable, str(HERE / "opacus_peer.py"), "--batch", str(batch)]
+        self.process = subprocess.Popen(
+            [*command, "--seq", str(seq)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=CLEAN_ENV,
+            cwd=HERE,
+        )
+        self._expect("ready")
 
-    def run() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        logits = module(input_ids=inputs).logits  # (B, T, V)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        loss.backward()
-        optimizer.step()
+    def _expect(self, what: str | None = None) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if not line or (what is not None and line != what):
+            raise RuntimeError(f"opacus_peer.py failed (said {line!r}); run it by hand to see")
+        return line
 
-    return run
+    def step(self) -> float:
+        assert self.process.stdin is not None
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        return float(self._expect())
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 def peak_of(step: Callable[[], None]) -> int:
@@ -125,36 +192,53 @@ def peak_of(step: Callable[[], None]) -> int:
     return peak_memory_bytes()
 
 
+def timed(run: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--no-torch", action="store_true", help="skip the Opacus baseline")
+    parser.add_argument("--base", help="a bundled name, a known real model or a directory")
+    parser.add_argument("--arch", help="a random model of the reference size (mlx-lm type)")
+    parser.add_argument("--quantize", action="store_true", help="4-bit (with --arch)")
+    parser.add_argument(
+        "--quantized-path", choices=("keep", "dequantize", "on-the-fly"), default="keep"
+    )
+    parser.add_argument("--no-torch", action="store_true", help="skip the Opacus peer")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    model, vocab, name = build_model(args)
     rng = np.random.default_rng(0)  # benchmark tokens, not private randomness
-    tokens = rng.integers(1, REFERENCE["vocab_size"], (args.batch, args.seq + 1), dtype=np.int32)
-    run_plain, run_dp, trainable = mlx_steps(tokens)
-    runs = {"nondp": run_plain, "dp": run_dp}
-    if not args.no_torch:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Opacus's secure-mode and hook notices
-            runs["torch_opacus"] = opacus_step(tokens)
-    for run in runs.values():  # warm-up: compile, allocate
+    tokens = rng.integers(1, vocab, (args.batch, args.seq + 1), dtype=np.int32)
+    run_plain, run_dp = mlx_steps(model, tokens)
+    runs: dict[str, Callable[[], float]] = {
+        "nondp": lambda: timed(run_plain),
+        "dp": lambda: timed(run_dp),
+    }
+    peer = None
+    if name == "reference" and not args.no_torch:
+        peer = OpacusPeer(args.batch, args.seq)  # warms itself up
+        runs["torch_opacus"] = peer.step
+    for run in (run_plain, run_dp):  # warm-up: compile, allocate
         run()
         run()
-    peaks = {name: peak_of(runs[name]) for name in ("nondp", "dp")}
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    peaks = {"nondp": peak_of(run_plain), "dp": peak_of(run_dp)}
+    times: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(args.steps):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values) for name, values in times.items()}
+        for key, run in runs.items():
+            times[key].append(run())
+    if peer is not None:
+        peer.close()
+    median = {key: statistics.median(values) for key, values in times.items()}
     opacus = median.get("torch_opacus")
-    result = {
+    result: dict[str, Any] = {
+        "model": name,
         "nondp_step_s": round(median["nondp"], 4),
         "dp_step_s": round(median["dp"], 4),
         "torch_opacus_step_s": None if opacus is None else round(opacus, 4),
@@ -162,15 +246,18 @@ def main() -> None:
         "dp_peak_bytes": peaks["dp"],
         "dp_over_nondp": round(median["dp"] / median["nondp"], 3),
         "dp_peak_over_nondp": round(peaks["dp"] / peaks["nondp"], 3),
-        "trainable_parameters": trainable,
+        "dp_over_torch_opacus": None if opacus is None else round(median["dp"] / opacus, 3),
+        "batch": args.batch,
+        "seq": args.seq,
+        "trainable_parameters": trainable_parameter_count(model),
         "blas": blas_status().backend,
         "cpu_count": os.cpu_count(),
         "steps": args.steps,
         "personal": personal.__version__,
     }
     if not args.json:
-        for name, values in times.items():
-            print(name, " ".join(f"{v:.3f}" for v in values))
+        for key, values in times.items():
+            print(key, " ".join(f"{v:.3f}" for v in values))
     print(json.dumps(result))
 
 

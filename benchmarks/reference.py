@@ -12,19 +12,7 @@ from personal.model.lora import LoRAConfig, inject_lora
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import llama
-
-REFERENCE = {
-    "model_type": "llama",
-    "hidden_size": 512,
-    "intermediate_size": 1408,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 8,
-    "vocab_size": 8192,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-}
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from reference_config import RANK, REFERENCE, SCALE, TARGETS
 
 
 def reference_model() -> nn.Module:
@@ -32,6 +20,6 @@ def reference_model() -> nn.Module:
     mx.random.seed(0)
     model = llama.Model(llama.ModelArgs.from_dict(REFERENCE))
     mx.eval(model.parameters())
-    inject_lora(model, LoRAConfig(rank=8, scale=20.0, targets=TARGETS))
+    inject_lora(model, LoRAConfig(rank=RANK, scale=SCALE, targets=TARGETS))
     model.train()
     return model

@@ -38,6 +38,28 @@ def test_quantized_model_reports_quantization(tiny_model_factory):
     assert base.num_parameters() == dense.num_parameters()
 
 
+@pytest.mark.parametrize("arch", ["llama", "mixtral"])
+def test_quantized_base_runs_dequantized_on_the_cpu(tiny_model_factory, arch):
+    """On the CPU a quantized base is dequantized at load (its quantized matmul is ~40x
+    slower to train); the fingerprint still names the files, and the outputs agree."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    path = tiny_model_factory(arch, quantize=True)
+    kept = load_base(path, dequantize=False)
+    auto = load_base(path)  # the CPU default
+    assert mx.default_device().type == mx.DeviceType.cpu
+    assert auto.dequantized and not kept.dequantized
+    assert auto.fingerprint == kept.fingerprint and auto.quantization == kept.quantization
+    quantized = [m for _, m in auto.model.named_modules() if "Quantized" in type(m).__name__]
+    assert not quantized
+    assert any(isinstance(m, nn.QuantizedLinear) for _, m in kept.model.named_modules())
+    tokens = mx.array([[1, 5, 9, 13, 2]])
+    diff = mx.abs(auto.model(tokens) - kept.model(tokens)).max().item()
+    assert diff < 1e-3
+    assert load_base(path, dequantize=True).info()["dequantized"] is True
+
+
 def test_parameter_count_is_exact(tiny_model_factory):
     base = load_base(tiny_model_factory("llama"))
     h, i, v, layers = 64, 128, 384, 2

@@ -82,7 +82,7 @@ def mixed_file(tmp_path_factory):
 
 def test_keep_stays_quantized_with_per_module_widths(mixed_file, tmp_path):
     path, reference = mixed_file
-    base = load_base(import_gguf(path, tmp_path / "out", dtype="keep"))
+    base = load_base(import_gguf(path, tmp_path / "out", dtype="keep"), dequantize=False)
     assert base.quantization == {
         "group_size": 32,
         "bits": 4,

@@ -25,6 +25,7 @@ from personal.errors import (
     UnsupportedArchitecture,
 )
 from personal.model.fingerprint import fingerprint_directory
+from personal.runtime import device_name
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -56,6 +57,9 @@ class BaseModel:
             bound to it.
         path: the model directory.
         name: the bundled name (``"base-v1"``) or the directory name.
+        provenance: ``provenance.json`` of the directory, if any.
+        dequantized: a quantized base runs on float32 copies of its weights (see
+            :func:`load_base`).
     """
 
     model: nn.Module
@@ -65,6 +69,7 @@ class BaseModel:
     path: Path
     name: str
     provenance: dict[str, Any] | None = field(default=None, repr=False)
+    dequantized: bool = False
 
     @property
     def architecture(self) -> str:
@@ -92,6 +97,7 @@ class BaseModel:
             "parameters": self.num_parameters(),
             "vocab_size": self.vocab_size,
             "quantization": self.quantization,
+            "dequantized": self.dequantized,
         }
 
 
@@ -224,12 +230,21 @@ def _load_tokenizer(path: Path, config: dict[str, Any]) -> Any:
     return tokenizer
 
 
-def load_base(path_or_name: str | Path, *, lazy: bool = False) -> BaseModel:
+def load_base(
+    path_or_name: str | Path, *, lazy: bool = False, dequantize: bool | None = None
+) -> BaseModel:
     """Load a base model from a local mlx-lm directory or a bundled name.
 
     Args:
         path_or_name: a directory, or ``"base-v1"`` / ``"base-v2"`` for the bundled models.
         lazy: leave weights unevaluated until first use (mlx-lm semantics).
+        dequantize: run a quantized base on float32 copies of its weights. ``None`` (the
+            default) does so on the CPU, where MLX's quantized matmul made a LoRA step 40x
+            slower than float32 (``benchmarks/dp_step.py``, docs/performance.md), and keeps
+            the quantized weights on a GPU (Metal), where they are the fast path, and for a
+            real model named with ``:keep``. The
+            fingerprint is the directory's either way: it names the weights, not their
+            in-memory form.
 
     Returns:
         A :class:`BaseModel` with the model in eval mode and its fingerprint.
@@ -242,6 +257,14 @@ def load_base(path_or_name: str | Path, *, lazy: bool = False) -> BaseModel:
     config = _read_config(path)
     tokenizer = _load_tokenizer(path, config)
     model = _build_model(path, config, lazy)
+    if dequantize is None:  # a real model asked for as ``NAME:keep`` stays quantized
+        explicit_keep = isinstance(path_or_name, str) and path_or_name.endswith(":keep")
+        dequantize = device_name() == "cpu" and not explicit_keep
+    dequantized = bool(dequantize and config.get("quantization"))
+    if dequantized:
+        from mlx_lm.utils import dequantize_model
+
+        model = dequantize_model(model)
     model.eval()
     provenance = None
     if (path / "provenance.json").is_file():
@@ -254,6 +277,7 @@ def load_base(path_or_name: str | Path, *, lazy: bool = False) -> BaseModel:
         path=path,
         name=name,
         provenance=provenance,
+        dequantized=dequantized,
     )
 
 
