@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps test test-slow test-all lint demo bench bench-long build-models clean
+.PHONY: install system-deps test test-slow test-all lint demo bench bench-long build-models real-v2 clean
 
 install: $(STAMP)
 
@@ -65,6 +65,11 @@ bench-long: install
 # Rebuild the bundled base models (not needed by tests or the demo: they ship in the package).
 build-models: install
 	$(BIN)/python -m simulators.build_base_models --out src/personal/models
+
+# A real OS update: smollm2-135m-instruct-v2, depth-pruned and re-distilled from SmolLM2 on
+# self-generated public text, built into the cache (~15 min on 2 cores; never committed).
+real-v2: install
+	$(BIN)/python -m personal.model.real_v2
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

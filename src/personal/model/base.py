@@ -119,8 +119,9 @@ def resolve_model_path(path_or_name: str | Path) -> tuple[Path, str]:
         return bundled[path_or_name], path_or_name
     if isinstance(path_or_name, str):
         from personal.model.catalog import resolve_catalog_name  # real models (GGUF packages)
+        from personal.model.real_v2 import resolve_v2_name  # their v2s, built locally
 
-        if (found := resolve_catalog_name(path_or_name)) is not None:
+        if (found := resolve_catalog_name(path_or_name) or resolve_v2_name(path_or_name)):
             return found
     path = Path(path_or_name).expanduser()
     if not path.is_dir():
