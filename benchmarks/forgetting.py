@@ -64,6 +64,7 @@ from personal.privacy.noise import GaussianNoise
 from personal.store import RawKey
 
 from simulators.public_corpus import Interaction, sample_interaction, split
+from simulators.public_data import corpus_public_data
 from simulators.scenario import PassThroughNoise
 from simulators.world import SlotSkew, World
 
@@ -255,7 +256,10 @@ def run_user(
     scored: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="forgetting-") as tmp:
         key = RawKey(os.urandom(32))
-        with Personalizer.open(Path(tmp) / "store", config.base, policy, key, create=True) as p:
+        with Personalizer.open(
+            Path(tmp) / "store", config.base, policy, key, create=True,
+            public_data=corpus_public_data(),  # the corpus its figures were measured with
+        ) as p:  # fmt: skip
             model, tokenizer = p.base.model, p.base.tokenizer
             sets = {
                 "old": batches(tokenizer, user.held_out_a),

@@ -39,6 +39,7 @@ from personal.personalizer import Personalizer
 from personal.store import RawKey
 
 from simulators.public_corpus import generate_corpus
+from simulators.public_data import corpus_public_data
 from simulators.scenario import PassThroughNoise, default_policy
 from simulators.world import SlotSkew, World
 
@@ -98,7 +99,10 @@ def run_user(user: int, args: argparse.Namespace, work: Path, bare: dict) -> dic
     key = RawKey(os.urandom(32))
     home = work / f"user{user}"
     chunk = max(1, len(train) // args.rounds)
-    with Personalizer.open(home, "base-v1", policy(args), key, create=True) as p:
+    public = corpus_public_data()  # the corpus its figures were measured with
+    with Personalizer.open(
+        home, "base-v1", policy(args), key, create=True, public_data=public
+    ) as p:
         for r in range(args.rounds):
             for it in train[r * chunk : (r + 1) * chunk]:
                 p.log(it.prompt, it.response)
@@ -113,7 +117,7 @@ def run_user(user: int, args: argparse.Namespace, work: Path, bare: dict) -> dic
         copy = work / f"user{user}-{strategy}"
         shutil.copytree(home, copy)
         start = time.perf_counter()
-        with Personalizer.open(copy, "base-v1", None, key) as p:
+        with Personalizer.open(copy, "base-v1", None, key, public_data=public) as p:
             p.on_base_update("base-v2", strategy=strategy)
             v2 = personal_loss(p.base.model, p.base.tokenizer, test)
             after = p.ledger.epsilons()

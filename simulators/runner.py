@@ -36,6 +36,7 @@ import numpy as np
 
 from simulators.backends import Progress, default_workers, run_local, run_ray
 from simulators.population import START
+from simulators.public_data import simulation_public_data
 from simulators.scenario import (
     ARMS,
     COMPARE_ARMS,
@@ -84,6 +85,7 @@ def simulate(
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, not {workers}")
     policy = config.base_policy()  # validates a policy dict before any worker starts
+    simulation_public_data(config.public_data)  # and a bad public-data file
     started = time.perf_counter()
     if backend == "local":
         users = run_local(config, workers, progress)

@@ -143,8 +143,10 @@ class SimConfig:
         policy: the base policy as a dict (``None``: :func:`default_policy`).
         arms: names from :data:`ARMS`.
         held_out: personal evaluation examples per user and day.
-        public_eval: public-corpus examples for the general loss.
+        public_eval: held-out public examples for the general loss.
         base, update_base: bundled names or model directories.
+        public_data: a JSONL file of public data passed to the library (``None``: the
+            simulator's public corpus, :mod:`simulators.public_data`).
     """
 
     users: int = 5
@@ -157,6 +159,7 @@ class SimConfig:
     public_eval: int = 64
     base: str = "base-v1"
     update_base: str = "base-v2"
+    public_data: str | None = None
 
     def __post_init__(self) -> None:
         problems = []

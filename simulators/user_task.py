@@ -30,10 +30,11 @@ from personal.training.gates import general_loss, public_batches
 
 from simulators.population import User
 from simulators.public_corpus import Interaction, stream_seed
+from simulators.public_data import eval_examples, simulation_public_data
 from simulators.scenario import ARMS, Arm, PassThroughNoise, SimConfig, day_end
 
 _BARE: dict[str, Any] = {}  # per process: bare bases for the "no personalization" reference
-_PUBLIC: dict[tuple[str, int], list[Any]] = {}
+_PUBLIC: dict[tuple[str, str | None, int], list[Any]] = {}
 
 
 def _bare(name: str) -> Any:
@@ -42,10 +43,12 @@ def _bare(name: str) -> Any:
     return _BARE[name]
 
 
-def _public(base: Any, name: str, n: int) -> list[Any]:
-    key = (name, n)
+def _public(base: Any, name: str, config: SimConfig) -> list[Any]:
+    """The general-loss probe's batches for base ``name`` (held-out public examples)."""
+    key = (name, config.public_data, config.public_eval)
     if key not in _PUBLIC:
-        _PUBLIC[key] = public_batches(base.tokenizer, n=n)
+        examples = eval_examples(config.public_data, config.public_eval)
+        _PUBLIC[key] = public_batches(base.tokenizer, examples)
     return _PUBLIC[key]
 
 
@@ -88,7 +91,7 @@ class _UserRun:
         if key not in self._bare:
             base = _bare(name)
             personal_eval = evaluate(base.model, self.held_batches(name, base.tokenizer, day))
-            general = general_loss(base.model, _public(base, name, self.config.public_eval))
+            general = general_loss(base.model, _public(base, name, self.config))
             self._bare[key] = {
                 "personal_loss": personal_eval.loss,
                 "personal_accuracy": personal_eval.accuracy,
@@ -99,7 +102,7 @@ class _UserRun:
     def measure(self, p: Personalizer, name: str, day: int) -> dict[str, float]:
         """The served model (base + active adapter) against the bare base on ``day``."""
         personal_eval = evaluate(p.base.model, self.held_batches(name, p.base.tokenizer, day))
-        general = general_loss(p.base.model, _public(p.base, name, self.config.public_eval))
+        general = general_loss(p.base.model, _public(p.base, name, self.config))
         bare = self.bare(name, day)
         return {
             "personal_loss": personal_eval.loss,
@@ -204,8 +207,9 @@ def _run_arm(run: _UserRun, arm: Arm, home: Path) -> dict[str, Any]:
     migration = None
     key = RawKey(os.urandom(32))
     started = time.perf_counter()
+    public = simulation_public_data(config.public_data)  # passed in, like any app's
     with Personalizer.open(
-        home, config.base, policy, key, create=True, seed=run.seed("replay")
+        home, config.base, policy, key, create=True, seed=run.seed("replay"), public_data=public
     ) as p:
         logged = 0
         for day in range(config.days):

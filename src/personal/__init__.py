@@ -32,6 +32,8 @@ _EXPORTS = {
     "generate": "personal.model.generate",
     "Generation": "personal.model.generate",
     "Personalizer": "personal.personalizer",
+    "PublicData": "personal.public",
+    "SelfGenerated": "personal.public",
     "Policy": "personal.policy",
     "load_policy": "personal.policy",
     "InteractionLog": "personal.store",

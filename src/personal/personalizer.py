@@ -36,6 +36,7 @@ from personal.privacy.filter import Charge
 from personal.privacy.ledger import Ledger
 from personal.privacy.noise import GaussianNoise, RandomBytes
 from personal.privacy.rdp import ORDERS
+from personal.public import PublicData, PublicSource, public_source
 from personal.store import InteractionLog, KeyProvider, Store
 from personal.store.layout import MARKER_NAME
 from personal.store.settings import StoreSettings
@@ -46,7 +47,6 @@ from personal.training.gates import (
     general_loss,
     noised_gain,
     public_batches,
-    public_training_batches,
     split_held_out,
     unit_losses,
 )
@@ -76,10 +76,12 @@ class Personalizer(BaseUpdates):
         settings: StoreSettings,
         *,
         seed: int | None = None,
+        public: PublicSource | None = None,
     ) -> None:
         self.log_, self.ledger, self.registry = log, ledger, registry
         self.settings = settings
         self._public: tuple[list[Any], list[Any]] | None = None
+        self.public_source = public_source(public)
         self._continual = ContinualState(log, settings, policy, seed=seed)
         self.base, self.policy = base, policy
         self.store: Store = log.store
@@ -97,6 +99,7 @@ class Personalizer(BaseUpdates):
         *,
         create: bool = False,
         seed: int | None = None,
+        public_data: PublicSource | str | Path | None = None,
     ) -> Personalizer:
         """Open (or with ``create=True`` create) the store at ``store`` for ``base``.
 
@@ -110,13 +113,21 @@ class Personalizer(BaseUpdates):
             seed: simulations and tests only: seeds the replay buffer's draws (warns with
                 :class:`~personal.errors.SeededNoiseWarning`); pass ``noise=`` and
                 ``sampler_seed=`` to :meth:`update` for fully reproducible rounds.
+            public_data: the public (non-personal) text for the general-loss gate, public
+                replay, distillation to the base, the public Fisher and migration prompts: a
+                :class:`~personal.public.PublicData`, a JSONL file, or any
+                :class:`~personal.public.PublicSource`. Default: the base's own answers to the
+                bundled generic prompts (:class:`~personal.public.SelfGenerated`, generated once
+                per base and cached). Pass the same data every time a store is opened.
 
         Raises:
+            PublicDataError: ``public_data`` is a malformed file (nothing was opened).
             LifetimeContractFixed: the policy would change the lifetime contract the store's
                 ledger binds (ε, δ, unit, accountant) after a round was recorded.
             WrongKey, StoreNotFound, LedgerRollback, ...: see the store and ledger.
         """
         path = Path(store).expanduser()
+        public = public_source(public_data)  # a bad file fails before the store is touched
         settings_policy = policy if isinstance(policy, Policy) else None
         if policy is not None and settings_policy is None:
             settings_policy = load_policy(policy)
@@ -138,7 +149,9 @@ class Personalizer(BaseUpdates):
             inject_lora(loaded.model, bound.training.lora.to_lora_config())
             _record_base(settings, loaded, base)
             registry = AdapterRegistry.for_store(path)
-            personalizer = cls(log, ledger, registry, loaded, bound, settings, seed=seed)
+            personalizer = cls(
+                log, ledger, registry, loaded, bound, settings, seed=seed, public=public
+            )
             personalizer._load_active_adapter()
         except BaseException:
             log.close()
@@ -337,14 +350,18 @@ class Personalizer(BaseUpdates):
         self.registry.activate(version, base_fingerprint=self.base.fingerprint)
         return version
 
+    def public_data(self) -> PublicData:
+        """The public data for the live base (self-generated ones are made on first use)."""
+        return self.public_source.for_base(self.base)
+
     def _public_batches(self) -> tuple[list[Any], list[Any]]:
         """(held-out public batches for the gate, public batches for replay and Fisher)."""
         if self._public is None:
-            tokenizer = self.base.tokenizer
+            tokenizer, data = self.base.tokenizer, self.public_data()
             size = self.policy.continual.public_batch_size
             self._public = (
-                public_batches(tokenizer),
-                public_training_batches(tokenizer, batch=size),
+                public_batches(tokenizer, data.gate),
+                public_batches(tokenizer, data.train, batch_size=size),
             )
         return self._public
 

@@ -148,7 +148,7 @@ class ContinualPolicy(_Validated):
             in [0, 1). ``replay_share + public_replay_share < 1``: part of every batch is new.
         public_distill_weight: weight of KL(base ‖ adapted) on public text, a pull towards the
             base's own predictions on general text (free; 0 disables it), in [0, 1e4].
-        public_batch_size: public-corpus examples per step for public replay and distillation,
+        public_batch_size: public examples per step for public replay and distillation,
             in [1, 256]. Larger estimates the pull more precisely at the cost of one forward
             and backward pass over more examples per step.
         ewc_lambda: weight of the EWC penalty (0 disables EWC), in [0, 1e6].
@@ -188,7 +188,7 @@ class GatesPolicy(_Validated):
     """What a new adapter must show before it becomes active.
 
     Attributes:
-        max_general_regression: largest relative rise of the public-corpus loss vs the
+        max_general_regression: largest relative rise of the public gate-set loss vs the
             reference, in [0, 1] (0.01 = 1%).
         general_reference: what that rise is measured against: ``"active"`` (the adapter
             serving now: bounds each round's step, so the drift can add up over rounds) or

@@ -4,7 +4,8 @@ When an OS update ships a new base, the active adapter belongs to the old base's
 and must never be loaded onto the new one. :func:`distill_migration` teaches a *fresh* LoRA on
 the new base to behave like the old base with its adapter:
 
-* **prompts** are public: the public corpus, never a private record;
+* **prompts** are public: the migration prompts of the store's public data
+  (:mod:`personal.public`; by default the bundled generic prompts), never a private record;
 * **targets** are text the teacher (old base + active DP adapter) generates for them, so the
   new adapter is post-processing of a DP artifact: the migration charges nothing, and the
   ledger records it with zero charge and the reason;
@@ -76,13 +77,6 @@ class MigrationReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
         return asdict(self)
-
-
-def public_prompts(count: int, seed: int = 31) -> list[str]:
-    """``count`` public-corpus prompts (a seed stream of their own)."""
-    from simulators.public_corpus import split
-
-    return [it.prompt for it in split(seed, count, 0, 0).train]
 
 
 def same_tokenizer(a: BaseModel, b: BaseModel) -> bool:

@@ -43,6 +43,7 @@ def run_simulation(
     held_out: int = 48,
     public_eval: int = 64,
     progress: bool = True,
+    public_data: str | None = None,
 ) -> dict[str, Any]:
     """What ``personal simulate`` does; returns the metrics (also written under ``out``)."""
     from personal.policy import load_policy
@@ -61,6 +62,7 @@ def run_simulation(
         update_base=update_base,
         held_out=held_out,
         public_eval=public_eval,
+        public_data=public_data,
     )
     bar = _progress_bar(users * days * len(config.arms)) if progress else None
     click.echo(
@@ -149,13 +151,21 @@ def register(group: click.Group) -> None:
     type=click.IntRange(min=1),
     default=64,
     show_default=True,
-    help="Public-corpus examples for the general loss.",
+    help="Held-out public examples for the general loss.",
+)
+@click.option(
+    "--public-data",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Public data (JSONL) for the gates, replay and migration "
+    "[default: the simulator's public corpus].",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def simulate_command(
     users: int, days: int, update_day: int, policy: str | None, backend: str,
     workers: int | None, address: str | None, seed: int, out: str, compare: bool,
-    base: str, update_base: str, held_out: int, public_eval: int, no_progress: bool,
+    base: str, update_base: str, held_out: int, public_eval: int, public_data: str | None,
+    no_progress: bool,
 ) -> None:  # fmt: skip
     """Simulate a population using the library and write OUT/report.html.
 
@@ -167,7 +177,7 @@ def simulate_command(
             users=users, days=days, update_day=update_day, policy=policy, backend=backend,
             workers=workers, seed=seed, out=out, compare=compare, address=address, base=base,
             update_base=update_base, held_out=held_out, public_eval=public_eval,
-            progress=not no_progress,
+            progress=not no_progress, public_data=public_data,
         )  # fmt: skip
     except PersonalError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -27,20 +27,36 @@ def _policy_option(help_text: str) -> Any:
     return click.option("--policy", "policy_name", default=None, help=help_text)
 
 
+def _public_data_option() -> Any:
+    return click.option(
+        "--public-data",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="Public data (JSONL: {prompt, response} or {messages}) for the gates, replay and "
+        "migration [default: the base's own answers to bundled generic prompts, cached].",
+    )
+
+
 @click.command("train")
 @_store_arg
 @click.option("--base", required=True, help="Base model: a bundled name or a directory.")
 @_policy_option("Policy name or TOML file (default: the store's recorded policy, else default).")
+@_public_data_option()
 @_key_file
 @_json_flag()
 def train_command(
-    store: Path, base: str, policy_name: str | None, key_file: Path | None, as_json: bool
+    store: Path,
+    base: str,
+    policy_name: str | None,
+    public_data: Path | None,
+    key_file: Path | None,
+    as_json: bool,
 ) -> None:
     """Run one differentially private training round on STORE and activate the new adapter."""
     from personal.personalizer import Personalizer
 
     key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
-    with Personalizer.open(store, base, policy_name, key) as personalizer:
+    with Personalizer.open(store, base, policy_name, key, public_data=public_data) as personalizer:
         plan = personalizer.round_plan()
         with click.progressbar(
             length=plan.steps, label="DP round", file=sys.stderr, show_pos=True
@@ -154,6 +170,7 @@ def audit_command(
     default=None,
     help="Default: the policy's migration.strategy.",
 )
+@_public_data_option()
 @_key_file
 @_json_flag()
 def migrate_command(
@@ -161,6 +178,7 @@ def migrate_command(
     new_base: str,
     old_base: str | None,
     strategy: str | None,
+    public_data: Path | None,
     key_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -175,7 +193,7 @@ def migrate_command(
         if not recorded:
             raise click.UsageError("the store records no base model yet: pass --from OLDBASE")
         old_base = recorded["source"]
-    with Personalizer.open(store, old_base, None, key) as personalizer:
+    with Personalizer.open(store, old_base, None, key, public_data=public_data) as personalizer:
         report = personalizer.on_base_update(new_base, strategy=strategy)
     data = report.to_dict()
     if as_json:

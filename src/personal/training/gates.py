@@ -2,8 +2,9 @@
 
 Two measurements, both decided *before* the adapter is activated:
 
-* **General regression** (free): the relative rise of the loss on a public held-out set (the
-  public corpus the base was distilled on). Public data costs no privacy.
+* **General regression** (free): the relative rise of the loss on the public data's held-out
+  ``gate`` split (:mod:`personal.public`: by default the base's own answers to generic prompts,
+  so the gate measures drift from the base's behaviour). Public data costs no privacy.
 * **Personal gain** (charged): the mean, over *held-out units* of this round, of each unit's
   relative loss drop, clipped to [-1, 1], plus Gaussian noise. Held-out units are chosen by
   CSPRNG coins among the round's candidates and are not trained on in that round. Under
@@ -21,10 +22,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from personal.model.batching import make_batch
+from personal.model.batching import Batch, make_batch
+from personal.model.chat import chat_format
 from personal.model.evaluate import evaluate, per_example_loss
 from personal.model.tokenizer import encode_interaction
 from personal.privacy.noise import GaussianNoise, RandomBytes
+from personal.public.data import PublicExample
 from personal.store.log import InteractionLog
 
 import mlx.core as mx
@@ -79,32 +82,23 @@ def split_held_out(
     return [u for u in candidates if u not in chosen], held
 
 
-def public_batches(tokenizer: Any, n: int = 128, seed: int = 20261123) -> list[Any]:
-    """Held-out public-corpus examples (response tokens scored), for the general-loss gate."""
-    from simulators.public_corpus import split
+def public_batches(
+    tokenizer: Any, examples: Sequence[PublicExample], batch_size: int = 32
+) -> list[Batch]:
+    """Response-scored batches of public examples, in the base's chat format.
 
-    examples = split(seed, 0, 0, n).test
-    encoded = [encode_interaction(tokenizer, it.prompt, it.response) for it in examples]
-    return [
-        make_batch([ids for ids, _ in encoded[i : i + 32]], [s for _, s in encoded[i : i + 32]])
-        for i in range(0, len(encoded), 32)
-    ]
-
-
-def public_training_batches(
-    tokenizer: Any, n: int = 256, batch: int = 32, seed: int = 7
-) -> list[Any]:
-    """Public-corpus batches for public replay and the public Fisher (disjoint from the gate's
-    held-out set: another seed stream)."""
-    from simulators.public_corpus import split
-
-    examples = split(seed, n, 0, 0).train
-    encoded = [encode_interaction(tokenizer, it.prompt, it.response) for it in examples]
+    Used for the general-loss gate (a :class:`~personal.public.PublicData`'s ``gate`` split)
+    and for public replay, distillation to the base and the public Fisher (its ``train``
+    split). A reply cut at a length limit is scored without an end-of-turn token.
+    """
+    fmt = chat_format(tokenizer)
+    encoded = [fmt.encode(e.prompt, e.response, complete=e.complete) for e in examples]
     return [
         make_batch(
-            [ids for ids, _ in encoded[i : i + batch]], [s for _, s in encoded[i : i + batch]]
+            [ids for ids, _ in encoded[i : i + batch_size]],
+            [s for _, s in encoded[i : i + batch_size]],
         )
-        for i in range(0, len(encoded), batch)
+        for i in range(0, len(encoded), batch_size)
     ]
 
 

@@ -13,7 +13,6 @@ from personal.adapters.migrate import (
     STRATEGIES,
     MigrationReport,
     distill_migration,
-    public_prompts,
     timed,
 )
 from personal.errors import BudgetExhausted, ConfigError, NoEligibleUnits
@@ -47,6 +46,7 @@ class BaseUpdates:
         max_budget_share: float | None = None,
     ) -> Any: ...
     def _public_batches(self) -> tuple[list[Any], list[Any]]: ...
+    def public_data(self) -> Any: ...
     def _save_and_activate(self, report: Any, gate: Any, parent: int | None = None) -> int: ...
 
     @property
@@ -62,8 +62,8 @@ class BaseUpdates:
 
         Strategies (default: the policy's ``migration.strategy``):
             ``distill``: the old base + active adapter teach a fresh LoRA on the new base on
-                public prompts and its own generated text: no private record is read, the
-                ledger records a zero charge and why.
+                the public data's migration prompts and its own generated text: no private
+                record is read, the ledger records a zero charge and why.
             ``retrain``: a DP round over the store's units, charged as usual but each unit
             spending at most ``migration.retrain_budget_share`` of its remaining budget.
             ``both``: distill, then a DP retrain round.
@@ -115,7 +115,8 @@ class BaseUpdates:
         public, _ = self._public_batches()
         before = general_loss(self.base.model, public)
         fresh = {k: mx.array(v) for k, v in get_adapter_weights(self.base.model).items()}
-        prompts = public_prompts(min(512, max(64, migration.distill_steps * 2)))
+        count = min(512, max(64, migration.distill_steps * 2))
+        prompts = self.public_data().migration_prompts(count)
         steps, losses, token_level = distill_migration(
             old, self.base, prompts, steps=migration.distill_steps,
             learning_rate=migration.distill_learning_rate,
