@@ -42,11 +42,11 @@ test-all: install
 	$(BIN)/python -m pytest -m ''
 
 lint: install
-	$(BIN)/ruff check src tests simulators benchmarks
-	$(BIN)/ruff format --check src tests simulators benchmarks
+	$(BIN)/ruff check src tests personal_sim benchmarks
+	$(BIN)/ruff format --check src tests personal_sim benchmarks
 
 demo: install
-	$(BIN)/python -m simulators.demo
+	$(BIN)/python -m personal_sim.demo
 
 bench: install
 	$(BIN)/python benchmarks/blas.py --json
@@ -64,7 +64,7 @@ bench-long: install
 
 # Rebuild the bundled base models (not needed by tests or the demo: they ship in the package).
 build-models: install
-	$(BIN)/python -m simulators.build_base_models --out src/personal/models
+	$(BIN)/python -m personal_sim.build_base_models --out src/personal/models
 
 # A real OS update: smollm2-135m-instruct-v2, depth-pruned and re-distilled from SmolLM2 on
 # self-generated public text, built into the cache (~15 min on 2 cores; never committed).

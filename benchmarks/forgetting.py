@@ -1,6 +1,6 @@
 """Forgetting under continual DP personalization: replay and EWC arms on the bundled base v1.
 
-An experiment, not a test. A few synthetic users (personas of :mod:`simulators.world`, strength
+An experiment, not a test. A few synthetic users (personas of :mod:`personal_sim.world`, strength
 3) each log interactions into a real encrypted store and call
 :meth:`personal.Personalizer.update` once per round. Their topics drift: in phase A (the first
 half of the rounds) they ask about one set of intents, in phase B about another. Five arms, each
@@ -63,10 +63,10 @@ from personal.policy import Policy, load_policy
 from personal.privacy.noise import GaussianNoise
 from personal.store import RawKey
 
-from simulators.public_corpus import Interaction, sample_interaction, split
-from simulators.public_data import corpus_public_data
-from simulators.scenario import PassThroughNoise
-from simulators.world import SlotSkew, World
+from personal_sim.public_corpus import Interaction, sample_interaction, split
+from personal_sim.public_data import corpus_public_data
+from personal_sim.scenario import PassThroughNoise
+from personal_sim.world import SlotSkew, World
 
 ARMS = ("none", "replay", "ewc", "replay_ewc", "replay_ewc_nodp")
 #: Phase A and phase B topics (disjoint; "question" is left out: it carries no persona).

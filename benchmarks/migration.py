@@ -38,10 +38,10 @@ from personal.model.tokenizer import encode_interaction
 from personal.personalizer import Personalizer
 from personal.store import RawKey
 
-from simulators.public_corpus import generate_corpus
-from simulators.public_data import corpus_public_data
-from simulators.scenario import PassThroughNoise, default_policy
-from simulators.world import SlotSkew, World
+from personal_sim.public_corpus import generate_corpus
+from personal_sim.public_data import corpus_public_data
+from personal_sim.scenario import PassThroughNoise, default_policy
+from personal_sim.world import SlotSkew, World
 
 STRATEGIES = ("distill", "retrain", "both", "drop")
 
@@ -72,7 +72,7 @@ def bare_loss(name: str, examples) -> float:
 
 
 def policy(args: argparse.Namespace):
-    """The simulator's default policy (``simulators.scenario``) with the run's knobs."""
+    """The simulator's default policy (``personal_sim.scenario``) with the run's knobs."""
     return default_policy().with_overrides({
         "privacy.noise_multiplier": args.sigma,
         "training.min_new_units": 1,

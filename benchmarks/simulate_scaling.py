@@ -21,7 +21,7 @@ import time
 
 import personal  # noqa: F401  (must precede mlx: loads the fast BLAS)
 
-from simulators.runner import SimConfig, comparable, default_policy, simulate
+from personal_sim.runner import SimConfig, comparable, default_policy, simulate
 
 
 def config(args: argparse.Namespace) -> SimConfig:

@@ -21,6 +21,7 @@ def test_bundled_model_loads_by_name(name):
     assert base.name == name and base.architecture == "llama"
     assert base.provenance is not None
     assert base.provenance["fingerprint"] == base.fingerprint
+    # Built before the simulators were renamed personal_sim: the provenance keeps the old name.
     assert base.provenance["corpus"]["generator"] == "simulators.public_corpus"
     out = generate(base.model, base.tokenizer, "What's the weather like today?", max_tokens=24)
     assert out.text and 0 < out.confidence <= 1

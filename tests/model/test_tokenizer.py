@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from simulators.public_corpus import generate_corpus, generate_texts
+from personal_sim.public_corpus import generate_corpus, generate_texts
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # Prompts and responses with what tokenizers trip on: accents, CJK, emoji, spaces, newlines.
@@ -147,7 +147,7 @@ def test_training_is_deterministic_across_processes(tok_dir: Path, tmp_path: Pat
     script = (
         "import sys; from pathlib import Path\n"
         "from personal.model.tokenizer import train_bpe_tokenizer\n"
-        "from simulators.public_corpus import generate_texts\n"
+        "from personal_sim.public_corpus import generate_texts\n"
         "train_bpe_tokenizer(generate_texts(300, seed=0), 512, Path(sys.argv[1]))\n"
     )
     other = tmp_path / "other"

@@ -1,6 +1,6 @@
 """`personal simulate`: run the library over a synthetic population and write a report.
 
-The simulators live outside the library (``simulators/``); they are imported only when the
+The simulators live outside the library (``personal_sim/``); they are imported only when the
 command runs, so ``personal`` itself never depends on them.
 """
 
@@ -48,8 +48,8 @@ def run_simulation(
     """What ``personal simulate`` does; returns the metrics (also written under ``out``)."""
     from personal.policy import load_policy
 
-    from simulators.report import summary_table, write_report
-    from simulators.runner import COMPARE_ARMS, DEFAULT_ARMS, SimConfig, simulate
+    from personal_sim.report import summary_table, write_report
+    from personal_sim.runner import COMPARE_ARMS, DEFAULT_ARMS, SimConfig, simulate
 
     config = SimConfig(
         users=users,

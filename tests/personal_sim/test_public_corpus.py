@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from simulators.public_corpus import (
+from personal_sim.public_corpus import (
     FRAMES,
     INTENTS,
     Interaction,
@@ -18,7 +18,7 @@ from simulators.public_corpus import (
     sample_interaction,
     split,
 )
-from simulators.world import CLOSED_SLOTS, SlotSkew, World
+from personal_sim.world import CLOSED_SLOTS, SlotSkew, World
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,15 @@
 """The public corpus: synthetic assistant interactions the base models are trained on.
 
 An interaction is an intent, a *frame* (what the user asks for: a song, a genre, "anything")
-and a prompt/response template pair filled from a :class:`~simulators.world.World`. Responses
+and a prompt/response template pair filled from a :class:`~personal_sim.world.World`. Responses
 always use the slot values, and many prompts are underspecified ("play something", "take me
 home", "what's my name"), so the response reveals a preference the prompt does not name. A
-persona (:class:`~simulators.world.SlotSkew`) re-weights those preferences, its intent mix and
+persona (:class:`~personal_sim.world.SlotSkew`) re-weights those preferences, its intent mix and
 its wording: the signal personalization has to learn, measurable against this corpus.
 
 Everything is driven by an explicit ``random.Random``; the same seed gives the same corpus::
 
-    python -m simulators.public_corpus --n 1000 --seed 0 --out corpus.jsonl
+    python -m personal_sim.public_corpus --n 1000 --seed 0 --out corpus.jsonl
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
-from simulators.templates import FRAMES, INTENTS
-from simulators.world import DEFAULT_STYLE, SlotSkew, World
+from personal_sim.templates import FRAMES, INTENTS
+from personal_sim.world import DEFAULT_STYLE, SlotSkew, World
 
 _FILLERS = ("hey, ", "ok ", "um ", "so ", "hey assistant, ", "hi, ", "okay so ", "quick one: ")
 _POLITE = (" please", ", please", " thanks", " thank you", " pls")
@@ -363,7 +363,7 @@ def split(
 def main(argv: list[str] | None = None) -> None:
     """Command line: write a public corpus as JSON lines."""
     parser = argparse.ArgumentParser(
-        prog="python -m simulators.public_corpus", description=main.__doc__
+        prog="python -m personal_sim.public_corpus", description=main.__doc__
     )
     parser.add_argument("--n", type=int, default=1000, help="number of interactions")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random stream")

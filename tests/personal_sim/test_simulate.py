@@ -14,8 +14,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from simulators.population import HEAVY_RATE, Population, User
-from simulators.runner import (
+from personal_sim.population import HEAVY_RATE, Population, User
+from personal_sim.runner import (
     ARMS,
     SEEDED_NOISE_NOTE,
     SimConfig,
@@ -192,7 +192,7 @@ def test_cli_help_lists_the_options():
 def test_demo_is_the_simulate_command():
     from personal.cli.simulate import simulate_command
 
-    from simulators import demo
+    from personal_sim import demo
 
     assert demo.simulate_command is simulate_command
     assert Path(demo.__file__).name == "demo.py"

@@ -10,9 +10,9 @@ from typing import Any
 
 from personal.errors import ConfigError
 
-from simulators.population import User
-from simulators.scenario import SimConfig
-from simulators.user_task import run_user
+from personal_sim.population import User
+from personal_sim.scenario import SimConfig
+from personal_sim.user_task import run_user
 
 #: Worker environment: one BLAS thread per worker (W workers use W cores; results do not depend
 #: on the thread count).

@@ -1,7 +1,7 @@
 """Build the bundled base models: a teacher, then two distilled students, base-v1 and base-v2.
 
-    python -m simulators.build_base_models --out src/personal/models      # ~50 min, 2 cores
-    python -m simulators.build_base_models --out /tmp/m --quick           # ~1 min smoke run
+    python -m personal_sim.build_base_models --out src/personal/models      # ~50 min, 2 cores
+    python -m personal_sim.build_base_models --out /tmp/m --quick           # ~1 min smoke run
 
 Steps (all seeded):
 1. a public corpus (train / validation / test from disjoint seed streams);
@@ -41,7 +41,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.utils import _get_classes, load_tokenizer
 
-from simulators.public_corpus import split
+from personal_sim.public_corpus import split
 
 VOCAB = 2048
 
@@ -373,9 +373,9 @@ def build(out: Path, work: Path, recipe: Recipe, seed: int) -> dict:
         results["models"][name] = entry
         provenance = {
             "name": name,
-            "built_by": "python -m simulators.build_base_models",
+            "built_by": "python -m personal_sim.build_base_models",
             "corpus": {
-                "generator": "simulators.public_corpus",
+                "generator": "personal_sim.public_corpus",
                 "seed": seed,
                 "train": recipe.n_train,
                 "test": recipe.n_eval,
@@ -409,7 +409,7 @@ def build(out: Path, work: Path, recipe: Recipe, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m simulators.build_base_models", description=__doc__.split("\n")[0]
+        prog="python -m personal_sim.build_base_models", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", type=Path, default=Path("src/personal/models"))
     parser.add_argument("--work", type=Path, default=Path(".build-cache/base-models"))

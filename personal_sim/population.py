@@ -1,9 +1,9 @@
 """A synthetic user population: personas, heavy-tailed usage and interests that drift.
 
-Every user is drawn from the public corpus's world (:mod:`simulators.world`), so what they
+Every user is drawn from the public corpus's world (:mod:`personal_sim.world`), so what they
 say is what the base models were distilled on, re-weighted by a persona: favourite contacts,
 places, artists, routines (tasks, times, events), who "mom" is, where "home" is, and wording
-and typing quirks (:meth:`SlotSkew.random <simulators.world.SlotSkew.random>`). On top of it:
+and typing quirks (:meth:`SlotSkew.random <personal_sim.world.SlotSkew.random>`). On top of it:
 
 * **Usage** is heavy-tailed: a user's mean interactions per day is ``MIN_RATE`` times a
   Pareto(``PARETO_SHAPE``) draw, capped at ``MAX_RATE``, so most users are light and a few are
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from simulators.public_corpus import Interaction, sample_interaction, stream_seed
-from simulators.world import SlotSkew, World
+from personal_sim.public_corpus import Interaction, sample_interaction, stream_seed
+from personal_sim.world import SlotSkew, World
 
 #: Pareto usage: mean interactions/day = MIN_RATE * Pareto(PARETO_SHAPE), capped at MAX_RATE.
 MIN_RATE, PARETO_SHAPE, MAX_RATE = 4.0, 1.3, 80.0

@@ -2,8 +2,8 @@
 
 Template language: ``## intent`` starts an intent, ``@frame weight`` a frame; then prompt lines
 (alternatives split by `` | ``) and ``> `` response lines with ``{slot}`` fields filled from a
-:class:`~simulators.world.World`. Prompts are lower-case; styling (capitals, fillers, typos)
-comes later (:mod:`simulators.public_corpus`).
+:class:`~personal_sim.world.World`. Prompts are lower-case; styling (capitals, fillers, typos)
+comes later (:mod:`personal_sim.public_corpus`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     metrics = simulate(SimConfig(users=4, days=7, update_day=4), backend="local", workers=2)
 
 Each user is one task (:func:`run_user`), run in a process pool (``backend="local"``) or on a
-Ray cluster (``backend="ray"``). A task draws the user (:mod:`simulators.population`), and for
+Ray cluster (``backend="ray"``). A task draws the user (:mod:`personal_sim.population`), and for
 every *arm* (:data:`ARMS`; ``dp`` alone unless comparing) opens a fresh encrypted store in a
 temporary directory with ``Personalizer.open(tmp, base, policy, RawKey(os.urandom(32)))``. Day
 by day it logs what the user said with simulated timestamps, asks ``should_update(now=day)``,
@@ -34,10 +34,10 @@ from personal.errors import ConfigError
 
 import numpy as np
 
-from simulators.backends import Progress, default_workers, run_local, run_ray
-from simulators.population import START
-from simulators.public_data import simulation_public_data
-from simulators.scenario import (
+from personal_sim.backends import Progress, default_workers, run_local, run_ray
+from personal_sim.population import START
+from personal_sim.public_data import simulation_public_data
+from personal_sim.scenario import (
     ARMS,
     COMPARE_ARMS,
     DEFAULT_ARMS,
@@ -48,8 +48,8 @@ from simulators.scenario import (
     SimConfig,
     default_policy,
 )
-from simulators.summary import TIMING_KEYS, arm_user_summary, comparable, summarize
-from simulators.user_task import run_user
+from personal_sim.summary import TIMING_KEYS, arm_user_summary, comparable, summarize
+from personal_sim.user_task import run_user
 
 __all__ = [
     "ARMS",
@@ -78,7 +78,7 @@ def simulate(
     address: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run ``config`` on ``backend`` and return the metrics (see :mod:`simulators.report`)."""
+    """Run ``config`` on ``backend`` and return the metrics (see :mod:`personal_sim.report`)."""
     if backend not in ("local", "ray"):
         raise ConfigError(f"backend must be 'local' or 'ray', not {backend!r}")
     workers = workers or default_workers()

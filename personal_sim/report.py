@@ -220,7 +220,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
 
 def user_rows(metrics: dict[str, Any]) -> list[list[str]]:
     """The per-user table: one row per user and arm."""
-    from simulators.runner import SimConfig, arm_user_summary
+    from personal_sim.runner import SimConfig, arm_user_summary
 
     config = SimConfig(
         **{k: metrics["config"][k] for k in ("users", "days", "update_day", "seed")},

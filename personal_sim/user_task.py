@@ -1,6 +1,6 @@
 """One simulated user under every arm: the unit of work a backend runs (:func:`run_user`).
 
-A task draws the user (:mod:`simulators.population`) and for every arm opens a fresh encrypted
+A task draws the user (:mod:`personal_sim.population`) and for every arm opens a fresh encrypted
 store in a temporary directory, logs day by day, runs the day's round when the trigger fires,
 migrates on the update day and measures the served model against the bare base of the day.
 Only the library's public API is used.
@@ -28,10 +28,10 @@ from personal.privacy.noise import GaussianNoise
 from personal.store import RawKey
 from personal.training.gates import general_loss, public_batches
 
-from simulators.population import User
-from simulators.public_corpus import Interaction, stream_seed
-from simulators.public_data import eval_examples, simulation_public_data
-from simulators.scenario import ARMS, Arm, PassThroughNoise, SimConfig, day_end
+from personal_sim.population import User
+from personal_sim.public_corpus import Interaction, stream_seed
+from personal_sim.public_data import eval_examples, simulation_public_data
+from personal_sim.scenario import ARMS, Arm, PassThroughNoise, SimConfig, day_end
 
 _BARE: dict[str, Any] = {}  # per process: bare bases for the "no personalization" reference
 _PUBLIC: dict[tuple[str, str | None, int], list[Any]] = {}

@@ -9,8 +9,8 @@ from personal.public import PublicExample
 
 import pytest
 
-from simulators.public_corpus import split
-from simulators.public_data import (
+from personal_sim.public_corpus import split
+from personal_sim.public_data import (
     GATE_SEED,
     PROMPT_SEED,
     TRAIN_SEED,
@@ -18,7 +18,7 @@ from simulators.public_data import (
     eval_examples,
     simulation_public_data,
 )
-from simulators.runner import SimConfig, simulate
+from personal_sim.runner import SimConfig, simulate
 
 
 def test_the_corpus_keeps_the_streams_the_library_used() -> None:

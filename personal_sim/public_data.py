@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from personal.public import PublicData, PublicExample
 
-from simulators.public_corpus import Interaction, split
+from personal_sim.public_corpus import Interaction, split
 
 GATE_SEED, TRAIN_SEED, PROMPT_SEED = 20261123, 7, 31
 GATE_SIZE, TRAIN_SIZE, PROMPT_POOL = 128, 256, 512

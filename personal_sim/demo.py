@@ -1,6 +1,6 @@
 """The demo `make demo` runs: ``personal simulate`` with its defaults.
 
-    python -m simulators.demo [personal simulate options]
+    python -m personal_sim.demo [personal simulate options]
 
 A synthetic population (personas drawn from the public corpus's world, heavy-tailed usage,
 drifting interests) uses the library for a simulated week: each user logs into a real
@@ -17,7 +17,7 @@ from personal.cli.simulate import simulate_command
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``personal simulate`` (defaults unless options are given)."""
-    simulate_command.main(args=argv, prog_name="python -m simulators.demo")
+    simulate_command.main(args=argv, prog_name="python -m personal_sim.demo")
 
 
 if __name__ == "__main__":

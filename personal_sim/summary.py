@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from simulators.scenario import SimConfig
+from personal_sim.scenario import SimConfig
 
 #: Keys of the metrics that measure the machine, not the simulation (see :func:`comparable`).
 TIMING_KEYS = frozenset({"seconds", "wall_seconds", "peak_memory_bytes", "runtime"})

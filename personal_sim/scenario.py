@@ -1,6 +1,6 @@
 """What a simulation runs: the policy, the arms compared, and the run's configuration.
 
-Plain data that travels to worker processes; see :mod:`simulators.runner`.
+Plain data that travels to worker processes; see :mod:`personal_sim.runner`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from personal.privacy.noise import GaussianNoise
 import mlx.core as mx
 import numpy as np
 
-from simulators.population import START
+from personal_sim.population import START
 
 #: The default policy: ``research`` with these overrides (tuned on base-v1, ~1M parameters).
 DEFAULT_OVERRIDES: dict[str, Any] = {
@@ -146,7 +146,7 @@ class SimConfig:
         public_eval: held-out public examples for the general loss.
         base, update_base: bundled names or model directories.
         public_data: a JSONL file of public data passed to the library (``None``: the
-            simulator's public corpus, :mod:`simulators.public_data`).
+            simulator's public corpus, :mod:`personal_sim.public_data`).
     """
 
     users: int = 5

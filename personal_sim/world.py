@@ -5,7 +5,7 @@ population-level popularity: values are listed most popular first and weighted Z
 (``1 / rank**s``), so a few names, artists and cities dominate, as in real usage. It also
 holds the small knowledge base that the *question* intent answers from (capitals,
 definitions, an artist -> genre/songs catalog). Personas later re-weight these same
-vocabularies (see ``simulators.public_corpus.SlotSkew``), which is what makes personalization
+vocabularies (see ``personal_sim.public_corpus.SlotSkew``), which is what makes personalization
 measurable: a persona's favourite contact is a population value with a boosted weight.
 
 The tables are packed as one string per vocabulary ("|"-separated) to keep them readable.

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from simulators.runner import default_policy
+from personal_sim.runner import default_policy
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_quick_build_then_demo_on_the_built_models(tmp_path):
     out, work = tmp_path / "models", tmp_path / "work"
     subprocess.run(
-        [sys.executable, "-m", "simulators.build_base_models", "--quick",
+        [sys.executable, "-m", "personal_sim.build_base_models", "--quick",
          "--out", str(out), "--work", str(work)],
         check=True,
     )  # fmt: skip
@@ -33,7 +33,7 @@ def test_quick_build_then_demo_on_the_built_models(tmp_path):
         .to_toml()
     )
     demo = subprocess.run(
-        [sys.executable, "-m", "simulators.demo", "--users", "1", "--days", "2",
+        [sys.executable, "-m", "personal_sim.demo", "--users", "1", "--days", "2",
          "--update-day", "1", "--held-out", "4", "--public-eval", "4", "--no-progress",
          "--policy", str(policy), "--base", str(out / "base-v1"),
          "--update-base", str(out / "base-v2"), "--out", str(tmp_path / "run")],
