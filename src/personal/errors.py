@@ -246,5 +246,15 @@ class TrainingError(PersonalError):
     """A personalization round could not run or finish."""
 
 
+class StoreBaseMismatch(TrainingError):
+    """The base model is not the one the store's adapters and ledger are on (after a migration,
+    train on the new base; to move to another base, migrate)."""
+
+
+class MigrationInterrupted(TrainingError):
+    """A base-model migration of this store was interrupted; the message names the command
+    that finishes it."""
+
+
 class RoundInProgress(TrainingError):
     """Another process is running a round on this store (one round at a time per store)."""

@@ -189,10 +189,21 @@ def migrate_command(
     key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
     if old_base is None:
         with Store.open(store, key) as opened:
-            recorded = StoreSettings(opened).get("base")
-        if not recorded:
+            settings = StoreSettings(opened)
+            recorded, last = settings.get("base"), settings.get("migration")
+        if isinstance(last, dict) and last.get("state") == "pending":
+            # A killed migration: its teacher is the old base it recorded, not the new one
+            # the store already names.
+            old_base = last["from"]["source"]
+            click.echo(
+                f"resuming the interrupted migration from {last['from']['name']} to "
+                f"{last['to']['name']}",
+                err=True,
+            )
+        elif not recorded:
             raise click.UsageError("the store records no base model yet: pass --from OLDBASE")
-        old_base = recorded["source"]
+        else:
+            old_base = recorded["source"]
     with Personalizer.open(store, old_base, None, key, public_data=public_data) as personalizer:
         report = personalizer.on_base_update(new_base, strategy=strategy)
     data = report.to_dict()

@@ -2,6 +2,14 @@
 
 Kept apart from the round logic: it only swaps the live base, asks the registry to stop serving
 the old adapter, and runs one of the migration strategies of :mod:`personal.adapters.migrate`.
+
+A migration is resumable. Before it deactivates the old adapter it records, sealed in the
+store's settings (``migration``), where it goes from (the old base and its active adapter, the
+teacher) and to (the new base). A process killed half-way leaves that record ``pending``: the
+next :meth:`~BaseUpdates.on_base_update` from the old base to the new one (``personal migrate
+STORE --base NEW`` finds the old base in the record) takes the teacher from the record -- the
+old adapter stays in the registry, only deactivated -- and runs the migration again; any other
+call names the command that finishes it (:class:`~personal.errors.MigrationInterrupted`).
 """
 
 from __future__ import annotations
@@ -15,7 +23,13 @@ from personal.adapters.migrate import (
     distill_migration,
     timed,
 )
-from personal.errors import BudgetExhausted, ConfigError, NoEligibleUnits
+from personal.errors import (
+    BudgetExhausted,
+    ConfigError,
+    MigrationInterrupted,
+    NoEligibleUnits,
+    StoreBaseMismatch,
+)
 from personal.model.base import BaseModel, load_base
 from personal.model.lora import get_adapter_weights, inject_lora, set_adapter_weights
 from personal.training.continual import LAST_ID_KEY
@@ -23,6 +37,8 @@ from personal.training.gates import decide, general_loss
 from personal.training.lock import round_lock
 
 import mlx.core as mx
+
+MIGRATION_KEY = "migration"  # the settings record of the last migration (module docstring)
 
 
 class BaseUpdates:
@@ -72,6 +88,9 @@ class BaseUpdates:
         Raises:
             RoundInProgress: another process is training this store.
             ConfigError: an unknown strategy.
+            MigrationInterrupted: another migration was interrupted; the message says how to
+                finish it.
+            StoreBaseMismatch: this personalizer's base is not the store's.
         """
         strategy = strategy or self.policy.migration.strategy
         if strategy not in STRATEGIES:
@@ -82,12 +101,18 @@ class BaseUpdates:
 
     def _migrate(self, new: BaseModel, strategy: str, test_only: dict[str, Any]) -> MigrationReport:
         clock = timed()
-        old, old_active = self.base, self.active_adapter
+        old = self.base
+        old_active = self._teacher(old, new)
         report = MigrationReport(strategy, old.fingerprint, new.fingerprint)
         report.old_version = old_active.version if old_active else None
         if new.fingerprint == old.fingerprint:
             report.new_version = report.old_version  # same base: nothing to migrate
             return report
+        record = {
+            "state": "pending", "strategy": strategy, "from_version": report.old_version,
+            "from": _describe(old), "to": _describe(new),
+        }  # fmt: skip
+        self.settings.set(MIGRATION_KEY, record)  # durable before the old adapter goes
         inject_lora(new.model, self.policy.training.lora.to_lora_config())
         self.registry.deactivate()  # the new base serves bare until a migrated adapter passes
         self.base, self._public = new, None
@@ -107,8 +132,41 @@ class BaseUpdates:
             else:
                 report.retrain, report.charged = retrain.public_summary(), True
                 report.new_version = retrain.adapter_version or report.new_version
+        done = {**record, "state": "done", "to_version": report.new_version}
+        self.settings.set(MIGRATION_KEY, done)
         report.seconds = clock()
         return report
+
+    def pending_migration(self) -> dict[str, Any] | None:
+        """The record of an interrupted migration (``None`` when the last one finished)."""
+        record = self.settings.get(MIGRATION_KEY)
+        return record if isinstance(record, dict) and record.get("state") == "pending" else None
+
+    def _teacher(self, old: BaseModel, new: BaseModel) -> Any:
+        """The adapter to carry over: the active one, or an interrupted migration's teacher."""
+        pending = self.pending_migration()
+        if pending is None:
+            recorded = self.settings.get("base")
+            if recorded and recorded.get("fingerprint") != old.fingerprint:
+                raise StoreBaseMismatch(
+                    f"this store's adapters are on base {recorded.get('name')!r} "
+                    f"({str(recorded.get('fingerprint'))[:19]}), not {old.name!r}: migrate from "
+                    f"the store's base (`personal migrate STORE --base NEW` without --from "
+                    "finds it); nothing was changed"
+                )
+            return self.active_adapter
+        source, target = pending["from"], pending["to"]
+        if (source["fingerprint"], target["fingerprint"]) != (old.fingerprint, new.fingerprint):
+            raise MigrationInterrupted(
+                f"a migration of this store from {source['name']!r} to {target['name']!r} was "
+                "interrupted (the store serves the bare new base; the old adapter is kept). "
+                f"Finish it first: `personal migrate STORE --base {target['source']} --from "
+                f"{source['source']}`; nothing was changed"
+            )
+        version = pending.get("from_version")
+        if version is None:
+            return None
+        return self.registry.load_into(self.base, version)  # the teacher, on its own base
 
     def _distill_from(self, old: BaseModel, old_version: int, report: MigrationReport) -> None:
         migration = self.policy.migration
@@ -149,3 +207,7 @@ class BaseUpdates:
             report.new_version = self._save_and_activate(summary, gate, parent=old_version)
         else:
             set_adapter_weights(self.base.model, fresh)
+
+
+def _describe(base: BaseModel) -> dict[str, str]:
+    return {"fingerprint": base.fingerprint, "name": base.name, "source": str(base.path)}

@@ -1,0 +1,74 @@
+"""A migration killed half-way is finished by a re-run, never reported as a success that lost
+the personalization; a migration from the wrong base is refused."""
+
+from __future__ import annotations
+
+import json
+
+from personal.cli import cli
+from personal.store import InteractionLog, Passphrase
+
+import pytest
+from click.testing import CliRunner
+from test_train_audit_cli import PASS, POLICY
+
+
+@pytest.fixture
+def trained(tmp_path, monkeypatch, tiny_model_factory):
+    monkeypatch.setenv("PERSONAL_PASSPHRASE", PASS)
+    path = tmp_path / "store"
+    with InteractionLog.create(path, Passphrase(PASS), synchronous="NORMAL") as log:
+        for i in range(10):
+            log.append(f"text Ana that I'm {i} minutes late", f"Sent to Ana: {i} minutes late.")
+    (tmp_path / "policy.toml").write_text(POLICY)
+    base = tiny_model_factory("llama")
+    result = _run("train", path, "--base", base, "--policy", tmp_path / "policy.toml")
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _active(store):
+    listed = json.loads(_run("adapters", "list", store, "--json").output)
+    return [v["version"] for v in listed if v["active"]]
+
+
+def test_a_killed_migration_is_finished_by_a_rerun(trained, tiny_model_factory, monkeypatch):
+    import personal.training.migration as migration
+
+    new = tiny_model_factory("llama", seed=1)
+
+    def killed(*args, **kwargs):  # the process dies here: no code after this point runs
+        raise RuntimeError("SIGKILL")
+
+    real = migration.distill_migration
+    monkeypatch.setattr(migration, "distill_migration", killed)
+    crashed = _run("migrate", trained, "--base", new, "--strategy", "distill")
+    assert isinstance(crashed.exception, RuntimeError)
+    assert _active(trained) == []  # the bare new base, as a SIGKILL leaves it
+    monkeypatch.setattr(migration, "distill_migration", real)
+
+    other = tiny_model_factory("llama", seed=2)
+    wrong = _run("migrate", trained, "--base", other, "--strategy", "distill")
+    assert wrong.exit_code == 2 and "was interrupted" in wrong.output
+    assert f"--base {new}" in wrong.output and "--from" in wrong.output
+
+    rerun = _run("migrate", trained, "--base", new, "--strategy", "distill", "--json")
+    assert rerun.exit_code == 0, rerun.output
+    assert "resuming the interrupted migration" in rerun.output
+    report = json.loads(rerun.output[rerun.output.index("{") :])
+    assert report["old_version"] == 1 and report["new_version"] == 2
+    assert _active(trained) == [2]
+    again = json.loads(_run("migrate", trained, "--base", new, "--json").output)
+    assert again["old_version"] == again["new_version"] == 2  # done: nothing left to do
+
+
+def test_migrating_from_a_base_that_is_not_the_stores_is_refused(trained, tiny_model_factory):
+    other = tiny_model_factory("llama", seed=2)
+    new = tiny_model_factory("llama", seed=1)
+    result = _run("migrate", trained, "--base", new, "--from", other)
+    assert result.exit_code == 2 and "not" in result.output and "--from" in result.output
+    assert _active(trained) == [1]
