@@ -6,6 +6,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from personal.errors import RecordNotFound
 from personal.store import Interaction, InteractionLog, Passphrase
 
 import pytest
@@ -47,7 +48,9 @@ def test_erased_records_leave_no_bytes_in_the_db_or_wal(
     after = file_bytes(store_path)
     assert not any(c[20:52] in after for c in erased)
     assert b"erased-unit-marker" not in after  # nor its cleartext unit id (incl. index pages)
-    assert all(c[20:52] in after for c in kept)
+    # Kept records were re-sealed under a fresh key (their old epoch was destroyed).
+    resealed = [_sealed(store_path, rid) for rid in ids["kept-unit-marker"]]
+    assert all(c[20:52] in after for c in resealed) and resealed != kept
     assert b"kept-unit-marker" in after
     assert [r.unit for r in log][:1] == ["kept-unit-marker"]
 
@@ -59,7 +62,8 @@ def test_erasure_by_date_leaves_no_bytes(log: InteractionLog, store_path: Path) 
     assert log.erase(before=T0 + timedelta(days=1)).records == 1
     after = file_bytes(store_path)
     assert old_blob[20:52] not in after and b"old-unit-marker" not in after
-    assert new_blob[20:52] in after
+    assert _sealed(store_path, new)[20:52] in after  # re-sealed under a fresh key
+    assert log.get(new).prompt == "new" and new_blob != _sealed(store_path, new)
 
 
 def test_shredded_data_keys_leave_no_bytes(store_path: Path, key: Passphrase) -> None:
@@ -90,3 +94,29 @@ def test_a_reader_holding_a_snapshot_delays_the_purge(
         reader.close()
     assert log.store.checkpoint() is True
     assert blob[20:52] not in file_bytes(store_path)
+
+
+def test_erased_rows_put_back_from_an_old_copy_never_open(
+    log: InteractionLog, store_path: Path, tmp_path: Path
+) -> None:
+    """Issue 19, item 5: a copy taken before the erasure must not bring erased rows back."""
+    ids = _fill(log, 100)
+    log.store.checkpoint()
+    backup = tmp_path / "backup.db"
+    with raw_db(store_path) as conn:
+        conn.execute("VACUUM INTO ?", [str(backup)])
+    assert log.erase("erased-unit-marker").records == 20
+    with raw_db(store_path) as conn:
+        conn.execute("ATTACH ? AS old", [str(backup)])
+        conn.execute(
+            "INSERT INTO records SELECT * FROM old.records WHERE unit = 'erased-unit-marker'"
+        )
+    report = log.verify()
+    assert not report.ok
+    assert sorted(b.id for b in report.bad_records) == ids["erased-unit-marker"]
+    assert all("shredded" in b.error for b in report.bad_records)
+    with pytest.raises(RecordNotFound):
+        log.get(ids["erased-unit-marker"][0])
+    skipped: list[int] = []
+    exported = [r["unit"] for r in log.export(on_bad=lambda rid, exc: skipped.append(rid))]
+    assert set(exported) == {"kept-unit-marker"} and sorted(skipped) == ids["erased-unit-marker"]

@@ -50,6 +50,7 @@ from personal.store.records import (
     parse_time,
     prepare,
 )
+from personal.store.rekey import rekey, touched_epochs
 from personal.store.report import EraseReport, LogStats, UnitSummary, VerifyReport, verify_log
 
 from cryptography.exceptions import InvalidTag
@@ -104,6 +105,11 @@ class InteractionLog:
         self._owns_store = owns_store
         store.apply_migrations(LOG_MIGRATIONS)
         self._aad = RowAad(store.aad_prefix(TABLE), ("unit", "ts", "source"))
+
+    @property
+    def row_aad(self) -> RowAad:
+        """The associated-data builder of this log's rows (re-keying seals with it)."""
+        return self._aad
 
     @classmethod
     def create(
@@ -367,17 +373,22 @@ class InteractionLog:
     ) -> EraseReport:
         """Erase records of a unit (or units), older than ``before``, and/or of a source app.
 
-        Criteria combine with AND. The rows are deleted with SQLite's secure delete, data keys
-        left with no records are destroyed, and the WAL is checkpointed and truncated so no
-        erased byte remains in the database files (see ``docs/privacy.md`` for the limits).
+        Criteria combine with AND. The rows are deleted with SQLite's secure delete, the key
+        epochs they were sealed under are re-keyed and destroyed (:mod:`personal.store.rekey`:
+        a row put back from an old copy never opens again), data keys left with no records are
+        destroyed, and the WAL is checkpointed and truncated so no erased byte remains in the
+        database files (see ``docs/privacy.md`` for the limits).
         """
         if unit is None and before is None and source is None:
             raise ConfigError("erase needs a unit, a date (before=) or a source app")
         where, args = filters_sql(units=unit, until=before, source=source)
         with self.store.atomic() as db:
+            touched = touched_epochs(self, TABLE, where, args)
             erased = db.execute(f"DELETE FROM {TABLE} WHERE 1 {where}", args).rowcount
-            shredded = self._shred_empty_epochs(db)
-        return EraseReport(erased, shredded, self.store.checkpoint())
+            # So that a copy of an erased row put back from an old database never opens again.
+            rekeyed, kept = rekey(self, TABLE, touched)
+            shredded = sorted({*rekeyed, *self._shred_empty_epochs(db)})
+        return EraseReport(erased, shredded, self.store.checkpoint(), kept_epochs=kept)
 
     def _shred_empty_epochs(self, db: Database) -> list[int]:
         # One scan instead of an index on key_epoch: erasure is rare, appends are not.

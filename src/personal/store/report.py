@@ -24,11 +24,15 @@ class EraseReport:
         purged: The WAL was checkpointed and truncated, so no erased byte is left in the
             database files. ``False`` when another process's reader kept an old snapshot open;
             the next erasure or checkpoint finishes the job.
+        kept_epochs: Key epochs the erasure touched but could not re-key, because one of their
+            surviving records fails to authenticate (run ``verify``): a copy of an erased row
+            sealed under them would still open if put back.
     """
 
     records: int
     epochs_shredded: list[int]
     purged: bool
+    kept_epochs: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
