@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from personal.adapters.registry import AdapterRegistry
-from personal.errors import BudgetExhausted, NoEligibleUnits, UnitOfPrivacyMismatch
+from personal.errors import (
+    BudgetExhausted,
+    MigrationInterrupted,
+    NoEligibleUnits,
+    StoreBaseMismatch,
+    UnitOfPrivacyMismatch,
+)
 from personal.model.base import BaseModel, load_base
 from personal.model.generate import Generation, generate
 from personal.model.lora import get_adapter_weights, inject_lora, lora_off, set_adapter_weights
@@ -261,9 +267,32 @@ class Personalizer(BaseUpdates):
         Raises:
             NoEligibleUnits, BudgetExhausted: nothing to train on (nothing charged).
             RoundInProgress: another process is training this store.
+            StoreBaseMismatch: the live base is not the store's (nothing charged).
+            MigrationInterrupted: a migration must be finished first (nothing charged).
         """
         with round_lock(self.store.path):
+            self._check_base()
             return self._update(progress, now, test_only)
+
+    def _check_base(self) -> None:
+        """Refuse to train another base than the one the store's adapters are on."""
+        pending = self.pending_migration()
+        if pending is not None:
+            source, target = pending["from"], pending["to"]
+            raise MigrationInterrupted(
+                f"a migration of this store from {source['name']!r} to {target['name']!r} was "
+                f"interrupted; finish it before training: `personal migrate STORE --base "
+                f"{target['source']} --from {source['source']}` (nothing was charged)"
+            )
+        recorded = self.settings.get("base")
+        if recorded and recorded.get("fingerprint") != self.base.fingerprint:
+            raise StoreBaseMismatch(
+                f"this store's adapters are on base {recorded.get('name')!r} "
+                f"({str(recorded.get('fingerprint'))[:19]}), not {self.base.name!r} "
+                f"({self.base.fingerprint[:19]}): train with --base {recorded.get('source')}; "
+                f"to move the store to this base, run `personal migrate STORE --base "
+                f"{self.base.path}` (nothing was charged)"
+            )
 
     def _update(
         self,

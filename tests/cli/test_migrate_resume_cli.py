@@ -72,3 +72,16 @@ def test_migrating_from_a_base_that_is_not_the_stores_is_refused(trained, tiny_m
     result = _run("migrate", trained, "--base", new, "--from", other)
     assert result.exit_code == 2 and "not" in result.output and "--from" in result.output
     assert _active(trained) == [1]
+
+
+def test_training_another_base_than_the_stores_is_refused(trained, tiny_model_factory, tmp_path):
+    """Issue 19, item 6: after a migration to v2, `train --base v1` charges nothing."""
+    old, new = tiny_model_factory("llama"), tiny_model_factory("llama", seed=1)
+    assert _run("migrate", trained, "--base", new, "--strategy", "distill").exit_code == 0
+    rounds = len(json.loads(_run("audit", trained, "--json").output)["rounds"])
+    active = _active(trained)
+    refused = _run("train", trained, "--base", old)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert "adapters are on base" in refused.output and "nothing was charged" in refused.output
+    assert len(json.loads(_run("audit", trained, "--json").output)["rounds"]) == rounds
+    assert _active(trained) == active
