@@ -4,7 +4,8 @@ Reference configuration (``reference_config.py``, shared with ``lora_step.py``):
 512, intermediate 1408, 8 layers, 8 heads, vocab 8192; sequence 128, batch 16; LoRA rank 8,
 scale 20 on all seven linear layers of every block; Adam.
 
-* ``nondp_step_s``: :func:`personal.model.train.make_train_step` (compiled, batched gradient).
+* ``nondp_step_s``: a compiled step of one batched gradient and Adam (what
+  :func:`personal.model.train.make_train_step` does) on the same arrays and loss as the DP step.
 * ``dp_step_s``: :func:`personal.privacy.dpsgd.make_dp_step` on 16 one-example units:
   per-example gradients in one batched backward pass (an expanded adapter,
   :mod:`personal.model.per_example`), per-unit clipping, CSPRNG noise with snapping, division
@@ -21,6 +22,12 @@ LoRA then goes on every linear layer (MoE experts included, routers excluded). A
 base trains as is (``--quantized-path keep``) or on a float32 copy made at load
 (``--quantized-path dequantize``).
 
+``--scored-share S`` scores only the last ``S`` of each row's positions (the reply of a chat
+interaction; 0.25 is what the simulator's interactions measure on smollm2-135m-instruct's chat
+template, 0.58 on the bundled format). Both MLX steps then project to the vocabulary at those
+positions only (:func:`personal.privacy.dpsgd.scored_ce_loss`, as a training round does); the
+peer labels the rest ``-100``, as a PyTorch user would, and computes every position's logits.
+
 Steps are interleaved (non-DP, DP, Opacus, repeat) so that load from other processes hits all
 three alike; medians are reported. Peak bytes are MLX's allocator peak over one step of each.
 
@@ -34,12 +41,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +57,14 @@ from typing import Any
 CLEAN_ENV = dict(os.environ)
 
 import personal  # noqa: E402
-from personal.model.batching import Batch  # noqa: E402
+from personal.model.head import output_head  # noqa: E402
 from personal.model.lora import LoRAConfig, inject_lora, trainable_parameter_count  # noqa: E402
-from personal.model.train import make_train_step  # noqa: E402
-from personal.privacy.dpsgd import DPConfig, make_dp_step  # noqa: E402
+from personal.privacy.dpsgd import (  # noqa: E402
+    DPConfig,
+    example_ce_loss,
+    make_dp_step,
+    scored_ce_loss,
+)
 from personal.privacy.sampler import UnitBatch, pack_token_units  # noqa: E402
 from personal.runtime import blas_status, peak_memory_bytes, reset_peak_memory  # noqa: E402
 
@@ -129,21 +142,27 @@ def dequantize_per_call(model: nn.Module) -> None:
 
 
 def mlx_steps(
-    model: nn.Module, tokens: np.ndarray
+    model: nn.Module, tokens: np.ndarray, scored: int
 ) -> tuple[Callable[[], None], Callable[[], None]]:
-    """(non-DP step, DP step) on one MLX model."""
+    """(non-DP step, DP step) on one MLX model; the last ``scored`` positions of every row
+    count in the loss. Both steps compute logits at scored positions only where the model
+    allows it, as a training round does (:func:`personal.model.head.output_head`)."""
     batch_size, width = tokens.shape[0], tokens.shape[1] - 1
-    plain_opt = optim.Adam(learning_rate=LEARNING_RATE)
-    plain = make_train_step(model, plain_opt)
-    toks = mx.array(tokens)
-    batch = Batch(toks[:, :-1], toks[:, 1:], mx.ones((batch_size, width)))
-    dp = make_dp_step(model, optim.Adam(learning_rate=LEARNING_RATE), DPConfig(SIGMA, CLIP))
+    starts = [[width + 1 - scored]] * batch_size
+    compact = output_head(model) is not None
     units: UnitBatch = pack_token_units(
-        [[row.tolist()] for row in tokens], float(batch_size), width=width
+        [[row.tolist()] for row in tokens], float(batch_size), width=width,
+        loss_starts=starts, scored_only=compact,
+    )  # fmt: skip
+    loss = scored_ce_loss if compact else example_ce_loss
+    dp = make_dp_step(
+        model, optim.Adam(learning_rate=LEARNING_RATE), DPConfig(SIGMA, CLIP), loss=loss
     )
+    plain_opt = optim.Adam(learning_rate=LEARNING_RATE)
+    plain = make_plain_step(model, plain_opt, loss)
 
     def run_plain() -> None:
-        mx.eval(plain(batch), model.parameters(), plain_opt.state)
+        mx.eval(plain(*units.arrays), model.parameters(), plain_opt.state)
 
     def run_dp() -> None:
         dp(units)
@@ -151,14 +170,34 @@ def mlx_steps(
     return run_plain, run_dp
 
 
+def make_plain_step(
+    model: nn.Module, optimizer: optim.Optimizer, loss: Callable[..., mx.array]
+) -> Callable[..., mx.array]:
+    """A compiled non-DP step: the mean of the per-row ``loss``, one gradient, the optimiser
+    (what :func:`personal.model.train.make_train_step` does, on the DP step's arrays)."""
+
+    def mean_loss(model: nn.Module, *arrays: mx.array) -> mx.array:
+        return loss(model, *arrays).mean()
+
+    loss_and_grad = nn.value_and_grad(model, mean_loss)
+
+    def step(*arrays: mx.array) -> mx.array:
+        value, grads = loss_and_grad(model, *arrays)
+        optimizer.update(model, grads)
+        return value
+
+    state = [model.state, optimizer.state, mx.random.state]
+    return partial(mx.compile, inputs=state, outputs=state)(step)
+
+
 class OpacusPeer:
     """``opacus_peer.py`` in its own process; :meth:`step` runs one step there and returns
     the time the peer measured."""
 
-    def __init__(self, batch: int, seq: int) -> None:
+    def __init__(self, batch: int, seq: int, scored: int) -> None:
         command = [sys.executable, str(HERE / "opacus_peer.py"), "--batch", str(batch)]
         self.process = subprocess.Popen(
-            [*command, "--seq", str(seq)],
+            [*command, "--seq", str(seq), "--scored", str(scored)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -209,6 +248,11 @@ def main() -> None:
     parser.add_argument(
         "--quantized-path", choices=("keep", "dequantize", "on-the-fly"), default="keep"
     )
+    parser.add_argument(
+        "--scored-share", type=float, default=1.0,
+        help="share of each row's positions scored in the loss (the reply at its end); "
+        "1.0: every position (the reference); chat data on smollm2 measured 0.25",
+    )  # fmt: skip
     parser.add_argument("--no-torch", action="store_true", help="skip the Opacus peer")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -216,14 +260,17 @@ def main() -> None:
     model, vocab, name = build_model(args)
     rng = np.random.default_rng(0)  # benchmark tokens, not private randomness
     tokens = rng.integers(1, vocab, (args.batch, args.seq + 1), dtype=np.int32)
-    run_plain, run_dp = mlx_steps(model, tokens)
+    if not 0 < args.scored_share <= 1:
+        parser.error("--scored-share must be in (0, 1]")
+    scored = max(1, math.ceil(args.scored_share * args.seq))
+    run_plain, run_dp = mlx_steps(model, tokens, scored)
     runs: dict[str, Callable[[], float]] = {
         "nondp": lambda: timed(run_plain),
         "dp": lambda: timed(run_dp),
     }
     peer = None
     if name == "reference" and not args.no_torch:
-        peer = OpacusPeer(args.batch, args.seq)  # warms itself up
+        peer = OpacusPeer(args.batch, args.seq, scored)  # warms itself up
         runs["torch_opacus"] = peer.step
     for run in (run_plain, run_dp):  # warm-up: compile, allocate
         run()
@@ -249,6 +296,8 @@ def main() -> None:
         "dp_over_torch_opacus": None if opacus is None else round(median["dp"] / opacus, 3),
         "batch": args.batch,
         "seq": args.seq,
+        "scored_positions": scored,
+        "scored_only_logits": output_head(model) is not None,
         "trainable_parameters": trainable_parameter_count(model),
         "blas": blas_status().backend,
         "cpu_count": os.cpu_count(),

@@ -29,7 +29,7 @@ import numpy as np
 from reference_config import CLIP, LEARNING_RATE, RANK, REFERENCE, SCALE, SIGMA, TARGETS
 
 
-def build_step(batch: int, seq: int) -> Callable[[], None]:
+def build_step(batch: int, seq: int, scored: int) -> Callable[[], None]:
     import torch
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
@@ -66,6 +66,7 @@ def build_step(batch: int, seq: int) -> Callable[[], None]:
     tokens = rng.integers(1, REFERENCE["vocab_size"], (batch, seq + 1), dtype=np.int32)
     ids = torch.from_numpy(tokens.astype(np.int64))
     inputs, targets = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+    targets[:, : seq - scored] = -100  # the prompt: ignored by the loss, as users label it
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -81,10 +82,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--scored", type=int, help="positions scored at each row's end")
     args = parser.parse_args()
     # Opacus's hooks fire with frozen inputs (embeddings): PyTorch warns on every backward.
     warnings.simplefilter("ignore")
-    step = build_step(args.batch, args.seq)
+    step = build_step(args.batch, args.seq, args.scored or args.seq)
     step()
     step()
     print("ready", flush=True)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from personal.errors import ConfigError
+from personal.model.head import scored_logits
 from personal.model.per_example import RowLoss, per_example_grads
 from personal.privacy.noise import GaussianNoise
 from personal.privacy.sampler import UnitBatch
@@ -122,6 +123,35 @@ def example_ce_loss(
     """
     logits = model(inputs).astype(mx.float32)  # (S, T, V)
     losses = nn.losses.cross_entropy(logits, targets, reduction="none")  # (S, T)
+    return (losses * mask).sum(axis=-1) / mx.maximum(mask.sum(axis=-1), 1.0)
+
+
+def scored_ce_loss(
+    model: nn.Module,
+    inputs: mx.array,
+    positions: mx.array,
+    targets: mx.array,
+    mask: mx.array,
+) -> mx.array:
+    """:func:`example_ce_loss` computing logits at the scored positions only.
+
+    The body runs on every position (attention needs them); the vocabulary projection and its
+    softmax run on ``K`` positions per row instead of ``T``. Same values and gradients as
+    :func:`example_ce_loss` on the full-width arrays (a test checks it); arrays come from
+    :func:`~personal.privacy.sampler.pack_token_units` with ``scored_only=True``.
+
+    Args:
+        model: an mlx-lm model whose :func:`~personal.model.head.output_head` is not ``None``.
+        inputs: ``(S, T)`` token ids.
+        positions: ``(S, K)`` the time index of each scored slot.
+        targets: ``(S, K)`` the next token at each slot.
+        mask: ``(S, K)`` 1 where the slot is a real scored position.
+
+    Returns:
+        ``(S,)`` losses, row ``s``'s depending on row ``s`` only.
+    """
+    logits = scored_logits(model, inputs, positions).astype(mx.float32)  # (S, K, V)
+    losses = nn.losses.cross_entropy(logits, targets, reduction="none")  # (S, K)
     return (losses * mask).sum(axis=-1) / mx.maximum(mask.sum(axis=-1), 1.0)
 
 

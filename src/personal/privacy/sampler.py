@@ -195,11 +195,17 @@ def pack_token_units(
     pad_id: int = 0,
     slots: int | None = None,
     minimum: int = 8,
+    scored_only: bool = False,
 ) -> UnitBatch:
     """Token sequences per unit → a :class:`UnitBatch` of ``(inputs, targets, mask)``.
 
     Every row is padded (or truncated) to exactly ``width`` positions, so the time axis never
     changes shape; the loss mask is 1 from ``loss_starts`` (default: the second token) on.
+
+    With ``scored_only`` the arrays are ``(inputs, positions, targets, mask)`` for
+    :func:`~personal.privacy.dpsgd.scored_ce_loss`: ``inputs`` ``(S, width)`` as above, the
+    others ``(S, K)`` over the scored positions only (a row's are contiguous, from its loss
+    start on), with ``K`` the longest scored span rounded up to a multiple of 16 (few shapes).
 
     Args:
         unit_sequences: per unit, its examples' token ids (≥ 2 tokens each).
@@ -209,6 +215,7 @@ def pack_token_units(
         pad_id: token id written into padding (masked out).
         slots: see :func:`pack_units`.
         minimum: see :func:`pack_units`.
+        scored_only: pack the scored positions apart (see above).
     """
     unit_rows = []
     for u, sequences in enumerate(unit_sequences):
@@ -227,4 +234,29 @@ def pack_token_units(
             mask[start:n] = 1.0
             rows.append((inputs, targets, mask))
         unit_rows.append(rows)
+    if scored_only:
+        unit_rows = _scored_rows(unit_rows, width)
     return pack_units(unit_rows, expected_size, slots=slots, minimum=minimum)
+
+
+def _scored_rows(
+    unit_rows: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]], width: int
+) -> list[list[tuple[np.ndarray, ...]]]:
+    """``(inputs, targets, mask)`` rows → ``(inputs, positions, targets, mask)`` over the
+    scored span of each row (contiguous by construction)."""
+    spans = []
+    for rows in unit_rows:
+        for _, _, mask in rows:
+            scored = np.flatnonzero(mask)
+            spans.append((int(scored[0]), len(scored)) if len(scored) else (0, 0))
+    longest = max(length for _, length in spans)
+    k = min(width, max(16, -(-longest // 16) * 16))
+    out, spans_left = [], iter(spans)
+    for rows in unit_rows:
+        packed = []
+        for inputs, targets, mask in rows:
+            start = min(next(spans_left)[0], width - k)  # keep the window inside the row
+            positions = np.arange(start, start + k, dtype=np.int32)
+            packed.append((inputs, positions, targets[positions], mask[positions]))
+        out.append(packed)
+    return out

@@ -29,8 +29,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from personal.errors import BudgetExhausted, ConfigError, NoEligibleUnits, SamplerMismatch
+from personal.model.head import output_head
 from personal.model.tokenizer import encode_interaction
-from personal.privacy.dpsgd import DPConfig, DPStepReport, example_ce_loss, make_dp_step
+from personal.privacy.dpsgd import (
+    DPConfig,
+    DPStepReport,
+    example_ce_loss,
+    make_dp_step,
+    scored_ce_loss,
+)
 from personal.privacy.filter import Charge
 from personal.privacy.ledger import Ledger
 from personal.privacy.noise import GaussianNoise
@@ -286,7 +293,13 @@ def _train(
     canaries: GradientCanaries | None,
     step_hooks: dict[str, Any],
 ) -> None:
-    loss = canaries.loss(plan.clip_norm) if canaries else example_ce_loss
+    # Logits at the reply's positions only where the model allows it (same gradients, less
+    # work: docs/performance.md); gradient canaries read full-width arrays.
+    scored_only = canaries is None and output_head(model) is not None
+    if canaries:
+        loss = canaries.loss(plan.clip_norm)
+    else:
+        loss = scored_ce_loss if scored_only else example_ce_loss
     step = make_dp_step(
         model, _optimizer(plan), DPConfig(plan.noise_multiplier, plan.clip_norm), noise=noise,
         loss=loss, **step_hooks,
@@ -301,8 +314,9 @@ def _train(
                 log, tokenizer, sample.units, plan.examples_per_unit
             )
             batch = pack_token_units(
-                sequences, sample.expected_size, loss_starts=starts, width=plan.max_tokens
-            )
+                sequences, sample.expected_size, loss_starts=starts, width=plan.max_tokens,
+                scored_only=scored_only,
+            )  # fmt: skip
             if canaries:
                 batch = canaries.attach(batch, sample.units, sequences)
             result = step(batch)

@@ -1,0 +1,74 @@
+"""The decoder body and the vocabulary projection of an mlx-lm model, apart.
+
+A language model's loss only needs logits where a target is scored: in a personal interaction
+the reply, not the system prompt and the request. Projecting every position to the vocabulary
+(and taking a softmax over it) costs ``T · D · V`` multiply-adds and ``T · V`` exponentials per
+row, the largest element-wise cost of a step on the CPU (docs/performance.md). Splitting the
+model lets :func:`personal.privacy.dpsgd.scored_ce_loss` run the body on every position and the
+head on the scored ones only.
+
+Only families whose ``Model.__call__`` is exactly ``head(self.model(inputs))`` are split (the
+head being ``lm_head`` or the tied ``embed_tokens.as_linear``, with no logit soft-capping or
+scaling in between); for any other model :func:`output_head` returns ``None`` and callers
+compute full logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+#: mlx-lm ``model_type`` values whose ``Model.__call__`` is ``head(self.model(inputs))``
+#: (read in mlx-lm's sources; each is tested against the full forward in tests/model).
+SPLIT_FAMILIES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "gemma3_text"}
+)
+
+Head = Callable[[mx.array], mx.array]
+
+
+def _model_type(model: nn.Module) -> str | None:
+    args: Any = getattr(model, "args", None)
+    return getattr(args, "model_type", None) or getattr(model, "model_type", None)
+
+
+def output_head(model: nn.Module) -> Head | None:
+    """The map from the body's final hidden states ``(..., D)`` to logits ``(..., V)``.
+
+    Returns:
+        ``lm_head`` or the tied embedding's ``as_linear``; ``None`` when ``model`` is not of a
+        family known to be ``head(model.model(inputs))`` (compute full logits then).
+    """
+    if _model_type(model) not in SPLIT_FAMILIES or not isinstance(
+        getattr(model, "model", None), nn.Module
+    ):
+        return None
+    if "lm_head" in model:
+        head: Head = model["lm_head"]
+        return head
+    embed = getattr(model.model, "embed_tokens", None)
+    return embed.as_linear if embed is not None and hasattr(embed, "as_linear") else None
+
+
+def scored_logits(model: nn.Module, inputs: mx.array, positions: mx.array) -> mx.array:
+    """Logits at ``positions`` only: ``model(inputs)[s, positions[s]]`` without the rest.
+
+    Args:
+        model: an mlx-lm model for which :func:`output_head` is not ``None``.
+        inputs: ``(S, T)`` token ids.
+        positions: ``(S, K)`` int32 time indices into ``inputs`` (``K <= T``).
+
+    Returns:
+        ``(S, K, V)`` logits.
+
+    Raises:
+        ValueError: the model's head cannot be split off (use ``model(inputs)``).
+    """
+    head = output_head(model)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no separable output head.")
+    hidden = model.model(inputs)  # (S, T, D): the final normed hidden states
+    return head(mx.take_along_axis(hidden, positions[..., None], axis=1))
