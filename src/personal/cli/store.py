@@ -1,4 +1,4 @@
-"""``personal init|import|export|erase|rotate-keys|verify|stats``: the encrypted store's commands.
+"""``personal init|import|export|erase|rotate-keys|verify|repair|stats``: the store's commands.
 
 The key is a passphrase, taken from ``--key-file FILE`` (its content, trailing newline
 stripped), else the ``PERSONAL_PASSPHRASE`` environment variable, else a hidden prompt. The new
@@ -169,19 +169,44 @@ def _cmd_rotate(store: Path, key_file: Path | None, new_key_file: Path | None) -
 
 
 def _cmd_verify(store: Path, key_file: Path | None, as_json: bool) -> None:
-    """Decrypt every record and check the database; exit 1 if anything is wrong."""
+    """Decrypt every record and every sealed row of every table, verify the privacy ledger
+    and check the database; exit 1 if anything is wrong."""
+    from personal.integrity import verify_store
+
     with _open(store, key_file) as log:
-        report = log.verify()
+        report = verify_store(log)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
-        click.echo(f"checked {report.records} record(s)")
+        click.echo(f"checked {report.records} record(s) and {report.rows} other sealed row(s)")
         click.echo(f"integrity check: {'; '.join(report.integrity)}")
         for epoch, error in report.bad_epochs:
             click.echo(f"bad key epoch {epoch}: {error}")
         for bad in report.bad_records:
             click.echo(f"bad record {bad.id}: {bad.error}")
+        for row in report.bad_rows:
+            fix = "derived: `personal repair` rebuilds it" if row.derived else "restore a backup"
+            click.echo(f"bad {row.table} row {row.row!r} ({fix}): {row.error}")
+        for problem in report.ledger_problems:
+            click.echo(f"ledger: {problem}")
+        for note in report.notes:
+            click.echo(f"note: {note}")
         click.echo("ok" if report.ok else "FAILED")
+    click.get_current_context().exit(0 if report.ok else 1)
+
+
+def _cmd_repair(store: Path, key_file: Path | None) -> None:
+    """Rebuild derived state (replay buffer, EWC state, round bookkeeping) whose sealed rows
+    fail to open; records and the ledger are never written. Exit 1 if something that is not
+    derived is still wrong."""
+    from personal.integrity import repair_store
+
+    with _open(store, key_file) as log:
+        report = repair_store(log)
+    for line in report.repaired or ["nothing to rebuild: every derived row opens"]:
+        click.echo(line)
+    for line in report.remaining:
+        click.echo(f"not repaired (not derived state; restore it from a backup): {line}")
     click.get_current_context().exit(0 if report.ok else 1)
 
 
@@ -226,4 +251,5 @@ def register(group: click.Group) -> None:
     )
     _command(group, "rotate-keys", _cmd_rotate, _store_arg, _key_file, new_key)
     _command(group, "verify", _cmd_verify, _store_arg, _key_file, json_flag)
+    _command(group, "repair", _cmd_repair, _store_arg, _key_file)
     _command(group, "stats", _cmd_stats, _store_arg, _key_file, json_flag)

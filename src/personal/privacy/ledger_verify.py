@@ -197,13 +197,15 @@ def verify_ledger(ledger: Ledger) -> LedgerReport:
         except LedgerIntegrityError as exc:
             problems.append(str(exc))
     table = replay.table
+    contract = _replayed_contract(ledger, replay.bound)
     eps: list[float] = []
-    if table.index:
-        eps = np.atleast_1d(filter_epsilon(table.rdp, delta=ledger.delta)).tolist()
-    over = sum(e > ledger.epsilon * (1 + _TOL) for e in eps)
-    if over:
+    if table.index and contract is not None:
+        eps = np.atleast_1d(filter_epsilon(table.rdp, delta=contract.delta)).tolist()
+    over = sum(e > contract.epsilon * (1 + _TOL) for e in eps) if contract is not None else 0
+    if over and contract is not None:
         problems.append(
-            f"{over} unit(s) exceed the lifetime budget ε={ledger.epsilon} at δ={ledger.delta} "
+            f"{over} unit(s) exceed the lifetime budget ε={contract.epsilon} at "
+            f"δ={contract.delta} "
             f"(max ε={max(eps):.6g})"
         )
     running = [r for r, state in replay.rounds.items() if state == "charged"]
@@ -223,6 +225,17 @@ def verify_ledger(ledger: Ledger) -> LedgerReport:
         notes=replay.notes,
         contract=dict(replay.bound),
     )
+
+
+def _replayed_contract(ledger: Ledger, bound: Mapping[str, Any]) -> Contract | None:
+    """The contract as replayed from the chain, else the loaded ledger's; ``None`` when neither
+    is known (a damaged genesis of a ledger that could not load: already a problem)."""
+    for fields in (bound, ledger._bound):
+        try:
+            return Contract.from_fields(fields)
+        except PrivacyParameterError:
+            continue
+    return None
 
 
 def _same(a: UnitTable, b: UnitTable) -> bool:

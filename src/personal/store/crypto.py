@@ -316,11 +316,17 @@ class KeyRing:
 
 def tamper_error(table: str, row_id: int | str) -> TamperDetected:
     """The error for a row that fails authentication."""
-    what = "record" if table == "records" else f"{table} row"
+    if table == "records":
+        return TamperDetected(
+            f"record {row_id} failed authentication: it was modified, or moved from another "
+            "row or store. Other records are unaffected; run `personal verify` to list every "
+            "bad record, then restore them from a backup or erase them"
+        )
     return TamperDetected(
-        f"{what} {row_id} failed authentication: it was modified, or moved from another row "
-        "or store. Other records are unaffected; run `personal verify` to list every bad "
-        "record, then restore them from a backup or erase them"
+        f"{table} row {row_id} failed authentication: it was modified, or moved from another "
+        "row or store. Run `personal verify` to list every bad row; `personal repair` "
+        "rebuilds derived state (replay buffer, EWC state, round bookkeeping) without "
+        "touching records or the ledger; anything else needs a backup"
     )
 
 
