@@ -19,6 +19,7 @@ to open, under the store's round lock, and touches nothing else:
 * setting ``continual_last_record_id`` (the round high-water mark): reset to 0, so every logged
   unit is a candidate of the next round again and is charged for it like any candidate (the
   lifetime budget still holds: the ledger refuses a charge past it).
+* indexes, when they are all SQLite's integrity check finds wrong: rebuilt (``REINDEX``).
 * setting ``policy``: dropped; the lifetime contract stays in the ledger's genesis, so no budget
   can change; the next ``train`` takes ``--policy`` (or the default) and is checked against it.
 
@@ -28,6 +29,7 @@ never written: a bad one is reported, and only a backup restores it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -137,8 +139,9 @@ def repair_store(log: InteractionLog) -> RepairReport:
     from personal.training.lock import round_lock
 
     with round_lock(log.store.path):
+        reindexed = _reindex(log.store)
         found = verify_store(log)
-        out = RepairReport(remaining=_not_derived(found))
+        out = RepairReport(repaired=reindexed, remaining=_not_derived(found))
         bad = {(b.table, b.row) for b in found.bad_rows if b.derived}
         for table, name in sorted(bad):
             if table == SETTINGS_TABLE:
@@ -152,6 +155,20 @@ def repair_store(log: InteractionLog) -> RepairReport:
         if any(table == REPLAY_TABLE for table, _ in bad):
             out.repaired.append(_rebuild_replay(log))
     return out
+
+
+_INDEX_DAMAGE = re.compile(r"missing from index|wrong # of entries in index|non-unique entry")
+
+
+def _reindex(store: Store) -> list[str]:
+    """Rebuild the indexes when they are all SQLite's integrity check finds wrong (an index is
+    derived from its table: nothing is lost)."""
+    problems = store.integrity_check()
+    if problems == ["ok"] or not all(_INDEX_DAMAGE.search(p) for p in problems):
+        return []
+    with store.atomic() as db:
+        db.execute("REINDEX")
+    return [f"indexes: rebuilt from the tables ({len(problems)} index problem(s) found)"]
 
 
 def _not_derived(report: VerifyReport) -> list[str]:

@@ -24,7 +24,14 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from personal.errors import ConfigError, RecordNotFound, StoreError, TamperDetected, WrongKey
+from personal.errors import (
+    ConfigError,
+    RecordNotFound,
+    StoreCorrupt,
+    StoreError,
+    TamperDetected,
+    WrongKey,
+)
 from personal.store import db as dbm
 from personal.store.core import Store
 from personal.store.crypto import (
@@ -382,13 +389,40 @@ class InteractionLog:
         if unit is None and before is None and source is None:
             raise ConfigError("erase needs a unit, a date (before=) or a source app")
         where, args = filters_sql(units=unit, until=before, source=source)
+        self._check_before_erasing()
         with self.store.atomic() as db:
             touched = touched_epochs(self, TABLE, where, args)
             erased = db.execute(f"DELETE FROM {TABLE} WHERE 1 {where}", args).rowcount
+            self._check_erased(db, where, args)
             # So that a copy of an erased row put back from an old database never opens again.
             rekeyed, kept = rekey(self, TABLE, touched)
             shredded = sorted({*rekeyed, *self._shred_empty_epochs(db)})
         return EraseReport(erased, shredded, self.store.checkpoint(), kept_epochs=kept)
+
+    def _check_before_erasing(self) -> None:
+        """An erasure reads the indexes to find its rows: refuse it on a database that fails
+        SQLite's integrity check, where a damaged index could hide records from it."""
+        problems = self.store.integrity_check()
+        if problems != ["ok"]:
+            raise StoreCorrupt(
+                f"nothing was erased: the database fails SQLite's integrity check "
+                f"({'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}), so an "
+                "erasure could miss records. `personal repair` rebuilds damaged indexes from "
+                "the records (REINDEX; nothing is lost); for other damage, `personal verify` "
+                "lists what can still be read. Then erase again"
+            )
+
+    @staticmethod
+    def _check_erased(db: Database, where: str, args: list[Any]) -> None:
+        """No row the erasure selects may remain, found by a full scan (no index)."""
+        left = db.execute(f"SELECT count(*) FROM {TABLE} NOT INDEXED WHERE 1 {where}", args)
+        count = int(left.fetchone()[0])
+        if count:
+            raise StoreCorrupt(
+                f"nothing was erased: {count} matching record(s) would have been left behind "
+                "(an index of the database is damaged). Run `personal repair` (it rebuilds "
+                "the indexes; nothing is lost), then erase again"
+            )
 
     def _shred_empty_epochs(self, db: Database) -> list[int]:
         # One scan instead of an index on key_epoch: erasure is rare, appends are not.
@@ -404,6 +438,7 @@ class InteractionLog:
         ``erase(before=...)`` for an exact cut by interaction time.
         """
         epochs = self.store.epochs_used_before(TABLE, parse_time(before, "before"))
+        self._check_before_erasing()
         with self.store.atomic() as db:
             erased = db.execute(
                 f"DELETE FROM {TABLE} WHERE key_epoch IN (SELECT value FROM json_each(?))",
