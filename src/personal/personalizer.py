@@ -46,6 +46,7 @@ from personal.public import PublicData, PublicSource, public_source
 from personal.store import InteractionLog, KeyProvider, Store
 from personal.store.layout import MARKER_NAME
 from personal.store.settings import StoreSettings
+from personal.training.charged import charges_on_disk_full
 from personal.training.continual import ContinualState
 from personal.training.gates import (
     GateResult,
@@ -269,10 +270,12 @@ class Personalizer(BaseUpdates):
             RoundInProgress: another process is training this store.
             StoreBaseMismatch: the live base is not the store's (nothing charged).
             MigrationInterrupted: a migration must be finished first (nothing charged).
+            DiskFull: the disk filled up; the message names the rounds already charged.
         """
         with round_lock(self.store.path):
             self._check_base()
-            return self._update(progress, now, test_only)
+            with charges_on_disk_full(self.ledger):  # a true message: what was charged
+                return self._update(progress, now, test_only)
 
     def _check_base(self) -> None:
         """Refuse to train another base than the one the store's adapters are on."""

@@ -15,6 +15,8 @@ import pytest
 from click.testing import CliRunner, Result
 from test_train_audit_cli import PASS, POLICY
 
+__all__ = ["PASS", "POLICY", "build", "copy", "flip", "rows", "run"]
+
 
 def run(*args: object, **kwargs: object) -> Result:
     """``personal ARGS`` with the test passphrase; exceptions become the result's."""

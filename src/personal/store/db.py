@@ -45,8 +45,8 @@ def _translate(exc: sqlite3.DatabaseError) -> StoreError | None:
     text = str(exc)
     if name.startswith("SQLITE_FULL") or "disk is full" in text:
         return DiskFull(
-            "the disk is full (or the file-size limit was reached): the write was rolled back "
-            "and the store is unchanged. Free some space and retry"
+            "the disk is full (or the file-size limit was reached): the write that failed was "
+            "rolled back (writes committed before it stay). Free some space and retry"
         )
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text:
         return StoreCorrupt(
