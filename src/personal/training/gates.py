@@ -110,12 +110,18 @@ def general_loss(model: nn.Module, batches: Iterable[Any]) -> float:
 def unit_losses(
     model: nn.Module, tokenizer: Any, log: InteractionLog, units: Sequence[str], keep: int
 ) -> np.ndarray:
-    """Mean loss of each unit's most recent ``keep`` examples (decrypts those units only)."""
+    """Mean loss of each unit's most recent ``keep`` examples (decrypts those units only).
+
+    NaN for a unit with no records left (erased while the round ran): :func:`noised_gain`
+    counts it as no gain.
+    """
     records: dict[str, list[Any]] = {u: [] for u in units}
     for record in log.iter_records(units=units):
         records[record.unit].append(record)
-    out = np.zeros(len(units))
+    out = np.full(len(units), np.nan)
     for i, unit in enumerate(units):
+        if not records[unit]:
+            continue
         recent = sorted(records[unit], key=lambda r: (r.ts, r.id))[-keep:]
         encoded = [encode_interaction(tokenizer, r.prompt, r.response) for r in recent]
         losses = per_example_loss(
@@ -129,8 +135,13 @@ def unit_losses(
 def noised_gain(
     before: np.ndarray, after: np.ndarray, sigma: float, noise: GaussianNoise | None = None
 ) -> float:
-    """The DP personal gain: (Σ clip((b - a) / b, -1, 1) + N(0, σ²)) / n."""
+    """The DP personal gain: (Σ clip((b - a) / b, -1, 1) + N(0, σ²)) / n.
+
+    A unit whose loss is NaN before or after (erased meanwhile) contributes 0, a value inside
+    the clipped range: the sensitivity, and so the charge, is unchanged.
+    """
     relative = np.clip((before - after) / np.maximum(before, 1e-9), -1.0, 1.0)
+    relative = np.where(np.isfinite(relative), relative, 0.0)
     noised = float(relative.sum()) + float((noise or GaussianNoise()).sample(1, sigma)[0])
     return noised / max(len(before), 1)
 

@@ -161,18 +161,27 @@ def _optimizer(plan: RoundPlan) -> optim.Optimizer:
 
 def _unit_sequences(
     log: InteractionLog, tokenizer: Any, units: Sequence[str], keep: int
-) -> tuple[list[list[list[int]]], list[list[int]]]:
-    """Token ids and response starts of the sampled units' most recent ``keep`` records."""
+) -> tuple[list[str], list[list[list[int]]], list[list[int]]]:
+    """The sampled units that still have records, with the token ids and response starts of
+    their most recent ``keep`` records.
+
+    A unit erased while the round runs (``personal erase --unit`` in another process) has no
+    records left: it is dropped from the step, which is what a unit contributing nothing looks
+    like to DP-SGD (its charge stands; nothing of its data is read).
+    """
     by_unit: dict[str, list[Any]] = {u: [] for u in units}
     for record in log.iter_records(units=units):
         by_unit[record.unit].append(record)
-    sequences, starts = [], []
+    present, sequences, starts = [], [], []
     for unit in units:
+        if not by_unit[unit]:
+            continue
         recent = sorted(by_unit[unit], key=lambda r: (r.ts, r.id))[-keep:]
         encoded = [encode_interaction(tokenizer, r.prompt, r.response) for r in recent]
+        present.append(unit)
         sequences.append([ids for ids, _ in encoded])
         starts.append([start for _, start in encoded])
-    return sequences, starts
+    return present, sequences, starts
 
 
 def run_round(
@@ -307,18 +316,20 @@ def _train(
     clipped = 0.0
     for t in range(plan.steps):
         sample = sampler.sample(eligible)
-        if len(sample) == 0:
+        units, sequences, starts = (
+            _unit_sequences(log, tokenizer, sample.units, plan.examples_per_unit)
+            if len(sample)
+            else ([], [], [])
+        )
+        if not units:  # none drawn, or every drawn unit was erased meanwhile
             result = step.empty(sample.expected_size)
         else:
-            sequences, starts = _unit_sequences(
-                log, tokenizer, sample.units, plan.examples_per_unit
-            )
             batch = pack_token_units(
                 sequences, sample.expected_size, loss_starts=starts, width=plan.max_tokens,
                 scored_only=scored_only,
             )  # fmt: skip
             if canaries:
-                batch = canaries.attach(batch, sample.units, sequences)
+                batch = canaries.attach(batch, units, sequences)
             result = step(batch)
         clipped += result.clipped_fraction * result.num_units
         report.sampled_units.append(result.num_units)
