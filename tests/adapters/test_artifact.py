@@ -13,6 +13,7 @@ from personal.adapters.artifact import (
     WEIGHTS_NAME,
     _checked_lora,
     header_metadata,
+    manifest_digest,
 )
 from personal.errors import (
     AdapterCorrupt,
@@ -85,6 +86,7 @@ def test_header_metadata_names_base_and_version(registry):
         "version": "1",
         "base_fingerprint": FP,
         "base_name": "base-v2",
+        "manifest_sha256": manifest_digest(registry.manifest(v)),  # the whole manifest
     }
 
 

@@ -13,9 +13,12 @@ parsed from those same bytes, so what is parsed is exactly what was verified.
 
 The header metadata is covered by the SHA-256 in the manifest, and :func:`read_artifact`
 requires it to agree with the manifest: editing the manifest's base fingerprint or version
-alone is detected. Integrity here protects against corruption and mistakes, not against
-someone who can rewrite both files (adapters are DP outputs and are stored without a key; see
-docs/adapters.md).
+alone is detected. The header also carries ``manifest_sha256``, the digest of every other field
+of the manifest (:func:`manifest_digest`), so the *whole* manifest is covered: an edited
+``training.epsilon_max`` or ``gates`` fails too (artifacts written before it have no such key
+and are checked as before). Loads refuse weights holding NaN or infinity. Integrity here
+protects against corruption and mistakes, not against someone who can rewrite both files
+(adapters are DP outputs and are stored without a key; see docs/adapters.md).
 """
 
 from __future__ import annotations
@@ -248,15 +251,32 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def header_metadata(version: int, base_fingerprint: str, base_name: str) -> dict[str, str]:
-    """The safetensors header metadata of an artifact (strings only, as safetensors requires)."""
-    return {
+def header_metadata(
+    version: int, base_fingerprint: str, base_name: str, manifest_sha256: str | None = None
+) -> dict[str, str]:
+    """The safetensors header metadata of an artifact (strings only, as safetensors requires);
+    ``manifest_sha256``: :func:`manifest_digest` of the manifest it is saved with."""
+    meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "version": str(version),
         "base_fingerprint": base_fingerprint,
         "base_name": base_name,
     }
+    if manifest_sha256 is not None:
+        meta["manifest_sha256"] = manifest_sha256
+    return meta
+
+
+_OF_THE_WEIGHTS = ("weights_sha256", "weights_bytes")  # depend on the header: not in the digest
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """Hex SHA-256 of the manifest's canonical JSON without the fields that describe the
+    weights file (which holds this digest in its header)."""
+    fields = {k: v for k, v in manifest.to_dict().items() if k not in _OF_THE_WEIGHTS}
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def check_weights(weights: Mapping[str, Any]) -> dict[str, mx.array]:
@@ -348,10 +368,19 @@ def check_consistency(
     """The weights' header and contents must say what the manifest says."""
     expected = header_metadata(manifest.version, manifest.base_fingerprint, manifest.base_name)
     wrong = sorted(k for k, v in expected.items() if metadata.get(k) != v)
+    if "manifest_sha256" in metadata and metadata["manifest_sha256"] != manifest_digest(manifest):
+        wrong.append("manifest_sha256")
     if wrong:
         raise AdapterCorrupt(
             f"{where}: header metadata {wrong} disagrees with manifest.json (the manifest was "
             "edited); restore the version or roll back to another one."
+        )
+    mx.eval(list(weights.values()))
+    bad = [n for n, v in weights.items() if not mx.all(mx.isfinite(v)).item()]
+    if bad:
+        raise AdapterCorrupt(
+            f"{where}: tensors {bad[:3]} hold NaN or infinity, which training never saves (the "
+            "file was altered); roll back to another version and prune this one."
         )
     names = [n for n in weights if not n.endswith(_LORA_SUFFIXES)]
     parameters = sum(int(v.size) for v in weights.values())

@@ -40,6 +40,7 @@ from personal.adapters.artifact import (
     build_manifest,
     check_weights,
     header_metadata,
+    manifest_digest,
     read_artifact,
     read_manifest,
     utc_now,
@@ -238,21 +239,17 @@ class AdapterRegistry:
         arrays = check_weights(weights)
         with self._locked():
             version = self._next_version()
-            data = codec.encode(arrays, header_metadata(version, base_fingerprint, base_name))
-            manifest = build_manifest(
-                arrays,
-                data,
-                version=version,
-                parent=parent,
-                created=created or utc_now(),
-                base_fingerprint=base_fingerprint,
-                base_name=base_name,
-                lora=lora,
-                policy_digest=policy_digest,
-                ledger_head=ledger_head,
-                training=training,
-                gates=gates,
-            )
+            fields: dict[str, Any] = {
+                "version": version, "parent": parent, "created": created or utc_now(),
+                "base_fingerprint": base_fingerprint, "base_name": base_name, "lora": lora,
+                "policy_digest": policy_digest, "ledger_head": ledger_head,
+                "training": training, "gates": gates,
+            }  # fmt: skip
+            # The header holds the digest of the whole manifest but the weights' own hash.
+            digest = manifest_digest(build_manifest(arrays, b"-", **fields))
+            meta = header_metadata(version, base_fingerprint, base_name, digest)
+            data = codec.encode(arrays, meta)
+            manifest = build_manifest(arrays, data, **fields)
             tmp = self.path / f"{_TMP_PREFIX}{version:06d}-{secrets.token_hex(4)}"
             tmp.mkdir(mode=0o700)
             write_artifact(tmp, data, manifest)  # full fsync of both files

@@ -192,13 +192,39 @@ def check_chain(rows: Iterable[Row], genesis: bytes) -> list[str]:
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
-    """Canonical JSON of an entry body (sorted keys, no spaces, floats as repr, no NaN)."""
+    """Canonical JSON of an entry body (sorted keys, no spaces, floats as repr, no NaN).
+
+    A non-finite float (a NaN loss in a round summary) is recorded as ``null`` and a NumPy
+    scalar as its Python value: an entry that records what a round already charged must never
+    fail on its summary. (No entry written before held one: their encoding is unchanged.)
+    """
     try:
-        return json.dumps(
-            body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
+        return _dumps(body)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return _dumps(_plain(body))
     except (TypeError, ValueError) as exc:
         raise PrivacyParameterError(f"a ledger entry must be plain JSON data: {exc}") from None
+
+
+def _dumps(body: Any) -> bytes:
+    return json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with non-finite floats as ``None`` and NumPy scalars and arrays as Python."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        return _plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def decode_body(data: bytes, seq: int) -> dict[str, Any]:
