@@ -56,6 +56,7 @@ from personal.training.gates import (
     public_batches,
     split_held_out,
     unit_losses,
+    validation_noise_multiplier,
 )
 from personal.training.lock import round_lock
 from personal.training.migration import BaseUpdates
@@ -329,12 +330,15 @@ class Personalizer(BaseUpdates):
         with lora_off(model) if reference == "base" else contextlib.nullcontext():
             general_before = general_loss(model, public)
         validation = self._open_validation(held_out, context, max_budget_share)
+        report: RoundReport | None = None
         try:
+            # The training round stays open until the gates decide: its finish entry records
+            # their outcome and the adapter version it produced (the audit shows both).
             report = run_round(
                 model, tokenizer, self.log_, self.ledger, plan, context=context,
                 progress=progress, candidates=train_units, max_budget_share=max_budget_share,
                 hooks=lambda eligible: continual.hooks(model, plan, eligible, public_train),
-                **test_only,
+                finish=False, **test_only,
             )  # fmt: skip
             general_after = general_loss(model, public)
             gain = validation.measure(test_only.get("noise")) if validation else None
@@ -342,6 +346,10 @@ class Personalizer(BaseUpdates):
             set_adapter_weights(model, previous)
             if validation:
                 validation.abort()
+            if report is not None:
+                self.ledger.finish_round(
+                    report.round_id, "aborted", {"completed_steps": plan.steps}
+                )
             raise
         gate = decide(
             general_before=general_before,
@@ -355,10 +363,23 @@ class Personalizer(BaseUpdates):
         if validation:
             validation.finish(gate)
         report.gates, report.replayed = gate.to_dict(), len(replayed)
-        if gate.passed:
-            report.adapter_version = self._save_and_activate(report, gate)
-        else:
-            set_adapter_weights(model, previous)  # the active adapter stays
+        outcome = {
+            "completed_steps": plan.steps,
+            "gate": "passed" if gate.passed else "refused",
+            "adapter_version": None,
+            "validation_round": validation.round_id if validation else None,
+        }
+        try:
+            if gate.passed:
+                report.adapter_version = self._save_and_activate(report, gate)
+                outcome["adapter_version"] = report.adapter_version
+            else:
+                set_adapter_weights(model, previous)  # the active adapter stays
+        except BaseException:
+            set_adapter_weights(model, previous)
+            self.ledger.finish_round(report.round_id, "aborted", {**outcome, "gate": "passed"})
+            raise
+        self.ledger.finish_round(report.round_id, "completed", outcome)
         continual.after_round(model, new_units, gate.passed, public_train)
         self._count_round(len(self.log_.units()), now)
         return report
@@ -423,16 +444,7 @@ class Personalizer(BaseUpdates):
         return validation
 
     def _validation_sigma(self) -> float:
-        gates, privacy = self.policy.gates, self.policy.privacy
-        if gates.validation_epsilon is None:
-            return float(gates.validation_noise_multiplier or 10.0)
-        return calibrate_noise(
-            target_epsilon=gates.validation_epsilon,
-            target_delta=privacy.delta / len(ORDERS),
-            sample_rate=1.0,
-            steps=1,
-            accountant="rdp",
-        )
+        return validation_noise_multiplier(self.policy)
 
     def _load_active_adapter(self) -> None:
         # Never an adapter of another base on this one: that is a migration (see on_base_update).

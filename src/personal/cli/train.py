@@ -137,6 +137,10 @@ def audit_command(
             # The contract comes from the ledger's genesis; a policy is only compared with it.
             ledger = Ledger.open(opened) if Ledger.exists(opened) else Ledger.open(opened, fallback)
             audit = build_audit(ledger, policy=policy, policy_given=policy_name is not None)
+            served = StoreSettings(opened).get("base") or {}
+            if served.get("fingerprint"):
+                audit.header["base_fingerprint"] = served["fingerprint"]
+                audit.header["base_name"] = served.get("name")
         except LedgerIntegrityError as exc:
             audit = Audit(fallback.unit, fallback.accountant, fallback.delta, fallback.epsilon,
                           [], {}, [], False, [str(exc)],
@@ -226,6 +230,10 @@ def migrate_command(
 
 def _print_audit(data: dict[str, Any], html_file: Path | None) -> None:
     units = data["units"]
+    click.echo(
+        f"store {data.get('store_id')}; policy {data.get('policy')} ({data.get('policy_digest')})"
+        f"; base {data.get('base_fingerprint')}; report time {data.get('report_time')}"
+    )
     click.echo(f"unit of privacy: {data['unit_of_privacy']}; sampler: {data['sampler']}")
     click.echo(
         f"accountant: {data['accountant']}; δ={data['delta']:g}; "
@@ -233,16 +241,23 @@ def _print_audit(data: dict[str, Any], html_file: Path | None) -> None:
     )
     click.echo(f"rounds: {len(data['rounds'])}")
     for r in data["rounds"]:
+        shipped = ""
+        if "adapter_produced" in r:
+            produced = r["adapter_produced"]
+            shipped = f" gate {r['gate'] or '-'}, adapter {produced if produced else 'none'}"
+        elif r.get("gate"):
+            shipped = f" gate {r['gate']}"
         click.echo(
             f"  #{r['round_id']} {r['time']} {r['purpose']} σ={r['noise_multiplier']:.4g} "
             f"q={r['sample_rate']:.4g} steps={r['steps']} C={r.get('clip_norm', '-')} "
-            f"{r['status']}"
+            f"{r['status']}{shipped} policy {str(r.get('policy_digest', '-'))[:19]}"
         )
     click.echo(
         f"units: {units['count']}; ε min {units['epsilon_min']:.4g}, median "
         f"{units['epsilon_median']:.4g}, max {units['epsilon_max']:.4g}; "
         f"over budget: {units['over_budget']}"
     )
+    click.echo(f"group privacy: {data['group_privacy']}")
     click.echo(f"ledger: {'verified' if data['ledger_ok'] else 'FAILED'}")
     for problem in data["ledger_problems"]:
         click.echo(f"  {problem}")

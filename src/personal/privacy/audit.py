@@ -17,11 +17,12 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from personal.errors import PersonalError
 from personal.privacy.contract import Contract
-from personal.privacy.rdp import filter_epsilon, sgm_rdp
+from personal.privacy.rdp import ORDERS, filter_epsilon, sgm_rdp
 
 import numpy as np
 
@@ -45,9 +46,12 @@ class AuditRound:
     accountant: str | None = None
     policy_digest: str | None = None
     base_fingerprint: str | None = None
-    adapter_version: int | None = None
+    adapter_version: int | None = None  # the adapter active when the round ran
     reason: str | None = None
     epsilon: float | None = None  # what this round alone cost each eligible unit (filter ε)
+    gate: str | None = None  # "passed" or "refused" (the round's adapter), None: no gate
+    adapter_produced: int | None = None  # the version the round activated, None: none
+    validation_round: int | None = None  # the held-out round that measured this one's gain
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class Audit:
     accountant_note: str = ""
     contract_source: str = "ledger genesis"
     canary_audit: dict[str, Any] | None = None  # the empirical audit's result, when run
+    unit_rounds: dict[str, list[int]] = field(default_factory=dict)  # rounds that charged it
+    header: dict[str, Any] = field(default_factory=dict)  # policy, base, store, report time
 
     @property
     def over_budget(self) -> list[str]:
@@ -94,20 +100,33 @@ class Audit:
         )  # fmt: skip
 
     def unit_summary(self, bins: int = 10) -> dict[str, Any]:
-        """Count, min, median, max and a histogram of per-unit ε over [0, lifetime ε]."""
+        """Count, min, median, max and a histogram of per-unit ε (bins fitted to the data)."""
         values = sorted(self.unit_epsilons.values())
-        edges = np.linspace(
-            0.0, max(self.lifetime_epsilon, values[-1] if values else 0.0), bins + 1
-        )
-        counts = np.histogram(values, bins=edges)[0].tolist() if values else [0] * bins
+        edges = histogram_edges(values, bins)
+        counts = np.histogram(values, bins=edges)[0].tolist() if values else [0] * (len(edges) - 1)
         return {
             "count": len(values),
             "epsilon_min": values[0] if values else 0.0,
             "epsilon_median": statistics.median(values) if values else 0.0,
             "epsilon_max": values[-1] if values else 0.0,
             "over_budget": len(self.over_budget),
-            "histogram": {"edges": [round(float(e), 6) for e in edges], "counts": counts},
+            "histogram": {"edges": [float(e) for e in edges], "counts": counts},
         }
+
+    def unit_detail(self) -> list[dict[str, Any]]:
+        """Per unit: a pseudonym, its ε (filter) and the ids of the rounds that charged it.
+
+        Pseudonyms number the units in the order the ledger first charged them (``u1``,
+        ``u2``, ...; ties by unit id), so they reveal no content, date or session and stay the
+        same in every later report of the same ledger.
+        """
+        first = {u: (rounds[0] if rounds else 0, u) for u, rounds in self.unit_rounds.items()}
+        order = sorted(self.unit_epsilons, key=lambda u: first.get(u, (0, u)))
+        return [
+            {"unit": f"u{i}", "epsilon": self.unit_epsilons[u],
+             "rounds": list(self.unit_rounds.get(u, []))}
+            for i, u in enumerate(order, start=1)
+        ]  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready data; the schema is documented in docs/privacy.md."""
@@ -120,9 +139,13 @@ class Audit:
             "delta": self.delta,
             "lifetime_epsilon": self.lifetime_epsilon,
             "contract_source": self.contract_source,
-            "rounds": [{k: v for k, v in asdict(r).items() if v is not None} for r in self.rounds],
+            "rdp_orders": list(ORDERS),  # the filter's Rényi orders (its ε converts at δ/len)
+            **self.header,
+            "group_privacy": group_privacy_note(self.unit_of_privacy),
+            "rounds": [_round_json(r) for r in self.rounds],
             "units": {
                 **self.unit_summary(),
+                "detail": self.unit_detail(),
                 # The most-charged unit under the policy's accountant (opacus), composing its
                 # rounds as a fixed schedule: a second opinion next to the filter's ε.
                 "accountant_epsilon_max": self.accountant_epsilon_max,
@@ -134,6 +157,116 @@ class Audit:
             "compliance": [asdict(c) for c in self.checks],
             **({"canary_audit": self.canary_audit} if self.canary_audit is not None else {}),
         }
+
+
+GROUP_PRIVACY = {
+    "interaction": (
+        "The guarantee is per interaction. A fact the user repeats in k interactions is "
+        "protected only at group privacy: up to about k·ε (with δ growing too), so a habit "
+        'logged every day is not hidden. A policy with unit = "day" or "session" protects '
+        "everything in one day or session together."
+    ),
+    "session": (
+        "The guarantee is per session: everything logged in one session together. Content "
+        "repeated over k sessions is protected at group privacy, up to about k·ε."
+    ),
+    "day": (
+        "The guarantee is per day: everything logged on one UTC day together. Content "
+        "repeated over k days is protected at group privacy, up to about k·ε."
+    ),
+}
+
+
+def group_privacy_note(unit: str) -> str:
+    """What the chosen unit of privacy does not protect (group privacy), in one paragraph."""
+    return GROUP_PRIVACY.get(
+        unit, f"The guarantee is per {unit}; content repeated over k units gets about k·ε."
+    )
+
+
+def histogram_edges(values: Sequence[float], bins: int = 10) -> list[float]:
+    """Bin edges fitted to ``values``: rounded, evenly spaced, spanning min to max.
+
+    Equal values (every unit charged the same) get one narrow bin around them instead of a
+    span from 0 to the budget with one full bar.
+    """
+    if not values:
+        return [0.0, 1.0]
+    lo, hi = float(min(values)), float(max(values))
+    if math.isclose(lo, hi, rel_tol=1e-9, abs_tol=1e-12):
+        width = _nice(max(abs(hi) * 0.02, 1e-6))
+        start = math.floor((lo - width / 2) / (width / 2) + 1e-9) * (width / 2)
+        return [_round(start), _round(start + width)]
+    width = _nice((hi - lo) / bins)
+    start = math.floor(lo / width + 1e-9) * width
+    count = max(1, math.ceil((hi - start) / width - 1e-9))
+    if start + count * width <= hi:
+        count += 1
+    return [_round(start + i * width) for i in range(count + 1)]
+
+
+def _nice(x: float) -> float:
+    """The smallest 1, 2 or 5 times a power of ten that is >= ``x``."""
+    exponent = math.floor(math.log10(x))
+    for m in (1.0, 2.0, 5.0, 10.0):
+        if m * 10**exponent >= x * (1 - 1e-12):
+            return m * 10**exponent
+    return 10.0 ** (exponent + 1)
+
+
+def _round(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits (reports show no float noise)."""
+    if x == 0 or not math.isfinite(x):
+        return float(x)
+    return float(f"{x:.{digits}g}")
+
+
+def _round_json(r: AuditRound) -> dict[str, Any]:
+    data = {k: v for k, v in asdict(r).items() if v is not None}  # exact: a reviewer recomposes
+    if r.purpose in ("training", "replay", "fisher"):
+        data["gate"], data["adapter_produced"] = r.gate, r.adapter_produced
+    return data
+
+
+def round_outcomes(decoded: Sequence[Any]) -> dict[int, dict[str, Any]]:
+    """Per round id: its audit status, gate outcome, produced adapter and validation round.
+
+    A training round's finish entry records the gates' outcome and the adapter version it
+    activated (``gate``, ``adapter_version``). Ledgers written before that recorded the gate
+    only on the held-out validation round just before the training round; that is read then.
+    A refused round shows ``refused``, one without a finish entry ``interrupted``.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    previous = None
+    for r in decoded:
+        summary = r.summary if isinstance(r.summary, dict) else {}
+        gate, produced, validation = None, None, summary.get("validation_round")
+        if r.purpose in ("training", "replay", "fisher"):
+            if "gate" in summary:
+                gate = summary["gate"]
+                produced = summary.get("adapter_version")
+            elif (
+                previous is not None and previous.purpose == "validation"
+                and isinstance(previous.summary, dict) and "passed" in previous.summary
+            ):  # fmt: skip
+                gate = "passed" if previous.summary["passed"] else "refused"
+                validation = previous.round_id
+        elif r.purpose == "validation" and "passed" in summary:
+            gate = "passed" if summary["passed"] else "refused"
+        elif r.purpose == "migration" and "gate_passed" in summary:
+            gate = "passed" if summary["gate_passed"] else "refused"
+        status = r.status
+        if status == "charged":
+            status = "interrupted"
+        elif status == "completed" and gate == "refused" and r.purpose != "validation":
+            status = "refused"
+        out[r.round_id] = {
+            "status": status, "gate": gate,
+            "adapter_produced": None if produced is None else int(produced),
+            "validation_round": None if validation is None else int(validation),
+        }  # fmt: skip
+        previous = r
+    return out
 
 
 def replay_charges(
@@ -193,20 +326,82 @@ def accountant_view(
     return float(value), f"unit {worst!r} under opacus {mechanism} at δ={delta:g}"
 
 
+VALIDATION_CLIP_NORM = 1.0  # the held-out gain metric's own sensitivity (clip of each loss gap)
+TRAINING_PURPOSES = ("training", "replay", "fisher")
+
+
+@dataclass(frozen=True)
+class RoundRules:
+    """What each purpose of round must satisfy under one policy (see :func:`rules_of`)."""
+
+    clip_norm: float
+    noise_multiplier: float | None  # None: calibrated per round (only σ > 0 is checked)
+    validation_noise_multiplier: float
+    lifetime_epsilon: float
+    name: str = ""
+
+
+def rules_of(policy: Any) -> RoundRules:
+    """The per-purpose rules a policy sets (training C and σ, validation σ, lifetime ε)."""
+    from personal.training.gates import validation_noise_multiplier
+
+    return RoundRules(
+        clip_norm=float(policy.privacy.clip_norm),
+        noise_multiplier=policy.privacy.noise_multiplier,
+        validation_noise_multiplier=validation_noise_multiplier(policy),
+        lifetime_epsilon=float(policy.privacy.lifetime_epsilon),
+        name=str(policy.name),
+    )
+
+
+def _purpose_problems(r: AuditRound, rules: RoundRules) -> list[str]:
+    """Why round ``r`` breaks the rule for its purpose (empty: it complies)."""
+    tol = 1e-9
+    if r.purpose == "migration":
+        return [] if r.steps == 0 else ["a migration round charged units (it reads no record)"]
+    if r.steps == 0:
+        return []
+    problems = []
+    if r.purpose == "validation":
+        if r.clip_norm is not None and not math.isclose(r.clip_norm, VALIDATION_CLIP_NORM):
+            problems.append(f"validation at C={r.clip_norm:g}, not {VALIDATION_CLIP_NORM:g}")
+        if r.steps != 1 or not math.isclose(r.sample_rate, 1.0):
+            problems.append("validation is one release over all held-out units (q=1, 1 step)")
+        if r.noise_multiplier < rules.validation_noise_multiplier * (1 - tol):
+            problems.append(
+                f"validation σ={r.noise_multiplier:.4g} below the policy's "
+                f"{rules.validation_noise_multiplier:.4g}"
+            )
+        return problems
+    if r.clip_norm is not None and not math.isclose(r.clip_norm, rules.clip_norm):
+        problems.append(f"{r.purpose} at C={r.clip_norm:g}, not {rules.clip_norm:g}")
+    if rules.noise_multiplier is not None and r.noise_multiplier < rules.noise_multiplier * (
+        1 - tol
+    ):
+        problems.append(
+            f"{r.purpose} σ={r.noise_multiplier:.4g} below the policy's {rules.noise_multiplier:g}"
+        )
+    return problems
+
+
 def compliance_checks(
     rounds: Sequence[AuditRound],
     unit_epsilons: Mapping[str, float],
     *,
     lifetime_epsilon: float,
-    clip_norm: float | None,
-    policy_digest: str | None,
+    rules: RoundRules | None = None,
+    policy_digest: str | None = None,
     policy_contract: Any = None,
     contract: Any = None,
 ) -> list[Check]:
     """What a reviewer checks against the policy; each check says what it found.
 
-    ``policy_contract`` and ``contract``: the lifetime contract a policy states and the one the
-    ledger binds; when both are given they must be equal (``policy_matches_ledger``).
+    Each round is held to the rule for its purpose (``rules``): training and replay rounds to
+    the policy's clip norm and σ, held-out validation rounds to their own clip norm
+    (:data:`VALIDATION_CLIP_NORM`), one release and the policy's validation σ, migration rounds
+    to charging nothing. ``policy_contract`` and ``contract``: the lifetime contract a policy
+    states and the one the ledger binds; when both are given they must be equal
+    (``policy_matches_ledger``).
     """
     over = [u for u, e in unit_epsilons.items() if e > lifetime_epsilon]
     checks = [
@@ -227,15 +422,33 @@ def compliance_checks(
             f"rounds without noise: {bad_sigma}" if bad_sigma else "σ > 0 in every round",
         )
     )
-    if clip_norm is not None:
-        off = [r.round_id for r in noisy if r.clip_norm is not None and r.clip_norm != clip_norm]
+    if rules is not None:
+        if rules.lifetime_epsilon < lifetime_epsilon:
+            above = [u for u, e in unit_epsilons.items() if e > rules.lifetime_epsilon]
+            checks.append(
+                Check(
+                    "units_within_policy_budget",
+                    not above,
+                    f"{len(above)} of {len(unit_epsilons)} units spent more than policy "
+                    f"{rules.name!r} allows (ε={rules.lifetime_epsilon:g})"
+                    if above
+                    else f"all units within policy {rules.name!r}'s ε={rules.lifetime_epsilon:g}",
+                )
+            )
+        found = {r.round_id: _purpose_problems(r, rules) for r in rounds}
+        bad = {i: p for i, p in found.items() if p}
+        purposes = sorted({r.purpose for r in rounds})
         checks.append(
             Check(
-                "clip_norm_matches_policy",
-                not off,
-                f"rounds with another clip norm than {clip_norm}: {off}"
-                if off
-                else f"C = {clip_norm} in every round",
+                "rounds_follow_policy",
+                not bad,
+                "; ".join(f"round {i}: {', '.join(p)}" for i, p in bad.items())
+                if bad
+                else f"every round follows policy {rules.name!r} for its purpose "
+                f"({', '.join(purposes) or 'no rounds'}): training C={rules.clip_norm:g}"
+                + (f" σ≥{rules.noise_multiplier:g}" if rules.noise_multiplier else "")
+                + f", validation C={VALIDATION_CLIP_NORM:g} σ≥"
+                f"{rules.validation_noise_multiplier:.4g}, migration uncharged",
             )
         )
     if policy_digest is not None:
@@ -244,7 +457,7 @@ def compliance_checks(
             Check(
                 "policy_unchanged",
                 True,  # a policy may change over a device's life; the budget is what binds
-                f"rounds under {len(other)} earlier policies" if other else "one policy throughout",
+                f"rounds under {len(other)} other policies" if other else "one policy throughout",
             )
         )
     if policy_contract is not None and contract is not None:
@@ -259,12 +472,24 @@ def compliance_checks(
                 else f"the policy states the ledger's contract ({contract.describe()})",
             )
         )
-    aborted = [r.round_id for r in rounds if r.status == "aborted"]
+    aborted = [r.round_id for r in rounds if r.status in ("aborted", "interrupted")]
     checks.append(
         Check(
             "aborted_rounds_charged",
             True,
-            f"aborted rounds (charged, never refunded): {aborted}" if aborted else "none aborted",
+            f"aborted or interrupted rounds (charged, never refunded): {aborted}"
+            if aborted
+            else "none aborted",
+        )
+    )
+    refused = [r.round_id for r in rounds if r.status == "refused"]
+    checks.append(
+        Check(
+            "refused_rounds_charged",
+            True,
+            f"rounds the gates refused (charged, no adapter shipped): {refused}"
+            if refused
+            else "no round refused",
         )
     )
     return checks
@@ -295,6 +520,7 @@ def build_audit(ledger: Any, *, policy: Any = None, policy_given: bool = False) 
         decoded, problems = [], [*report.problems, str(exc)]
     else:
         problems = list(report.problems)
+    outcomes = round_outcomes(decoded)
     rounds = [
         AuditRound(
             round_id=r.round_id,
@@ -305,13 +531,16 @@ def build_audit(ledger: Any, *, policy: Any = None, policy_given: bool = False) 
             steps=r.steps if r.charged else 0,
             clip_norm=r.clip_norm,
             eligible_units=r.eligible_units,
-            status=r.status,
+            status=outcomes[r.round_id]["status"],
             accountant=r.accountant,
             policy_digest=r.policy_digest,
             base_fingerprint=r.base_fingerprint,
             adapter_version=None if r.adapter_version is None else int(r.adapter_version),
             reason=r.reason,
             epsilon=_round_epsilon(r, contract.delta),
+            gate=outcomes[r.round_id]["gate"],
+            adapter_produced=outcomes[r.round_id]["adapter_produced"],
+            validation_round=outcomes[r.round_id]["validation_round"],
         )
         for r in decoded
     ]
@@ -341,10 +570,23 @@ def build_audit(ledger: Any, *, policy: Any = None, policy_given: bool = False) 
     audit.accountant_epsilon_max, audit.accountant_note = accountant_view(
         rounds, eligible, unit_eps, mechanism=contract.accountant, delta=contract.delta
     )
+    audit.unit_rounds = {}
+    for round_id, units in eligible.items():
+        for unit in units:
+            audit.unit_rounds.setdefault(str(unit), []).append(round_id)
     audit.checks = compliance_checks(
         rounds, unit_eps, lifetime_epsilon=contract.epsilon,
-        clip_norm=policy.privacy.clip_norm if policy is not None else None,
+        rules=rules_of(policy) if policy is not None else None,
         policy_digest=policy.digest() if policy is not None else None,
         policy_contract=Contract.of_policy(policy) if policy_given else None, contract=contract,
     )  # fmt: skip
+    audit.header = {
+        "policy": policy.name if policy is not None else None,
+        "policy_digest": policy.digest() if policy is not None else None,
+        "base_fingerprint": next(
+            (r.base_fingerprint for r in reversed(rounds) if r.base_fingerprint), None
+        ),
+        "store_id": getattr(getattr(ledger, "store", None), "store_id", None),
+        "report_time": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     return audit

@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from html import escape
 from typing import Any
 
 from personal.privacy.audit import Audit
-from personal.report.svg import bar_chart, line_chart
+from personal.report.svg import format_number, histogram, line_chart
 
 _STYLE = """
-body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
-table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px}
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}
+.rounds td{white-space:nowrap}
 th{background:#f3f3f3}.ok{color:#109618;font-weight:bold}.bad{color:#dc3912;font-weight:bold}
 code{background:#f6f6f6;padding:0 3px}
 """
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return format_number(value)  # 4 significant digits: the JSON keeps the exact value
+    return "" if value is None else str(value)
+
+
+def _table(rows: list[dict[str, Any]], columns: dict[str, str]) -> str:
+    head = "".join(f"<th>{escape(title)}</th>" for title in columns.values())
     body = "".join(
-        "<tr>" + "".join(f"<td>{escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>"
+        "<tr>" + "".join(f"<td>{escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>"
         for r in rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f'<table class="rounds"><tr>{head}</tr>{body}</table>'
+
+
+def _seconds(stamp: str) -> float | None:
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError):
+        return None
 
 
 def _verdict(ok: bool) -> str:
@@ -34,11 +49,19 @@ def render_html(audit: Audit, *, title: str = "Privacy audit") -> str:
     data = audit.to_json()
     units = data["units"]
     hist = units["histogram"]
-    edges = hist["edges"]
-    labels = [f"{edges[i]:.2g}–{edges[i + 1]:.2g}" for i in range(len(edges) - 1)]
-    timeline = [(float(i + 1), e) for i, (_, e) in enumerate(audit.epsilon_timeline)]
+    stamps = [(_seconds(t), e) for t, e in audit.epsilon_timeline]
+    on_time = all(t is not None for t, _ in stamps)
+    timeline = (
+        [(float(t), e) for t, e in stamps]  # type: ignore[arg-type]
+        if on_time
+        else [(float(i + 1), e) for i, (_, e) in enumerate(stamps)]
+    )
     summary = {
         "verdict": "PASS" if data["ok"] else "FAIL",
+        "report time": data.get("report_time"),
+        "store id": data.get("store_id"),
+        "policy": f"{data.get('policy')} ({data.get('policy_digest')})",
+        "base model": f"{data.get('base_name') or ''} {data.get('base_fingerprint') or ''}",
         "unit of privacy": data["unit_of_privacy"],
         "sampler": data["sampler"],
         "accountant": data["accountant"],
@@ -52,6 +75,9 @@ def render_html(audit: Audit, *, title: str = "Privacy audit") -> str:
         ),
         "units over budget": units["over_budget"],
         "rounds": len(data["rounds"]),
+        "refused rounds (charged, nothing shipped)": sum(
+            r["status"] == "refused" for r in data["rounds"]
+        ),
         "ledger verified": "yes" if data["ledger_ok"] else "NO",
     }
     if "canary_audit" in data:
@@ -61,7 +87,7 @@ def render_html(audit: Audit, *, title: str = "Privacy audit") -> str:
             f"{c['epsilon_accounted']:.3g}): {'pass' if c['passed'] else 'FAIL'}"
         )
     summary_rows = "".join(
-        f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in summary.items()
+        f"<tr><th>{escape(k)}</th><td>{escape(_cell(v))}</td></tr>" for k, v in summary.items()
     )
     checks = "".join(
         f"<tr><td>{escape(c['name'])}</td><td>{_verdict(c['ok'])}</td>"
@@ -69,8 +95,19 @@ def render_html(audit: Audit, *, title: str = "Privacy audit") -> str:
         for c in data["compliance"]
     )
     problems = "".join(f"<li>{escape(p)}</li>" for p in data["ledger_problems"])
-    columns = ["round_id", "time", "purpose", "noise_multiplier", "sample_rate", "steps",
-               "clip_norm", "eligible_units", "epsilon", "policy_digest", "status"]  # fmt: skip
+    columns = {"round_id": "round", "time": "time (UTC)", "purpose": "purpose",
+               "noise_multiplier": "σ", "sample_rate": "q", "steps": "steps", "clip_norm": "C",
+               "eligible_units": "units charged", "epsilon": "ε of the round", "status": "status",
+               "gate": "gate", "adapter_produced": "adapter produced",
+               "validation_round": "validated in round", "policy_digest": "policy"}  # fmt: skip
+    rows = []
+    for r in data["rounds"]:
+        row = dict(r)
+        row["time"] = str(r["time"]).replace("T", " ")[:19]
+        row["policy_digest"] = str(r.get("policy_digest") or "")[:19]
+        if r["purpose"] in ("training", "replay", "fisher") and "gate" in r:
+            row["adapter_produced"] = r.get("adapter_produced") or "none"
+        rows.append(row)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>{_STYLE}</style></head><body>
@@ -81,20 +118,31 @@ def render_html(audit: Audit, *, title: str = "Privacy audit") -> str:
 {f"<ul>{problems}</ul>" if problems else ""}
 <h2>Policy compliance</h2>
 <table><tr><th>check</th><th>result</th><th>detail</th></tr>{checks}</table>
+<h2>Group privacy</h2>
+<p>{escape(data["group_privacy"])}</p>
 <h2>ε across units</h2>
-{bar_chart(labels, hist["counts"], title="Per-unit ε", x_label="ε", y_label="units")}
+{
+        histogram(
+            hist["edges"],
+            hist["counts"],
+            title="Units by ε spent",
+            x_label="ε per unit (filter ε at δ/32)",
+            y_label="units",
+        )
+    }
 <h2>Maximum ε over time</h2>
 {
         line_chart(
             {"max ε over units": timeline},
-            title="Max ε after each round",
-            x_label="round",
+            title="Largest per-unit ε after each round",
+            x_label="round time (UTC)" if on_time else "round",
             y_label="ε",
             hlines={"lifetime budget": audit.lifetime_epsilon},
+            time_axis=on_time,
         )
     }
 <h2>Rounds</h2>
-{_table(data["rounds"], columns)}
+{_table(rows, columns)}
 <p>Generated by <code>personal audit</code>. The JSON schema is documented in
 docs/privacy.md.</p>
 </body></html>

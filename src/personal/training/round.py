@@ -200,6 +200,7 @@ def run_round(
     candidates: Sequence[str] | None = None,
     hooks: Callable[[int], dict[str, Any]] | None = None,
     max_budget_share: float | None = None,
+    finish: bool = True,
 ) -> RoundReport:
     """Run one DP round on ``model``'s trainable parameters (inject LoRA and freeze first).
 
@@ -223,6 +224,10 @@ def run_round(
             ``q``, the only sampling the charge is valid for.
         max_budget_share: exclude units the round would cost more than this share of their
             remaining budget (a migration retrain's ``retrain_budget_share``).
+        finish: close the ledger round as ``completed`` after the last step. ``False`` leaves
+            it open for the caller, who records the gates' outcome and the adapter version it
+            produced with :meth:`Ledger.finish_round` (an error during training still closes
+            it as ``aborted`` here).
 
     Raises:
         NoEligibleUnits: the log holds no unit at all.
@@ -265,7 +270,8 @@ def run_round(
     report.epsilon_max = max(ledger.epsilon_of(u) for u in eligible)
     report.seconds = round(time.perf_counter() - started, 3)
     report.peak_memory_bytes = peak_memory_bytes()
-    ledger.finish_round(round_id, "completed", {"completed_steps": plan.steps})
+    if finish:
+        ledger.finish_round(round_id, "completed", {"completed_steps": plan.steps})
     return report
 
 
