@@ -49,36 +49,86 @@ def _open(store: Path, key_file: Path | None) -> InteractionLog:
     return InteractionLog.open(store, _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False))
 
 
-def _parse_line(line: str, where: str, unit_by: UnitBy = "interaction") -> Interaction:
-    """One JSONL line of ``personal import`` as an interaction (its unit checked against the
-    store's unit of privacy ``unit_by``)."""
+def _chat_pairs(messages: Any, where: str) -> list[tuple[str, str]]:
+    """``(prompt, response)`` pairs of an mlx-lm / OpenAI chat: each user turn and the assistant
+    turn that answers it. System turns are not stored (every exchange is rendered with the
+    base's own chat format and default system prompt: docs/chat-format.md)."""
+    if not isinstance(messages, list) or not messages:
+        raise InvalidInteraction(f"{where}: messages must be a non-empty list")
+    turns = []
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("content"), str)):
+            raise InvalidInteraction(f"{where}: messages[{i}] needs a string content")
+        if m.get("role") not in ("system", "user", "assistant"):
+            raise InvalidInteraction(
+                f"{where}: messages[{i}] has role {m.get('role')!r}; expected system, user or "
+                "assistant"
+            )
+        if m["role"] != "system":
+            turns.append((m["role"], m["content"]))
+    pairs = []
+    for i in range(0, len(turns), 2):
+        chunk = turns[i : i + 2]
+        if [r for r, _ in chunk] != ["user", "assistant"]:
+            raise InvalidInteraction(
+                f"{where}: messages must alternate user and assistant turns, each user turn "
+                "answered (a trailing user turn has no response to learn)"
+            )
+        pairs.append((chunk[0][1], chunk[1][1]))
+    return pairs
+
+
+def _parse_line(line: str, where: str, unit_by: UnitBy = "interaction") -> list[Interaction]:
+    """One JSONL line of ``personal import`` as interactions (units checked against the store's
+    unit of privacy ``unit_by``).
+
+    Accepted shapes: the store's own ``{"prompt", "response", ...}`` (``personal export``),
+    mlx-lm's completions ``{"prompt", "completion"}`` and chat ``{"messages": [...]}`` (one
+    interaction per answered user turn); ``ts``, ``unit``, ``feedback``, ``source`` and
+    ``metadata`` may accompany any of them.
+    """
     try:
         item: Any = json.loads(line)
     except json.JSONDecodeError as exc:
         raise InvalidInteraction(f"{where}: not valid JSON ({exc.msg})") from None
     if not isinstance(item, dict):
         raise InvalidInteraction(f"{where}: expected a JSON object")
-    unknown = sorted(set(item) - _IMPORT_FIELDS)
+    unknown = sorted(set(item) - _IMPORT_FIELDS - {"completion", "messages"})
     if unknown:
         raise InvalidInteraction(
             f"{where}: unknown field(s) {', '.join(unknown)}; allowed: "
-            f"{', '.join(sorted(_IMPORT_FIELDS - {'id'}))}"
+            f"{', '.join(sorted(_IMPORT_FIELDS - {'id'}))}, or prompt + completion, or messages"
         )
-    missing = [k for k in ("prompt", "response") if not isinstance(item.get(k), str)]
-    if missing:
-        raise InvalidInteraction(f"{where}: {' and '.join(missing)} must be present as strings")
+    shapes = [k for k in ("response", "completion", "messages") if k in item]
+    if len(shapes) > 1:
+        raise InvalidInteraction(f"{where}: give one of response, completion or messages")
+    if "messages" in item:
+        if "prompt" in item:
+            raise InvalidInteraction(f"{where}: give messages or prompt, not both")
+        pairs = _chat_pairs(item["messages"], where)
+    else:
+        answer = "completion" if "completion" in item else "response"
+        missing = [k for k in ("prompt", answer) if not isinstance(item.get(k), str)]
+        if missing:
+            raise InvalidInteraction(
+                f"{where}: {' and '.join(missing)} must be present as strings (or give messages)"
+            )
+        pairs = [(item["prompt"], item[answer])]
     extra: dict[str, Any] = {k: item[k] for k in ("unit", "feedback", "source") if k in item}
     if item.get("ts") is not None:
         extra["ts"] = parse_time(item["ts"], f"{where}: ts")
     if item.get("metadata") is not None:
         extra["metadata"] = item["metadata"]
-    interaction = Interaction(item["prompt"], item["response"], **extra)
-    try:  # validate now, to name the line
-        prepared = prepare(interaction, 0, format_ts(datetime.now(UTC)), {})
-        check_unit(unit_by, prepared.unit, prepared.ts, 0)
-    except InvalidInteraction as exc:
-        raise InvalidInteraction(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
-    return interaction
+    out = []
+    for prompt, response in pairs:
+        interaction = Interaction(prompt, response, **extra)
+        try:  # validate now, to name the line
+            prepared = prepare(interaction, 0, format_ts(datetime.now(UTC)), {})
+            check_unit(unit_by, prepared.unit, prepared.ts, 0)
+        except InvalidInteraction as exc:
+            raise InvalidInteraction(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+        out.append(interaction)
+    return out
 
 
 def _read_jsonl(
@@ -86,7 +136,25 @@ def _read_jsonl(
 ) -> Iterator[Interaction]:
     for number, line in enumerate(stream, start=1):
         if line.strip():
-            yield _parse_line(line, f"{name} line {number}", unit_by)
+            yield from _parse_line(line, f"{name} line {number}", unit_by)
+
+
+def _duplicates(log: InteractionLog, interactions: list[Interaction]) -> list[int]:
+    """Indexes of ``interactions`` whose prompt and response are already in the store or
+    earlier in the same import (decrypts the store's records; nothing is written)."""
+    import hashlib
+
+    def digest(prompt: str, response: str) -> bytes:
+        return hashlib.sha256(json.dumps([prompt, response]).encode()).digest()
+
+    seen = {digest(r.prompt, r.response) for r in log.iter_records()}
+    found = []
+    for i, it in enumerate(interactions):
+        d = digest(it.prompt, it.response)
+        if d in seen:
+            found.append(i)
+        seen.add(d)
+    return found
 
 
 def _report_bad(record_id: int, exc: StoreError) -> None:
@@ -108,8 +176,14 @@ def _cmd_init(store: Path, policy_name: str | None, key_file: Path | None) -> No
     click.echo(f"created store {store}{unit}")
 
 
-def _cmd_import(store: Path, file: Path, key_file: Path | None) -> None:
-    """Append the interactions of a JSONL FILE ('-': stdin) in one transaction."""
+def _cmd_import(store: Path, file: Path, skip_duplicates: bool, key_file: Path | None) -> None:
+    """Append the interactions of a JSONL FILE ('-': stdin) in one transaction.
+
+    Lines are the store's own records ({"prompt", "response", ...}, as `personal export`
+    writes them), mlx-lm completions ({"prompt", "completion"}) or chats ({"messages": [...]}:
+    one interaction per answered user turn). Interactions already in the store (same prompt
+    and response) are reported: importing a file twice would make every one two privacy units
+    and double its exposure; --skip-duplicates leaves them out."""
     from personal.privacy.ledger import store_unit
 
     name = "<stdin>" if str(file) == "-" else str(file)
@@ -122,7 +196,21 @@ def _cmd_import(store: Path, file: Path, key_file: Path | None) -> None:
                 interactions = list(_read_jsonl(stream, name, log.unit_by))  # before any write
         except UnicodeDecodeError as exc:
             raise InvalidInteraction(f"{name} is not UTF-8 text ({exc.reason})") from None
+        duplicates = _duplicates(log, interactions)
+        if duplicates and skip_duplicates:
+            drop = set(duplicates)
+            interactions = [it for i, it in enumerate(interactions) if i not in drop]
         ids = log.append_many(interactions)
+    if duplicates and skip_duplicates:
+        click.echo(f"skipped {len(duplicates)} interaction(s) already in the store", err=True)
+    elif duplicates:
+        click.echo(
+            f"warning: {len(duplicates)} imported interaction(s) repeat a prompt and response "
+            "already in the store (or earlier in the file); each copy is a separate privacy "
+            "unit, so their content is exposed once per copy. Next time pass "
+            "--skip-duplicates to leave such copies out",
+            err=True,
+        )
     click.echo(f"imported {len(ids)} interactions into {store}")
 
 
@@ -239,7 +327,11 @@ def register(group: click.Group) -> None:
     file_arg = click.argument(
         "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
     )
-    _command(group, "import", _cmd_import, _store_arg, file_arg, _key_file)
+    skip_dups = click.option(
+        "--skip-duplicates", is_flag=True,
+        help="Leave out interactions whose prompt and response are already in the store.",
+    )  # fmt: skip
+    _command(group, "import", _cmd_import, _store_arg, file_arg, skip_dups, _key_file)
     _command(group, "export", _cmd_export, _store_arg, _key_file)
     unit_opt = click.option("--unit", "units", multiple=True, help="A privacy unit to erase.")
     before_opt = click.option("--before", help="Erase records older than this date or time.")
