@@ -84,3 +84,81 @@ def test_importing_twice_warns_and_skip_duplicates_leaves_copies_out(store, tmp_
     skipped = _run("import", str(store), str(data), "--skip-duplicates")
     assert skipped.exit_code == 0 and "skipped 3" in skipped.output
     assert "imported 0 interactions" in skipped.output and len(_records(store)) == 6
+
+
+POLICY = """
+name = "cli-conventions"
+[privacy]
+unit = "interaction"
+lifetime_epsilon = 8.0
+delta = 1e-6
+noise_multiplier = 2.0
+clip_norm = 1.0
+accountant = "rdp"
+[training]
+min_new_units = 4
+max_rounds_per_day = 1
+steps = 2
+expected_batch_size = 4.0
+learning_rate = 0.01
+max_tokens = 32
+[training.lora]
+rank = 2
+[gates]
+max_general_regression = 1.0
+min_personal_gain = -1.0
+"""
+
+
+def _fill(path, n: int, start: int = 0) -> None:
+    with InteractionLog.open(path, Passphrase(PASS)) as log:
+        for i in range(start, start + n):
+            log.append(f"text Ana that I'm {i} minutes late", f"Sent to Ana: {i} late.")
+
+
+def _rounds(path) -> list[dict]:
+    return json.loads(_run("audit", str(path), "--json").output)["rounds"]
+
+
+def test_train_defaults_its_base_respects_the_trigger_and_numbers_rounds_as_the_audit(
+    store, tmp_path, tiny_model_factory
+):
+    policy = tmp_path / "p.toml"
+    policy.write_text(POLICY)
+    _fill(store, 24)
+    first = _run("train", str(store), "--base", str(tiny_model_factory()), "--policy", str(policy))
+    assert first.exit_code == 0, first.output
+    rounds = _rounds(store)
+    assert [r["purpose"] for r in rounds] == ["validation", "training"]
+    assert "round 2 (the store's 1st training round; held-out validation in round 1" in (
+        first.output
+    )
+    assert "ε +" in first.output and "most spent so far 0 of 8" in first.output  # progress line
+    _fill(store, 8, start=24)
+    # The same day again: max_rounds_per_day = 1, so not due (nothing charged) ...
+    not_due = _run("train", str(store))  # no --base: the store's own
+    assert not_due.exit_code == 4 and "not due" in not_due.output and "--force" in not_due.output
+    assert "nothing was charged" in not_due.output and len(_rounds(store)) == 2
+    # ... unless forced.
+    forced = _run("train", str(store), "--force", "--json")
+    assert forced.exit_code == 0, forced.output
+    data = json.loads(forced.output[forced.output.index("{") :])
+    assert data["training_round"] == 2 and data["round_id"] == _rounds(store)[-1]["round_id"]
+
+
+def test_train_exits_3_when_the_gates_refuse(store, tmp_path, tiny_model_factory):
+    policy = tmp_path / "p.toml"
+    policy.write_text(POLICY.replace("min_personal_gain = -1.0", "min_personal_gain = 1.0"))
+    _fill(store, 24)
+    result = _run("train", str(store), "--base", str(tiny_model_factory()), "--policy", str(policy))
+    assert result.exit_code == 3, result.output
+    assert "the gates refused the new adapter" in result.output
+    training = [r for r in _rounds(store) if r["purpose"] == "training"]
+    assert training[-1]["status"] == "refused" and training[-1]["adapter_produced"] is None
+
+
+def test_init_without_a_terminal_says_how_to_give_the_passphrase(tmp_path):
+    result = CliRunner().invoke(cli, ["init", str(tmp_path / "s")], input="")
+    assert result.exit_code == 2 and "PERSONAL_PASSPHRASE" in result.output
+    assert "--key-file" in result.output and "Aborted" not in result.output
+    assert not (tmp_path / "s").exists()

@@ -93,7 +93,7 @@ def test_audit_fails_on_a_rolled_back_ledger(store, tiny_model_factory, tmp_path
         log.store.checkpoint()
         log.append("text Ana I'm on my way", "Sent to Ana: on my way.")
     shutil.copytree(store, backup)
-    assert _run("train", str(store), "--base", base).exit_code == 0
+    assert _run("train", str(store), "--base", base, "--force").exit_code == 0
     for name in ("store.db", "store.db-wal", "store.db-shm"):
         if (backup / name).exists():
             shutil.copy2(backup / name, store / name)

@@ -42,7 +42,20 @@ def _passphrase(key_file: Path | None, env: str, prompt: str, *, confirm: bool) 
     value = os.environ.get(env)
     if value:
         return Passphrase(value)
-    return Passphrase(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm))
+    if sys.stdin.isatty():
+        return Passphrase(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm))
+    # Not a terminal: no prompt (it could not hide the input); read the passphrase piped in.
+    option = "--new-key-file" if env == ENV_NEW_KEY else "--key-file"
+    how = (
+        f"Set ${env}, pass {option} FILE (a file holding only the passphrase), or pipe it on "
+        "stdin" + (" twice, one line each (it is confirmed)" if confirm else "")
+    )
+    first = sys.stdin.readline().rstrip("\r\n")
+    if not first:
+        raise click.UsageError(f"no passphrase: stdin is not a terminal and gave none. {how}")
+    if confirm and sys.stdin.readline().rstrip("\r\n") != first:
+        raise click.UsageError(f"the two passphrases piped on stdin differ. {how}")
+    return Passphrase(first)
 
 
 def _open(store: Path, key_file: Path | None) -> InteractionLog:

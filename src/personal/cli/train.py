@@ -37,53 +37,135 @@ def _public_data_option() -> Any:
     )
 
 
+# Exit statuses of `personal train` (README, "Command line"): 0 a new adapter is active,
+# 2 an error (nothing charged unless the message says so), 3 the round ran and was charged but
+# the gates refused its adapter (the previous one stays active), 4 the policy's trigger did not
+# fire (nothing charged; --force trains anyway).
+EXIT_GATES_REFUSED = 3
+EXIT_NOT_DUE = 4
+
+
+def _store_base(store: Path, key: Any) -> str:
+    """The base model the store records (its adapters are on it)."""
+    from personal.store.settings import StoreSettings
+
+    with Store.open(store, key) as opened:
+        recorded = StoreSettings(opened).get("base")
+    if not recorded or not recorded.get("source"):
+        raise click.UsageError(
+            "the store records no base model yet (it was never trained): pass --base NAME_OR_DIR"
+        )
+    return str(recorded["source"])
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 @click.command("train")
 @_store_arg
-@click.option("--base", required=True, help="Base model: a bundled name or a directory.")
+@click.option(
+    "--base", default=None,
+    help="Base model: a bundled name or a directory [default: the store's base].",
+)  # fmt: skip
 @_policy_option("Policy name or TOML file (default: the store's recorded policy, else default).")
 @_public_data_option()
+@click.option(
+    "--force", is_flag=True,
+    help="Train even when the policy's trigger does not fire (too few new interactions, or "
+    "training.max_rounds_per_day reached).",
+)  # fmt: skip
 @_key_file
 @_json_flag()
 def train_command(
     store: Path,
-    base: str,
+    base: str | None,
     policy_name: str | None,
     public_data: Path | None,
+    force: bool,
     key_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Run one differentially private training round on STORE and activate the new adapter."""
+    """Run one differentially private training round on STORE and activate the new adapter.
+
+    Exit status: 0 a new adapter is active; 2 an error; 3 the gates refused the round's adapter
+    (the round was charged; the previous adapter stays active); 4 the policy's trigger did not
+    fire (nothing charged; --force trains anyway)."""
     from personal.personalizer import Personalizer
+    from personal.privacy.rdp import filter_epsilon, sgm_rdp
 
     key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
+    base = base or _store_base(store, key)
     with Personalizer.open(store, base, policy_name, key, public_data=public_data) as personalizer:
+        training = personalizer.policy.training
+        personalizer._check_base()  # another base, or a migration to finish: exit 2 first
+        due = personalizer.should_update() or not personalizer.log_.units()  # empty: exit 2
+        if not force and not due:
+            click.echo(
+                f"not due: the policy {personalizer.policy.name!r} trains after "
+                f"training.min_new_units = {training.min_new_units} new interactions, at most "
+                f"training.max_rounds_per_day = {training.max_rounds_per_day} round(s) a day; "
+                "nothing was charged. Log more interactions and train later, or pass --force",
+                err=True,
+            )
+            click.get_current_context().exit(EXIT_NOT_DUE)
         plan = personalizer.round_plan()
+        charge = sgm_rdp(
+            sample_rate=min(1.0, plan.sample_rate(max(len(personalizer.log_.units()), 1))),
+            noise_multiplier=plan.noise_multiplier,
+            steps=plan.steps,
+        )
+        privacy = personalizer.policy.privacy
+        round_eps = float(filter_epsilon(charge, delta=privacy.delta))
+        spent = max(personalizer.ledger.epsilons().values(), default=0.0)
+        label = (
+            f"DP round (ε +{round_eps:.3g} per eligible unit; most spent so far "
+            f"{spent:.3g} of {privacy.lifetime_epsilon:g})"
+        )
         with click.progressbar(
-            length=plan.steps, label="DP round", file=sys.stderr, show_pos=True
+            length=plan.steps, label=label, file=sys.stderr, show_pos=True
         ) as bar:
             report = personalizer.update(progress=lambda step, result: bar.update(1))
         data = report.to_dict()
         data["policy"] = personalizer.policy.name
         data["lifetime_epsilon"] = personalizer.policy.privacy.lifetime_epsilon
+        rounds = personalizer.ledger.rounds()
+        data["training_round"] = sum(
+            r.purpose == "training" and r.round_id <= report.round_id for r in rounds
+        )
+        this = next((r for r in rounds if r.round_id == report.round_id), None)
+        summary = this.summary if this is not None and isinstance(this.summary, dict) else {}
+        data["validation_round"] = summary.get("validation_round")
+    code = 0 if report.adapter_version is not None else EXIT_GATES_REFUSED
     if as_json:
         click.echo(json.dumps(data, indent=2))
-        return
+        click.get_current_context().exit(code)
+    checked = (
+        f"; held-out validation in round {data['validation_round']}"
+        if data["validation_round"]
+        else ""
+    )
     click.echo(
-        f"round {report.round_id}: {report.eligible} of {report.candidates} units eligible "
-        f"({report.excluded} over budget), {report.steps} steps, σ={report.noise_multiplier:.4g}, "
-        f"q={report.sample_rate:.4g}, C={report.clip_norm:g}"
+        f"round {report.round_id} (the store's {_ordinal(data['training_round'])} training round"
+        f"{checked}; numbered as in `personal audit`): {report.eligible} of "
+        f"{report.candidates} units eligible ({report.excluded} over budget), {report.steps} "
+        f"steps, σ={report.noise_multiplier:.4g}, q={report.sample_rate:.4g}, "
+        f"C={report.clip_norm:g}"
     )
     for reason in (report.gates or {}).get("reasons", []):
         click.echo(f"gate: {reason}")
     outcome = (
         f"adapter version {report.adapter_version} is active"
         if report.adapter_version is not None
-        else "the gates kept the previous adapter active"
+        else "the gates refused the new adapter; the previous one stays active (the round was "
+        f"charged; exit status {EXIT_GATES_REFUSED})"
     )
     click.echo(
         f"spent: max ε per unit now {report.epsilon_max:.4g} of {data['lifetime_epsilon']:g}; "
         f"{outcome} ({report.seconds:.1f} s)"
     )
+    click.get_current_context().exit(code)
 
 
 @click.command("audit")
