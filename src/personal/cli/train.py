@@ -361,3 +361,6 @@ def register(group: click.Group) -> None:
     group.add_command(train_command)
     group.add_command(audit_command)
     group.add_command(migrate_command)
+    from personal.cli import serve
+
+    serve.register(group)  # generate, adapters export
