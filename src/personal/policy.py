@@ -126,6 +126,11 @@ class Policy(_Validated):
                 f"invalid policy {source}: not valid TOML ({exc}). Fix the syntax "
                 "(https://toml.io), or start from `personal policy show default`."
             ) from None
+        except RecursionError:
+            raise PolicyError(
+                f"invalid policy {source}: nested too deeply to be a policy. Start from "
+                "`personal policy show default`."
+            ) from None
         return cls.from_dict(data, source=source)
 
     def to_dict(self) -> dict[str, Any]:

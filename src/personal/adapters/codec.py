@@ -92,8 +92,8 @@ def _header(data: bytes, where: str) -> tuple[dict[str, Any], int]:
         raise _corrupt(where, "header length exceeds the file")
     try:
         header = json.loads(data[8 : 8 + size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise _corrupt(where, "header is not JSON") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _corrupt(where, "header is not JSON (or is nested too deeply)") from None
     if not isinstance(header, dict):
         raise _corrupt(where, "header is not a JSON object")
     return header, 8 + size

@@ -105,7 +105,7 @@ def parse_pointer(text: str, path: Path) -> Pointer:
     """Validate the pointer strictly (:class:`InvalidManifest` says how to repair it)."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidManifest(f"{path} is not valid JSON; {REPAIR}") from None
     if not isinstance(data, dict) or data.get("format") != POINTER_FORMAT:
         raise InvalidManifest(f"{path} is not an adapter pointer; {REPAIR}")

@@ -60,6 +60,7 @@ from personal.adapters.reports import RegistryReport, VersionInfo
 from personal.errors import (
     AdapterError,
     AdapterFormatTooNew,
+    AdapterMismatch,
     AdapterNotFound,
     ConfigError,
     RollbackUnavailable,
@@ -166,7 +167,15 @@ class AdapterRegistry:
         module, fingerprint = live_target(model, base_fingerprint)
         weights, manifest = self.load(version)
         check_base(manifest, fingerprint)
-        swap(module, weights)
+        try:
+            swap(module, weights)
+        except AdapterMismatch as exc:  # a changed training.lora: say the way out
+            raise AdapterMismatch(
+                f"{exc}. Version {manifest.version} was trained with LoRA rank "
+                f"{manifest.lora.get('rank')}: if the policy's training.lora changed, put it "
+                "back, or run `personal adapters deactivate STORE` to train a fresh adapter "
+                "(the old versions stay for rollback)"
+            ) from None
         return manifest
 
     def list(self) -> list[VersionInfo]:

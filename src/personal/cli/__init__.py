@@ -1,7 +1,8 @@
 """The ``personal`` command: a thin layer over the library.
 
 Each feature area keeps its commands in its own module with a ``register(group)`` function;
-this module only builds the group and maps :class:`~personal.errors.PersonalError` to a clean
+this module only builds the group and maps :class:`~personal.errors.PersonalError` (and, as a
+last line, an ``OSError`` on a given path or a ``RecursionError`` on nested input) to a clean
 message and exit status 2 (never a traceback for bad input).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from importlib import import_module
+from typing import NoReturn
 
 import personal
 from personal.errors import PersonalError
@@ -31,8 +33,19 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except PersonalError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            _fail(str(exc))
+        except RecursionError:  # input nested deeper than any parser here follows
+            _fail("the input is nested too deeply to be read (JSON or TOML hundreds of levels "
+                  "deep)")  # fmt: skip
+        except OSError as exc:  # a path given on the command line: missing, a directory, ...
+            where = f" {exc.filename}" if exc.filename else ""
+            _fail(f"cannot use{where}: {exc.strerror or exc}")
+
+
+def _fail(message: str) -> NoReturn:
+    """Bad input or environment: a message and exit status 2, never a traceback."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,4 +1,4 @@
-"""``personal adapters list|activate|rollback|verify|prune``: the adapter registry of a store.
+"""``personal adapters list|activate|rollback|deactivate|verify|prune``: a store's adapters.
 
 No key is needed: adapters are outputs of DP training and are stored unencrypted in
 ``STORE/adapters`` (docs/adapters.md says why that fits the privacy model). Activating here
@@ -94,6 +94,20 @@ def rollback_command(store: Path, to: int | None, base: str | None) -> None:
     """Re-activate the version that was active before the current one (or --to VERSION)."""
     manifest = _registry(store).rollback(to, base_fingerprint=_fingerprint(base))
     click.echo(f"rolled back to {_describe(manifest)}")
+
+
+@adapters_group.command("deactivate")
+@_store_arg
+def deactivate_command(store: Path) -> None:
+    """Serve no adapter (the base alone) from now on; the next train starts a fresh adapter
+    (after a change of training.lora, say). `personal adapters rollback STORE` undoes it."""
+    registry = _registry(store)
+    active = registry.pointer().active
+    registry.deactivate()
+    if active is None:
+        click.echo("no adapter was active")
+    else:
+        click.echo(f"deactivated version {active}; `personal adapters rollback` re-activates it")
 
 
 @adapters_group.command("verify")

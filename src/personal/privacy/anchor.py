@@ -68,6 +68,11 @@ class FileAnchor:
             return self.path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:  # a directory where the file belongs, unreadable, ...
+            raise LedgerIntegrityError(
+                f"the ledger anchor {self.path} cannot be read ({exc.strerror}): put the "
+                "store's anchor file back there (see docs/privacy.md)"
+            ) from None
 
     def write(self, data: bytes) -> None:
         """Replace the anchor atomically and durably (temp file, fsync, rename, dir fsync)."""
@@ -138,7 +143,7 @@ def open_head(store: Store, data: bytes) -> LedgerHead:
         blob = base64.b64decode(doc["sealed"], validate=True)
         if type(epoch) is not int or not blob:
             raise ValueError(epoch)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise LedgerIntegrityError(
             f"{where} is unreadable (modified or truncated): restore it, or run "
             "`Ledger.reanchor` if you accept what the database says (see docs/privacy.md)"

@@ -78,6 +78,14 @@ def _create_key_tables(db: Database) -> None:
     db.execute("CREATE TABLE store_seq (name TEXT PRIMARY KEY, next INTEGER NOT NULL)")
 
 
+def _check_new(path: Path) -> None:
+    """A new store goes into a directory that does not exist, or exists and is empty."""
+    if (path / MARKER_NAME).exists() or (path / DB_NAME).exists():
+        raise StoreExists(f"a store already exists at {path}: open it, or pick another path")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise StoreExists(f"{path} exists and is not an empty directory: pick another path")
+
+
 class Store:
     """An open store. Use :meth:`create` or :meth:`open`; close it (or use ``with``).
 
@@ -122,13 +130,16 @@ class Store:
     ) -> Store:
         """Create a new, empty store at ``path`` (the directory may exist if it is empty)."""
         path = Path(path)
-        if (path / MARKER_NAME).exists() or (path / DB_NAME).exists():
-            raise StoreExists(f"a store already exists at {path}: open it, or pick another path")
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise StoreExists(f"{path} exists and is not an empty directory: pick another path")
+        _check_new(path)
         store_id = secrets.token_hex(16)
         ring, kind, params = KeyTable.new_kek(key, store_id)  # slow (scrypt): before any I/O
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:  # a file where a parent directory belongs, no permission, ...
+            raise StoreError(f"cannot create the store directory {path}: {exc.strerror}") from None
+        # Again, now that the parents exist: "new/../old" named no directory before the mkdir
+        # and names an existing store after it. Never connect to (or clean up) another store.
+        _check_new(path)
         old_umask = os.umask(0o077)  # the database, WAL and SHM files: owner only
         try:
             db = dbm.connect(path / DB_NAME, synchronous=synchronous, busy_timeout=busy_timeout)

@@ -50,8 +50,8 @@ def _translate(exc: sqlite3.DatabaseError) -> StoreError | None:
         )
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text:
         return StoreCorrupt(
-            f"the store's database is corrupt or truncated ({text}). Run `personal verify` to "
-            "see what can still be read, then restore store.db from a backup"
+            f"the store's database is corrupt or truncated ({text}): restore store.db from a "
+            "backup (while it still opens, `personal export` saves what can be read first)"
         )
     if name.startswith("SQLITE_BUSY") or "locked" in text:
         return StoreError(

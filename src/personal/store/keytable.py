@@ -77,15 +77,23 @@ class KeyTable:
     @staticmethod
     def open_kek(db: Database, key: KeyProvider, store_id: str) -> KeyRing:
         """Derive the KEK with ``key`` and verify it: :class:`WrongKey` if it does not fit."""
+        # CAST: a value stored with another type (TEXT that is not UTF-8) must not stop the
+        # driver; a check value that is not a BLOB is damage, not a wrong key.
         rows = db.execute(
-            "SELECT id, kind, params, check_nonce, check_ct FROM store_kek"
+            "SELECT id, kind, params, CAST(check_nonce AS BLOB), CAST(check_ct AS BLOB),"
+            " typeof(check_nonce) = 'blob' AND typeof(check_ct) = 'blob' FROM store_kek"
         ).fetchall()
         if len(rows) != 1:
             raise StoreCorrupt(
                 f"the store's key record is missing or ambiguous ({len(rows)} rows): "
                 "restore store.db from a backup"
             )
-        kek_id, kind, params_json, check_nonce, check_ct = rows[0]
+        kek_id, kind, params_json, check_nonce, check_ct, blobs = rows[0]
+        if not blobs:
+            raise StoreCorrupt(
+                "the store's key check value is damaged (not stored as bytes), so no key can "
+                "be verified against it: restore store.db from a backup"
+            )
         if kind != key.kind:
             raise WrongKey(
                 f"wrong kind of key: this store is locked with a {kind} key, not a {key.kind} "
@@ -93,7 +101,7 @@ class KeyTable:
             )
         try:
             params = json.loads(params_json)
-        except ValueError:
+        except (ValueError, TypeError, RecursionError):
             raise StoreCorrupt("the store's key parameters are unreadable") from None
         kek = key.derive_kek(params, f"{store_id}/{kek_id}")
         ring = KeyRing(store_id, kek_id, kek)

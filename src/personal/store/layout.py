@@ -28,14 +28,20 @@ def read_marker(path: Path) -> str:
     if not path.is_dir():
         raise StoreNotFound(f"no store at {path}: create one with `personal init {path}`")
     if not marker.exists():
+        if (path / DB_NAME).exists():  # never advise removing a directory that holds data
+            raise StoreCorrupt(
+                f"{marker} is missing but {path / DB_NAME} is there: restore {MARKER_NAME} "
+                "from a backup of this store (it names the store id the database is bound "
+                "to). Do not remove the directory: it holds the data"
+            )
         raise StoreNotFound(
-            f"{path} is not a personal store (no {MARKER_NAME}); if creating it was "
-            "interrupted, remove the directory and create it again"
+            f"{path} is not a personal store (no {MARKER_NAME} and no {DB_NAME}); if creating "
+            "it was interrupted, create it again in an empty directory"
         )
     try:
         data: Any = json.loads(marker.read_text())
         fmt, version, store_id = data["format"], int(data["version"]), str(data["store_id"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         raise StoreCorrupt(f"{marker} is unreadable: restore it from a backup") from None
     if fmt != FORMAT:
         raise StoreNotFound(f"{path} is not a personal store ({MARKER_NAME} says {fmt!r})")
@@ -61,7 +67,9 @@ def remove_partial(path: Path) -> None:
 
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # owner only, like the db
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

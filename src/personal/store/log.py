@@ -388,7 +388,8 @@ class InteractionLog:
         """
         if unit is None and before is None and source is None:
             raise ConfigError("erase needs a unit, a date (before=) or a source app")
-        where, args = filters_sql(units=unit, until=before, source=source)
+        until = None if before is None else parse_time(before, "before")  # named as given
+        where, args = filters_sql(units=unit, until=until, source=source)
         self._check_before_erasing()
         with self.store.atomic() as db:
             touched = touched_epochs(self, TABLE, where, args)

@@ -122,7 +122,11 @@ def encode_payload(
     r = response.encode("utf-8", "surrogatepass")
     extra = b""
     if feedback is not None or metadata:
-        extra = json.dumps([feedback, dict(metadata)], separators=(",", ":")).encode("ascii")
+        # allow_nan=False: NaN, Infinity and 1e999 are not JSON, and an access-request export
+        # must always be valid JSON (RFC 8259), so they are refused here, at the door.
+        extra = json.dumps(
+            [feedback, dict(metadata)], separators=(",", ":"), allow_nan=False
+        ).encode("ascii")
     head = _HEAD.pack(_PAYLOAD_VERSION, len(p), len(r))
     if not padded:
         return b"".join((head, p, r, extra))
@@ -185,7 +189,7 @@ def prepare(item: Interaction, index: int, now: str, sources: dict[str, bytes]) 
     if ts is None:
         stamp = now
     elif isinstance(ts, datetime):
-        stamp = format_ts(ts)
+        stamp = format_ts(parse_time(ts, "ts"))  # parse_time: in range once in UTC
     else:
         raise _bad(index, f"ts must be a datetime, not {type(ts).__name__}")
     if not isinstance(metadata, Mapping) or (
@@ -195,7 +199,11 @@ def prepare(item: Interaction, index: int, now: str, sources: dict[str, bytes]) 
     try:
         payload = encode_payload(prompt, response, item.feedback, metadata, padded=True)
     except (TypeError, ValueError) as exc:
-        raise _bad(index, f"feedback and metadata must be JSON-serializable ({exc})") from None
+        raise _bad(
+            index, f"feedback and metadata must be JSON-serializable, numbers finite ({exc})"
+        ) from None
+    except RecursionError:
+        raise _bad(index, "feedback or metadata is nested too deeply") from None
     return Prepared(unit, stamp, source, payload, source_utf8)
 
 
@@ -270,7 +278,14 @@ def parse_time(value: object, what: str = "time") -> datetime:
             ) from None
     else:
         raise InvalidInteraction(f"{what} must be a date or time, not {type(value).__name__}")
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:  # the store keeps UTC: 9999-12-31T23:59:59-05:00 is in year 10000 there
+        moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidInteraction(
+            f"{what} {value!r} is out of range: in UTC it falls outside the years 1 to 9999"
+        ) from None
+    return moment
 
 
 def filters_sql(
