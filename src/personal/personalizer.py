@@ -27,6 +27,7 @@ from typing import Any
 from personal.adapters.registry import AdapterRegistry
 from personal.errors import (
     BudgetExhausted,
+    InvalidInteraction,
     MigrationInterrupted,
     NoEligibleUnits,
     StoreBaseMismatch,
@@ -45,6 +46,7 @@ from personal.privacy.rdp import ORDERS
 from personal.public import PublicData, PublicSource, public_source
 from personal.store import InteractionLog, KeyProvider, Store
 from personal.store.layout import MARKER_NAME
+from personal.store.records import parse_time
 from personal.store.settings import StoreSettings
 from personal.training.charged import charges_on_disk_full
 from personal.training.continual import ContinualState
@@ -140,7 +142,9 @@ class Personalizer(BaseUpdates):
         if policy is not None and settings_policy is None:
             settings_policy = load_policy(policy)
         sync = settings_policy.store.synchronous if settings_policy else "FULL"
-        if create and not (path / MARKER_NAME).exists():
+        created = create and not (path / MARKER_NAME).exists()
+        before = {c.name for c in path.iterdir()} if path.is_dir() else None
+        if created:
             log = InteractionLog.create(path, key, synchronous=sync)
         else:
             log = InteractionLog.open(path, key, synchronous=sync)
@@ -163,6 +167,8 @@ class Personalizer(BaseUpdates):
             personalizer._load_active_adapter()
         except BaseException:
             log.close()
+            if created:  # a failed create (a wrong base name, say) leaves nothing behind
+                _remove_new_store(path, before)
             raise
         return personalizer
 
@@ -181,8 +187,60 @@ class Personalizer(BaseUpdates):
     # --- logging and serving -------------------------------------------------------------------
 
     def log(self, prompt: str, response: str, **fields: Any) -> int:
-        """Append one interaction (fields as in :class:`~personal.store.Interaction`)."""
+        """Append one interaction (fields as in :class:`~personal.store.Interaction`).
+
+        ``ts`` takes the forms ``personal import`` takes: a ``datetime``, a ``date``, ISO 8601
+        text (``"2024-05-01T10:00:00Z"``) or unix seconds. Log each exchange once: every call
+        is a new privacy unit under ``unit = "interaction"``.
+
+        Raises:
+            InvalidInteraction: an empty (or blank) prompt or response: there is nothing to
+                learn, and it would still be charged as a unit.
+        """
+        for name, text in (("prompt", prompt), ("response", response)):
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidInteraction(
+                    f"the {name} is empty: log only exchanges with a prompt and a response "
+                    "(nothing was written)"
+                )
+        if fields.get("ts") is not None:
+            fields["ts"] = parse_time(fields["ts"], "ts")
         return self.log_.append(prompt, response, **fields)
+
+    def budget(self) -> dict[str, Any]:
+        """The privacy budget left, summarised over units (no unit ids).
+
+        ``{"lifetime_epsilon", "delta", "unit", "units", "spent_max", "spent_median",
+        "remaining_min", "remaining_median", "excluded_next_round"}``: ε per unit from the ledger's
+        filter; ``remaining_*`` are ``lifetime_epsilon - spent``; ``excluded_next_round`` counts the
+        units the next round (the policy's q, σ and steps over the logged units) would leave out
+        as too costly for their remaining budget. Units never charged have spent 0.
+        """
+        import statistics
+
+        contract = self.ledger.contract
+        spent = self.ledger.epsilons()
+        values = [float(spent.get(u, 0.0)) for u in self.log_.units()] or [0.0]
+        lifetime = float(contract.epsilon)
+        units = list(self.log_.units())
+        excluded = 0
+        if units:
+            try:  # a pure check on past charges: which units the next round would admit
+                selection = self.ledger.select(self.round_plan().charge(len(units)), units)
+                excluded = len(units) - len(selection.eligible)
+            except BudgetExhausted:
+                excluded = len(units)
+        return {
+            "lifetime_epsilon": lifetime,
+            "delta": float(contract.delta),
+            "unit": contract.unit,
+            "units": len(self.log_.units()),
+            "spent_max": max(values),
+            "spent_median": statistics.median(values),
+            "remaining_min": lifetime - max(values),
+            "remaining_median": lifetime - statistics.median(values),
+            "excluded_next_round": excluded,
+        }
 
     def generate(self, prompt: str, **options: Any) -> Generation:
         """Answer ``prompt`` through the active adapter, with its confidence signal."""
@@ -477,6 +535,22 @@ class Validation:
     def abort(self) -> None:
         """Close the round as aborted (it stays charged)."""
         self.owner.ledger.finish_round(self.round_id, "aborted")
+
+
+def _remove_new_store(path: Path, before: set[str] | None) -> None:
+    """Remove what a failed ``open(create=True)`` made: the directory if it made it, else only
+    the entries that were not there before."""
+    import shutil
+
+    if before is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in path.iterdir():
+        if child.name not in before:
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
 
 def _record_base(settings: StoreSettings, loaded: BaseModel, source: object) -> None:

@@ -1,0 +1,45 @@
+"""The app-facing API follows what developers expect (issue 21): a failed create leaves
+nothing, log() takes import's ts forms and refuses empty exchanges, budget() summarises."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from personal.errors import InvalidInteraction, PersonalError
+from personal.personalizer import Personalizer
+from personal.policy import load_policy
+from personal.store import InteractionLog, RawKey
+
+import pytest
+
+KEY = RawKey(bytes(range(32)))
+
+
+def test_a_failed_create_leaves_nothing_behind(tmp_path):
+    with pytest.raises(PersonalError):
+        Personalizer.open(tmp_path / "new", "no-such-base", None, KEY, create=True)
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    with pytest.raises(PersonalError):
+        Personalizer.open(existing, "no-such-base", None, KEY, create=True)
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+
+
+def test_log_takes_the_ts_forms_of_import_and_refuses_empty_exchanges(tmp_path, tiny_model_factory):
+    policy = load_policy("research").with_overrides({"store.synchronous": "NORMAL"})
+    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
+        p.log("call Ana", "Calling Ana.", ts="2024-05-01T10:00:00Z")
+        p.log("text Bo", "Sent.", ts=1714557600)
+        for prompt, response in (("", ""), ("  ", "x"), ("x", "")):
+            with pytest.raises(InvalidInteraction, match="empty"):
+                p.log(prompt, response)
+        budget = p.budget()
+    with InteractionLog.open(tmp_path / "s", KEY) as log:
+        stamps = [r.ts for r in log.iter_records()]
+    assert stamps == [datetime(2024, 5, 1, 10, tzinfo=UTC)] * 2
+    assert budget["units"] == 2 and budget["spent_max"] == 0.0
+    assert budget["remaining_min"] == budget["lifetime_epsilon"] == 8.0
+    # Two units at q = 1 over 10 steps would cost more than 8: the next round leaves them out.
+    assert budget["excluded_next_round"] == 2 and budget["unit"] == "interaction"
