@@ -97,6 +97,13 @@ def drop_blocks(
     return student, new_config
 
 
+def _every_token(batch: Batch) -> Batch:
+    """``batch`` with every position up to each row's last scored one in the mask (the padding
+    after it stays out)."""
+    up_to_last = mx.cumsum(batch.mask[:, ::-1], axis=1)[:, ::-1] > 0
+    return Batch(batch.inputs, batch.targets, up_to_last.astype(mx.float32))
+
+
 @dataclass(frozen=True)
 class PruneReport:
     """What :func:`build_pruned_student` did (written to the student's provenance)."""
@@ -120,6 +127,7 @@ def build_pruned_student(
     epochs: int = 1,
     learning_rate: float = 5e-5,
     provenance: dict[str, Any] | None = None,
+    every_position: bool = True,
 ) -> tuple[Path, PruneReport]:
     """Score, drop ``drop`` blocks, recover by logit distillation, and save an mlx-lm directory.
 
@@ -132,6 +140,11 @@ def build_pruned_student(
         epochs: passes over ``train`` during recovery.
         learning_rate: Adam's learning rate for recovery.
         provenance: extra fields for ``provenance.json``.
+        every_position: distil the teacher's distribution at every real token (prompt and
+            reply), not only where ``mask`` scores; measured on smollm2-135m-instruct (4 of 30
+            blocks dropped, self-generated text): held-out loss 1.558 pruned -> 1.190 after two
+            epochs at lr 1e-5, against 1.848 (worse than no recovery) scoring replies only at
+            lr 5e-5, and 1.33-1.39 with the embeddings frozen at lr 2e-5 (docs/base-models.md).
     """
     out = Path(out_dir)
     if out.exists():
@@ -148,8 +161,9 @@ def build_pruned_student(
     student.unfreeze()
     optimizer = optim.Adam(learning_rate=learning_rate)
     recipe = DistillConfig(temperature=1.0, kd_weight=1.0)
+    recovery = [_every_token(b) for b in train] if every_position else list(train)
     for _ in range(epochs):
-        distill(teacher.model, student, train, optimizer, recipe)
+        distill(teacher.model, student, recovery, optimizer, recipe)
     student.eval()
     student_loss = evaluate(student, held_out).loss
     report = PruneReport(

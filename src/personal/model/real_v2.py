@@ -24,8 +24,9 @@ from typing import Any
 from personal.errors import ModelNotFound
 from personal.model.fingerprint import cache_dir
 
-#: Blocks removed from the teacher (of 30), recovery epochs over the public text, Adam's lr.
-DROP, EPOCHS, LEARNING_RATE, BATCH = 4, 2, 5e-5, 8
+#: Blocks removed from the teacher (of 30), recovery epochs over the public text, Adam's lr
+#: (measured: see personal.model.prune.build_pruned_student and docs/base-models.md).
+DROP, EPOCHS, LEARNING_RATE, BATCH = 4, 2, 1e-5, 8
 V2_SUFFIX = "-v2"
 
 
@@ -37,7 +38,8 @@ def recipe(teacher: str) -> dict[str, Any]:
         "epochs": EPOCHS,
         "learning_rate": LEARNING_RATE,
         "batch": BATCH,
-        "version": 1,
+        "every_position": True,
+        "version": 2,
     }
 
 
