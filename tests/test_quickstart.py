@@ -1,7 +1,9 @@
-"""The code in docs/quickstart.md runs as written (under 30 lines)."""
+"""The program in docs/quickstart.md runs as written and prints what it did."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from pathlib import Path
 
@@ -20,15 +22,19 @@ def _example() -> str:
 
 def test_the_example_is_short():
     lines = [line for line in _example().splitlines() if line.strip()]
-    assert len(lines) < 30
+    assert len(lines) < 40
 
 
 @pytest.mark.skipif("base-v1" not in bundled_models(), reason="bundled models not built")
-def test_the_example_runs(tmp_path):
-    namespace: dict = {}
-    exec(compile(_example(), str(DOC), "exec"), namespace)
-    reply = namespace["assistant_turn"](str(tmp_path / "store"), "a passphrase", "call Ana")
-    assert isinstance(reply, str)
-    # A second session reopens the same encrypted store with the same passphrase.
-    again = namespace["assistant_turn"](str(tmp_path / "store"), "a passphrase", "text Ana")
-    assert isinstance(again, str)
+def test_the_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = compile(_example(), str(DOC), "exec")
+    for _ in range(2):  # the second run reopens the same encrypted store
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(code, {"__name__": "__main__"})
+        lines = out.getvalue().splitlines()
+        assert lines[0].startswith("remind me to call Ana at 6 -> ")
+        assert lines[1].startswith("text Ana I'm running late -> ")
+        assert lines[2].startswith(("trained:", "no round due yet"))
+    assert (tmp_path / "assistant-store").is_dir()
