@@ -8,7 +8,6 @@ import warnings
 
 from personal.errors import SeededNoiseWarning
 from personal.personalizer import Personalizer
-from personal.policy import load_policy
 from personal.privacy.noise import GaussianNoise
 from personal.store import InteractionLog, RawKey
 from personal.training.gates import noised_gain
@@ -16,27 +15,15 @@ from personal.training.round import _unit_sequences
 
 import numpy as np
 import pytest
+from round_policies import tiny_round_policy
 
 KEY = RawKey(bytes(range(32)))
-OVERRIDES = {
-    "privacy.lifetime_epsilon": 8.0,
-    "privacy.noise_multiplier": 3.0,
-    "training.min_new_units": 1,
-    "training.steps": 3,
-    "training.expected_batch_size": 4.0,
-    "training.max_tokens": 24,
-    "training.lora.rank": 2,
-    "store.synchronous": "NORMAL",
-    "gates.max_general_regression": 1.0,
-    "gates.min_personal_gain": -1.0,
-    "gates.validation_noise_multiplier": 2.0,
-}
 
 
 @pytest.mark.slow  # a real round (~15 s on 2 shared cores); the fast checks are below
 def test_a_round_survives_the_erasure_of_every_unit_it_draws(tmp_path, tiny_model_factory):
     path = tmp_path / "s"
-    policy = load_policy("research").with_overrides(OVERRIDES)
+    policy = tiny_round_policy(**{"training.steps": 3, "gates.validation_noise_multiplier": 2.0})
     with Personalizer.open(path, tiny_model_factory(), policy, KEY, create=True) as p:
         for i in range(40):
             p.log(f"navigate to the office number {i}", f"Starting directions to office {i}.")
