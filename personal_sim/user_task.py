@@ -32,6 +32,7 @@ from personal_sim.population import User
 from personal_sim.public_corpus import Interaction, stream_seed
 from personal_sim.public_data import eval_examples, simulation_public_data
 from personal_sim.scenario import ARMS, Arm, PassThroughNoise, SimConfig, day_end
+from personal_sim.slots import slot_accuracy
 
 _BARE: dict[str, Any] = {}  # per process: bare bases for the "no personalization" reference
 _PUBLIC: dict[tuple[str, str | None, int], list[Any]] = {}
@@ -75,6 +76,7 @@ class _UserRun:
         self.repeat_share = repeats / max(1, sum(len(h) for h in self.held))
         self._bare: dict[tuple[str, int], dict[str, float]] = {}
         self._held_batches: dict[tuple[str, int], list[Any]] = {}
+        self._bare_slots: dict[tuple[str, int], dict[str, Any]] = {}
 
     def seed(self, name: str) -> int:
         return stream_seed(self.user.seed, name) >> 1  # 63 bits
@@ -113,6 +115,23 @@ class _UserRun:
             "general_loss": general,
             "bare_general_loss": bare["general_loss"],
             "general_drift": general / bare["general_loss"] - 1.0,
+        }
+
+    def slots(self, p: Personalizer, name: str, day: int) -> dict[str, Any]:
+        """Slot accuracy of the served model and of the bare base on ``day``'s held-out
+        requests (:mod:`personal_sim.slots`)."""
+        key = (name, day)
+        if key not in self._bare_slots:
+            base = _bare(name)
+            self._bare_slots[key] = slot_accuracy(base.model, base.tokenizer, self.held[day])
+        served = slot_accuracy(p.base.model, p.base.tokenizer, self.held[day])
+        bare = self._bare_slots[key]
+        return {
+            "slot_accuracy": served["slot_accuracy"],
+            "bare_slot_accuracy": bare["slot_accuracy"],
+            "slot_requests": served["slot_requests"],
+            "slot_by_slot": served["by_slot"],
+            "bare_slot_by_slot": bare["by_slot"],
         }
 
     def tick(self) -> None:
@@ -231,6 +250,8 @@ def _run_arm(run: _UserRun, arm: Arm, home: Path) -> dict[str, Any]:
                 "epsilon_budget": budget,
                 **run.measure(p, config.base_on(day), day),
             })  # fmt: skip
+            if day == config.days - 1:  # greedy replies: on the last day only
+                days[-1].update(run.slots(p, config.base_on(day), day))
             run.tick()
     return {
         "arm": arm.name,

@@ -220,3 +220,21 @@ def _sigkill_rounds(tmp_path: Path, base: Path, kills: int) -> None:
             assert len(interrupted) <= 2  # at most the round (and its validation) in flight
         with round_lock(store):  # a killed round never leaves the store locked
             pass
+
+
+def test_a_round_on_too_few_new_units_does_not_run_and_charges_nothing(
+    tmp_path, tiny_model_factory
+):
+    from personal.errors import NoEligibleUnits, TooFewNewUnits
+
+    policy = _policy(**{"training.min_new_units": 5})
+    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
+        _fill(p, 4)
+        with pytest.raises(TooFewNewUnits, match="min_new_units = 5") as info:
+            _update(p)
+        assert isinstance(info.value, NoEligibleUnits)  # callers that skip those skip this
+        assert p.ledger.epsilons() == {} or max(p.ledger.epsilons().values()) == 0.0
+        assert p.active_adapter is None
+        _fill(p, 1)
+        report = _update(p)  # five new units: it runs
+        assert report.status == "completed"

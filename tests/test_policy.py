@@ -43,32 +43,32 @@ OTHER = {
     "privacy.delta": 1e-7,
     "privacy.round_epsilon": 0.25,
     "privacy.noise_multiplier": 1.5,
-    "privacy.clip_norm": 0.5,
+    "privacy.clip_norm": 2.0,
     "privacy.accountant": "prv",
     "training.min_new_units": 8,
     "training.max_rounds_per_day": 3,
     "training.steps": 7,
     "training.learning_rate": 0.01,
-    "training.optimizer": "sgd",
+    "training.optimizer": "adam",
     "training.expected_batch_size": 12.5,
-    "training.max_tokens": 64,
+    "training.max_tokens": 128,
     "training.examples_per_unit": 1,
     "training.lora.rank": 4,
     "training.lora.scale": 2.0,
     "training.lora.dropout": 0.1,
     "training.lora.targets": ["self_attn.q_proj"],
-    "training.lora.num_layers": 2,
+    "training.lora.num_layers": 3,
     "continual.replay_share": 0.1,
     "continual.buffer_capacity": 64,
     "continual.public_replay_share": 0.5,
     "continual.public_distill_weight": 10.0,
     "continual.public_batch_size": 64,
     "continual.ewc_lambda": 0.0,
-    "continual.fisher_source": "dp_gradients",
+    "continual.fisher_source": "public",
     "gates.max_general_regression": 0.05,
-    "gates.general_reference": "base",
+    "gates.general_reference": "active",
     "gates.min_personal_gain": 0.02,
-    "gates.validation_noise_multiplier": 4.0,
+    "gates.validation_noise_multiplier": 8.0,
     "gates.validation_epsilon": 0.5,
     "retention.days": 30,
     "retention.epoch_days": 7,
@@ -178,7 +178,8 @@ def test_bundled_policies_say_what_they_promise():
     assert strict.privacy.lifetime_epsilon == 1.0 < default.privacy.lifetime_epsilon
     assert strict.privacy.delta < default.privacy.delta
     assert research.privacy.noise_multiplier is not None  # no calibration: fast rounds
-    assert research.training.steps < default.training.steps
+    assert default.training.optimizer == strict.training.optimizer == "sgd"  # the recipe
+    assert strict.privacy.noise_multiplier > default.privacy.noise_multiplier
     assert research.training.max_rounds_per_day > default.training.max_rounds_per_day
 
 
@@ -270,12 +271,12 @@ def test_round_trips(name):
 def test_round_trip_of_every_alternative_value():
     data = _base()
     for dotted, value in OTHER.items():
-        if dotted not in ("privacy.noise_multiplier", "gates.validation_epsilon"):
+        if dotted not in ("privacy.round_epsilon", "gates.validation_epsilon"):
             _set(data, dotted, value)
     policy = Policy.from_dict(data)
     assert Policy.from_toml(policy.to_toml()) == policy
     assert policy.training.lora.targets == ("self_attn.q_proj",)
-    assert policy.training.lora.num_layers == 2
+    assert policy.training.lora.num_layers == 3
 
 
 def test_tables_cover_every_key():
@@ -291,7 +292,7 @@ def test_digest_is_stable_and_canonical():
     )
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", policy.digest())
     # comments, key order and int-for-float spelling do not matter
-    text = policy.to_toml().replace("clip_norm = 1.0", "clip_norm = 1  # a comment")
+    text = policy.to_toml().replace("steps = 4", "steps = 4  # a comment")
     lines = text.splitlines()
     reordered = "\n".join(lines[1::-1] + lines[2:])  # description before name
     assert Policy.from_toml(reordered).digest() == policy.digest()
@@ -316,7 +317,9 @@ def test_direct_construction_validates_and_normalises():
     with pytest.raises(PolicyError, match=r"privacy\.delta = 0 \(int\): out of range"):
         PrivacyPolicy(delta=0)
     assert PrivacyPolicy(noise_multiplier=2).round_epsilon is None
-    assert PrivacyPolicy().round_epsilon == 0.5
+    assert PrivacyPolicy().round_epsilon is None
+    assert PrivacyPolicy().noise_multiplier == 1.6  # the default policy's
+    assert PrivacyPolicy(round_epsilon=0.5).noise_multiplier is None
     clip = PrivacyPolicy(clip_norm=2).clip_norm
     assert clip == 2.0 and isinstance(clip, float)
     assert LoRAPolicy(targets=["mlp.down_proj"]).targets == ("mlp.down_proj",)
@@ -340,7 +343,8 @@ def test_with_overrides():
 
 def test_lora_config():
     config = load_policy("strict").training.lora.to_lora_config()
-    assert (config.rank, config.scale, config.targets, config.num_layers) == (4, 20.0, None, None)
+    targets = ("self_attn.o_proj", "mlp.down_proj")
+    assert (config.rank, config.scale, config.targets, config.num_layers) == (1, 20.0, targets, 2)
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -407,7 +411,7 @@ def test_missing_required_keys():
     del data["privacy"]["delta"]
     assert "privacy.delta: missing; required, a number in (0, 0.001]" in _error(data)
     data = _base()
-    del data["privacy"]["round_epsilon"]
+    del data["privacy"]["noise_multiplier"]
     assert "privacy.round_epsilon / privacy.noise_multiplier: missing" in _error(data)
     # every other section and key has a default
     minimal = {"privacy": {k: data["privacy"][k] for k in ("unit", "lifetime_epsilon", "delta")}}
@@ -426,11 +430,14 @@ def test_section_of_the_wrong_type():
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"privacy.noise_multiplier": 1.0}, "are both set: set exactly one"),
+        ({"privacy.round_epsilon": 0.5}, "are both set: set exactly one"),
         ({"gates.validation_epsilon": 1.0}, "gates.validation_noise_multiplier and gates."),
-        ({"privacy.round_epsilon": 9.0}, "privacy.round_epsilon = 9.0 exceeds privacy.lifetime"),
+        (
+            {"privacy.round_epsilon": 9.0, "privacy.noise_multiplier": None},
+            "privacy.round_epsilon = 9.0 exceeds privacy.lifetime",
+        ),
         ({"continual.replay_share": 0.6, "continual.public_replay_share": 0.4}, "must be < 1"),
-        ({"continual.buffer_capacity": 0}, "needs a replay buffer"),
+        ({"continual.buffer_capacity": 0, "continual.replay_share": 0.25}, "needs a replay buffer"),
         ({"retention.days": 10}, "retention.epoch_days = 30 exceeds retention.days = 10"),
         ({"migration.strategy": "retrain", "migration.retrain_budget_share": 0}, "share > 0"),
     ],

@@ -263,10 +263,15 @@ def _unknown(prefix: str, key: object, names: list[str]) -> str:
 
 
 def _one_of(
-    out: dict[str, Any], prefix: str, keys: tuple[str, str], default: float, required: bool
+    out: dict[str, Any],
+    prefix: str,
+    keys: tuple[str, str],
+    default: float,
+    required: bool,
+    fallback: int = 0,
 ) -> list[str]:
-    """Exactly one of two optional keys; when neither is set, the first takes ``default``
-    unless ``required`` (a file must then set one)."""
+    """Exactly one of two optional keys; when neither is set, ``keys[fallback]`` takes
+    ``default`` unless ``required`` (a file must then set one)."""
     given = [k for k in keys if out[k] is not None]
     a, b = (_join(prefix, k) for k in keys)
     if len(given) == 2:
@@ -274,7 +279,7 @@ def _one_of(
     if not given:
         if required:
             return [f"{a} / {b}: missing; set exactly one of them (the per-round privacy target)."]
-        out[keys[0]] = default
+        out[keys[fallback]] = default
     return []
 
 

@@ -211,6 +211,12 @@ class NoEligibleUnits(PrivacyError):
     """A round was proposed over no units at all (nothing logged yet, or none selected)."""
 
 
+class TooFewNewUnits(NoEligibleUnits):
+    """Fewer new units than the policy's ``training.min_new_units``: a round on so few would
+    spend their budget on an update that is mostly noise, so it does not run (nothing was
+    charged). Log more interactions first."""
+
+
 class UnitOverBudget(PrivacyError):
     """A round would charge a unit past its lifetime budget (charge only selected units)."""
 

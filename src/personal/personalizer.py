@@ -31,6 +31,7 @@ from personal.errors import (
     MigrationInterrupted,
     NoEligibleUnits,
     StoreBaseMismatch,
+    TooFewNewUnits,
     UnitOfPrivacyMismatch,
 )
 from personal.model.base import BaseModel, load_base
@@ -326,6 +327,7 @@ class Personalizer(BaseUpdates):
 
         Raises:
             NoEligibleUnits, BudgetExhausted: nothing to train on (nothing charged).
+            TooFewNewUnits: fewer new units than ``training.min_new_units`` (nothing charged).
             RoundInProgress: another process is training this store.
             StoreBaseMismatch: the live base is not the store's (nothing charged).
             MigrationInterrupted: a migration must be finished first (nothing charged).
@@ -373,6 +375,15 @@ class Personalizer(BaseUpdates):
         if not new_units and not replayed:
             raise NoEligibleUnits(
                 "no new interactions since the last round: log some first (nothing was charged)"
+            )
+        wanted = self.policy.training.min_new_units
+        if max_budget_share is None and len(new_units) < wanted:
+            # A public decision: the unit count is cleartext metadata (docs/privacy.md).
+            raise TooFewNewUnits(
+                f"{len(new_units)} new interactions since the last round, fewer than the "
+                f"policy's training.min_new_units = {wanted}: a round on so few would spend "
+                "their privacy budget on an update that is mostly noise, so it did not run "
+                "(nothing was charged). Log more interactions and train again"
             )
         seed = test_only.get("sampler_seed")
         coins = RandomBytes(None if seed is None else seed + 1, purpose="holdout")

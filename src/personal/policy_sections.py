@@ -35,7 +35,7 @@ class PrivacyPolicy(_Validated):
         delta: δ of the lifetime guarantee, in (0, 1e-3]; keep it well below 1 / (units).
         round_epsilon: per-round target ε (noise is calibrated to spend at most this per round
             for a unit eligible in it), in (0, lifetime_epsilon]. Exactly one of this and
-            ``noise_multiplier``; defaults to 0.5 when neither is given in Python.
+            ``noise_multiplier``; when neither is given in Python, ``noise_multiplier`` is 1.6.
         noise_multiplier: σ, a fixed noise multiplier (noise std / clip norm), in [0.1, 1000].
         clip_norm: C, the L2 bound on a unit's gradient contribution, in (0, 1000].
         accountant: ``"rdp"`` (default; also what the per-unit filter uses) or ``"prv"``
@@ -52,13 +52,14 @@ class PrivacyPolicy(_Validated):
         _Number(float, 0.0, 100.0, low_open=True, optional=True), None
     )
     noise_multiplier: float | None = _spec(_Number(float, 0.1, 1000.0, optional=True), None)
-    clip_norm: float = _spec(_Number(float, 0.0, 1000.0, low_open=True), 1.0)
+    clip_norm: float = _spec(_Number(float, 0.0, 1000.0, low_open=True), 0.5)
     accountant: str = _spec(_Choice(("rdp", "prv")), "rdp")
 
     @classmethod
     def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
         keys = ("round_epsilon", "noise_multiplier")
-        problems = _one_of(out, cls._PATH, keys, 0.5, required=strict)
+        # Neither given: the default policy's measured noise (docs/dp-utility.md).
+        problems = _one_of(out, cls._PATH, keys, 1.6, required=strict, fallback=1)
         eps = out["round_epsilon"]
         if not problems and eps is not None and eps > out["lifetime_epsilon"]:
             problems.append(
@@ -85,11 +86,13 @@ class LoRAPolicy(_Validated):
 
     _PATH: ClassVar[str] = "training.lora"
 
-    rank: int = _spec(_Number(int, 1, 256), 8)
+    rank: int = _spec(_Number(int, 1, 256), 1)
     scale: float = _spec(_Number(float, 0.0, 1000.0, low_open=True), 20.0)
     dropout: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.0)
-    targets: tuple[str, ...] | None = _spec(_Targets(), None)
-    num_layers: int | None = _spec(_Layers(), None)
+    targets: tuple[str, ...] | None = _spec(
+        _Targets(), ("self_attn.o_proj", "mlp.down_proj")
+    )
+    num_layers: int | None = _spec(_Layers(), 2)
 
     def to_lora_config(self) -> Any:
         """The :class:`~personal.model.lora.LoRAConfig` (imports MLX)."""
@@ -125,13 +128,13 @@ class TrainingPolicy(_Validated):
 
     _PATH: ClassVar[str] = "training"
 
-    min_new_units: int = _spec(_Number(int, 1, 1_000_000), 32)
+    min_new_units: int = _spec(_Number(int, 1, 1_000_000), 64)
     max_rounds_per_day: int = _spec(_Number(int, 1, 1440), 1)
-    steps: int = _spec(_Number(int, 1, 100_000), 50)
-    learning_rate: float = _spec(_Number(float, 0.0, 10.0, low_open=True), 1e-3)
-    optimizer: str = _spec(_Choice(("adam", "sgd")), "adam")
-    expected_batch_size: float = _spec(_Number(float, 1.0, 65536.0), 16.0)
-    max_tokens: int = _spec(_Number(int, 8, 32768), 128)
+    steps: int = _spec(_Number(int, 1, 100_000), 4)
+    learning_rate: float = _spec(_Number(float, 0.0, 10.0, low_open=True), 0.3)
+    optimizer: str = _spec(_Choice(("adam", "sgd")), "sgd")
+    expected_batch_size: float = _spec(_Number(float, 1.0, 65536.0), 4096.0)
+    max_tokens: int = _spec(_Number(int, 8, 32768), 64)
     examples_per_unit: int = _spec(_Number(int, 1, 1024), 4)
     lora: LoRAPolicy = field(default_factory=LoRAPolicy)
 
@@ -158,13 +161,13 @@ class ContinualPolicy(_Validated):
 
     _PATH: ClassVar[str] = "continual"
 
-    replay_share: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.25)
+    replay_share: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.0)
     buffer_capacity: int = _spec(_Number(int, 0, 1_000_000), 1024)
-    public_replay_share: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.25)
-    public_distill_weight: float = _spec(_Number(float, 0.0, 1e4), 0.0)
+    public_replay_share: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.0)
+    public_distill_weight: float = _spec(_Number(float, 0.0, 1e4), 5.0)
     public_batch_size: int = _spec(_Number(int, 1, 256), 32)
     ewc_lambda: float = _spec(_Number(float, 0.0, 1e6), 10.0)
-    fisher_source: str = _spec(_Choice(("public", "dp_gradients")), "public")
+    fisher_source: str = _spec(_Choice(("public", "dp_gradients")), "dp_gradients")
 
     @classmethod
     def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
@@ -196,7 +199,7 @@ class GatesPolicy(_Validated):
         min_personal_gain: smallest relative drop of the DP-noised held-out personal loss,
             in [-1, 1] (0: no worse; -1 disables the check).
         validation_noise_multiplier: σ of the Gaussian noise on the personal metric, in
-            [0.1, 1000]. Exactly one of this and ``validation_epsilon``; defaults to 10 when
+            [0.1, 1000]. Exactly one of this and ``validation_epsilon``; defaults to 4 when
             neither is given.
         validation_epsilon: per-round ε target of the personal metric instead, in
             (0, privacy.lifetime_epsilon]. The metric is charged to the held-out units.
@@ -205,8 +208,8 @@ class GatesPolicy(_Validated):
     _PATH: ClassVar[str] = "gates"
 
     max_general_regression: float = _spec(_Number(float, 0.0, 1.0), 0.01)
-    general_reference: str = _spec(_Choice(("active", "base")), "active")
-    min_personal_gain: float = _spec(_Number(float, -1.0, 1.0), 0.0)
+    general_reference: str = _spec(_Choice(("active", "base")), "base")
+    min_personal_gain: float = _spec(_Number(float, -1.0, 1.0), -0.5)
     validation_noise_multiplier: float | None = _spec(
         _Number(float, 0.1, 1000.0, optional=True), None
     )
@@ -217,7 +220,7 @@ class GatesPolicy(_Validated):
     @classmethod
     def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
         keys = ("validation_noise_multiplier", "validation_epsilon")
-        return _one_of(out, cls._PATH, keys, 10.0, required=False)
+        return _one_of(out, cls._PATH, keys, 4.0, required=False)
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,7 @@ class MigrationPolicy(_Validated):
     _PATH: ClassVar[str] = "migration"
 
     strategy: str = _spec(_Choice(("distill", "retrain", "both", "drop")), "distill")
-    distill_steps: int = _spec(_Number(int, 1, 1_000_000), 200)
+    distill_steps: int = _spec(_Number(int, 1, 1_000_000), 24)
     distill_learning_rate: float = _spec(_Number(float, 1e-6, 1.0), 1e-3)
     retrain_budget_share: float = _spec(_Number(float, 0.0, 1.0), 0.25)
 

@@ -70,7 +70,8 @@ def test_check_valid(tmp_path):
 def test_check_invalid_names_every_problem(tmp_path):
     path = tmp_path / "bad.toml"
     text = load_policy("default").to_toml()
-    text = text.replace("steps = 50", "steps = 0").replace("delta = 1e-06", 'delta = "small"')
+    text = text.replace("\nsteps = 4\n", "\nsteps = 0\n")
+    text = text.replace("delta = 1e-06", 'delta = "small"')
     path.write_text(text + "\n[extra]\n")
     result = _run("check", str(path))
     assert result.exit_code == 2

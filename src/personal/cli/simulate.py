@@ -112,7 +112,7 @@ def register(group: click.Group) -> None:
     "policy",
     default=None,
     metavar="FILE",
-    help="Policy file or bundled name [default: research with the simulator's overrides].",
+    help="Policy file or bundled name [default: the bundled default, as shipped].",
 )
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option(

@@ -1,0 +1,71 @@
+"""Slot accuracy: does the greedy reply get the user's personal slot right?
+
+Many requests are underspecified ("call my mom", "take me home", "play something", "remind me
+to water the plants"): the right reply names something the prompt does not, and only this
+user's history says what (who mom is, where home is, their favourite artist, the time they
+usually want). The synthetic world knows it: the held-out interaction's slots. A request
+*counts* when its reference reply holds one of :data:`PERSONAL_SLOTS` that its prompt does not
+name; it is *right* when the model's greedy reply names that same value (as a whole word).
+
+    rate = slot_accuracy(model, tokenizer, held_out)   # {"slot_accuracy": 0.31, ...}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from personal.model.generate import greedy_replies
+
+from personal_sim.public_corpus import Interaction
+
+#: The slots a persona decides (who, where, what music, when), in order of precedence.
+PERSONAL_SLOTS = ("contact", "address", "artist", "time")
+#: Tokens of a greedy reply: the slot-bearing replies of the world are short.
+REPLY_TOKENS = 32
+
+
+def _mentions(text: str, value: str) -> bool:
+    # Whole words only: "1 pm" must not match inside "11 pm".
+    pattern = r"(?<!\w)" + re.escape(value.casefold()) + r"(?!\w)"
+    return re.search(pattern, text.casefold()) is not None
+
+
+def slot_target(it: Interaction) -> tuple[str, str] | None:
+    """``(slot, value)`` the reply must get right, or ``None`` if the prompt names them all."""
+    for slot in PERSONAL_SLOTS:
+        value = it.slots.get(slot)
+        if value and _mentions(it.response, value) and not _mentions(it.prompt, value):
+            return slot, value
+    return None
+
+
+def slot_accuracy(
+    model: Any, tokenizer: Any, held_out: Sequence[Interaction], max_tokens: int = REPLY_TOKENS
+) -> dict[str, Any]:
+    """The share of ``held_out``'s slot requests whose greedy reply names the right value.
+
+    Returns ``{"slot_accuracy": share or None, "slot_requests": n, "slot_hits": hits,
+    "by_slot": {slot: [hits, n]}}`` (``None`` when no request carries a personal slot).
+    """
+    targets = [(it, slot_target(it)) for it in held_out]
+    asked = [(it, t) for it, t in targets if t is not None]
+    by_slot: dict[str, list[int]] = {}
+    if not asked:
+        return {"slot_accuracy": None, "slot_requests": 0, "slot_hits": 0, "by_slot": by_slot}
+    prompts = [it.prompt for it, _ in asked]
+    replies = greedy_replies(model, tokenizer, prompts, max_tokens=max_tokens)
+    hits = 0
+    for (_, (slot, value)), (reply, _) in zip(asked, replies, strict=True):
+        right = _mentions(reply, value)
+        hits += right
+        counts = by_slot.setdefault(slot, [0, 0])
+        counts[0] += right
+        counts[1] += 1
+    return {
+        "slot_accuracy": hits / len(asked),
+        "slot_requests": len(asked),
+        "slot_hits": hits,
+        "by_slot": by_slot,
+    }
