@@ -163,6 +163,16 @@ def test_invalid_config_json(tiny_model_factory, tmp_path):
         load_base(d)
 
 
+def test_a_config_type_error_is_not_blamed_on_the_tokenizer(tiny_model_factory, tmp_path):
+    d = _copy(tiny_model_factory("llama"), tmp_path / "m")
+    config = json.loads((d / "config.json").read_text())
+    config["vocab_size"] = "abc"
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(IncompleteModel, match=r"config\.json is malformed") as caught:
+        load_base(d)
+    assert "tokenizer files are not at fault" in str(caught.value)
+
+
 def test_errors_share_one_hierarchy():
     for cls in (ModelNotFound, IncompleteModel, CorruptWeights, UnsupportedArchitecture):
         assert issubclass(cls, ModelError) and issubclass(cls, PersonalError)

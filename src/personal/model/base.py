@@ -220,6 +220,11 @@ def _load_tokenizer(path: Path, config: dict[str, Any]) -> Any:
             path, {"local_files_only": True}, eos_token_ids=config.get("eos_token_id")
         )
     except Exception as exc:
+        if "Validation error for field" in str(exc):  # transformers validating config.json
+            raise IncompleteModel(
+                f"{path / 'config.json'} is malformed ({exc}): the tokenizer files are not at "
+                "fault. Use the config that was saved with these weights."
+            ) from exc
         raise IncompleteModel(f"The tokenizer in {path} cannot be loaded: {exc}") from exc
     vocab = _vocab_size(config)
     if vocab and len(tokenizer.get_vocab()) > vocab:
