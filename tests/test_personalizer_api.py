@@ -43,3 +43,24 @@ def test_log_takes_the_ts_forms_of_import_and_refuses_empty_exchanges(tmp_path, 
     assert budget["remaining_min"] == budget["lifetime_epsilon"] == 8.0
     # Two units at q = 1 over 10 steps would cost more than 8: the next round leaves them out.
     assert budget["excluded_next_round"] == 2 and budget["unit"] == "interaction"
+
+
+def test_the_plan_and_the_round_agree_on_sigma_and_q(tmp_path, tiny_model_factory):
+    import warnings
+
+    from personal.errors import SeededNoiseWarning
+
+    policy = load_policy("research").with_overrides(
+        {"store.synchronous": "NORMAL", "privacy.noise_multiplier": None,
+         "privacy.round_epsilon": 2.0, "training.steps": 2, "gates.min_personal_gain": -1.0,
+         "gates.max_general_regression": 1.0}
+    )  # fmt: skip
+    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
+        for i in range(40):  # enough for a held-out set: the round draws from fewer units
+            p.log(f"text Ana that I'm {i} minutes late", f"Sent to Ana: {i} late.")
+        plan = p.round_plan()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SeededNoiseWarning)
+            report = p.update()
+    assert report.noise_multiplier == plan.noise_multiplier
+    assert report.sample_rate == pytest.approx(plan.sample_rate(report.candidates))

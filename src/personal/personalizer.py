@@ -97,6 +97,7 @@ class Personalizer(BaseUpdates):
         self.base, self.policy = base, policy
         self.store: Store = log.store
         self._closed = False
+        self._drawn: tuple[tuple[int, str], tuple[list[str], ...]] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -280,10 +281,15 @@ class Personalizer(BaseUpdates):
     def round_plan(self, candidates: int | None = None) -> RoundPlan:
         """A round's public parameters from the policy (σ calibrated if needed).
 
-        ``candidates``: how many units the round draws from (default: all in the log).
+        ``candidates``: how many units the round draws from. Default: the next round's own
+        draw (new units plus replayed ones, less the held-out set), which :meth:`update` then
+        uses if nothing was logged or trained in between, so the plan's σ and q are the ones
+        the round runs at.
         """
         privacy, training = self.policy.privacy, self.policy.training
-        candidates = len(self.log_.units()) if candidates is None else candidates
+        if candidates is None:
+            self._drawn = (self._draw_key(), self._draw_round(None))
+            candidates = len(self._drawn[1][2])
         plan = RoundPlan(
             noise_multiplier=privacy.noise_multiplier or 1.0,
             clip_norm=privacy.clip_norm,
@@ -305,6 +311,18 @@ class Personalizer(BaseUpdates):
             )
             plan = RoundPlan(**{**plan.__dict__, "noise_multiplier": sigma})
         return plan
+
+    def _draw_key(self) -> tuple[int, str]:
+        """What a drawn round depends on: the log's last record and the ledger's head."""
+        return self.log_.last_id(), self.ledger.head.hash
+
+    def _draw_round(self, seed: int | None) -> tuple[list[str], list[str], list[str], list[str]]:
+        """``(new, replayed, train, held_out)`` units of the next round (CSPRNG draws)."""
+        self._continual.refresh()
+        new_units, replayed = self._continual.candidates()
+        coins = RandomBytes(None if seed is None else seed + 1, purpose="holdout")
+        train_units, held_out = split_held_out([*new_units, *replayed], coins)
+        return new_units, replayed, train_units, held_out
 
     def round_context(self) -> dict[str, Any]:
         """What the ledger records with a round: base, accountant, adapter, policy."""
@@ -370,8 +388,12 @@ class Personalizer(BaseUpdates):
         previous = {k: mx.array(v) for k, v in get_adapter_weights(model).items()}
         context = self.round_context()
         continual = self._continual
-        continual.refresh()
-        new_units, replayed = continual.candidates()
+        seed = test_only.get("sampler_seed")
+        drawn, self._drawn = self._drawn, None
+        if seed is None and drawn is not None and drawn[0] == self._draw_key():
+            new_units, replayed, train_units, held_out = drawn[1]  # what round_plan() showed
+        else:
+            new_units, replayed, train_units, held_out = self._draw_round(seed)
         if not new_units and not replayed:
             raise NoEligibleUnits(
                 "no new interactions since the last round: log some first (nothing was charged)"
@@ -385,9 +407,6 @@ class Personalizer(BaseUpdates):
                 "their privacy budget on an update that is mostly noise, so it did not run "
                 "(nothing was charged). Log more interactions and train again"
             )
-        seed = test_only.get("sampler_seed")
-        coins = RandomBytes(None if seed is None else seed + 1, purpose="holdout")
-        train_units, held_out = split_held_out([*new_units, *replayed], coins)
         plan = self.round_plan(len(train_units))
         # Fail before anything is charged: the validation charge comes first and is never
         # refunded, so a round that cannot train must not open it (a pure check on past charges).

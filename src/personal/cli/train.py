@@ -111,8 +111,10 @@ def train_command(
             )
             click.get_current_context().exit(EXIT_NOT_DUE)
         plan = personalizer.round_plan()
+        drawn = personalizer._drawn  # the draw round_plan() made, which update() runs on
+        pool = len(drawn[1][2]) if drawn is not None else len(personalizer.log_.units())
         charge = sgm_rdp(
-            sample_rate=min(1.0, plan.sample_rate(max(len(personalizer.log_.units()), 1))),
+            sample_rate=plan.sample_rate(pool),
             noise_multiplier=plan.noise_multiplier,
             steps=plan.steps,
         )
