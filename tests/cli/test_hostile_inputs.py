@@ -55,12 +55,17 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 log.append(f"prompt {i}", f"response {i}", unit=f"u{i}")
     with Store.open(path, Passphrase(PASS)) as opened:
         Ledger.open(opened, epsilon=4.0, delta=1e-6)
+    _with_adapter(path)
+    return path
+
+
+def _with_adapter(path: Path) -> None:
+    """Save and activate a small adapter in the store at ``path``."""
     registry = AdapterRegistry.for_store(path)
     weights = {f"model.layers.0.self_attn.q_proj.lora_{ab}": mx.ones((4, 4)) for ab in "ab"}
     lora = {"rank": 4, "scale": 20.0, "dropout": 0.0, "targets": None, "num_layers": None}
     registry.activate(registry.save(weights, base_fingerprint="sha256:" + "a" * 64,
                                     base_name="base-test", lora=lora))  # fmt: skip
-    return path
 
 
 def _clean(result: Result, *codes: int) -> None:
@@ -310,11 +315,14 @@ def test_every_file_the_store_creates_is_owner_only(tmp_path: Path) -> None:
         _clean(run("init", path), 0)
     with Store.open(path, Passphrase(PASS)) as opened:
         Ledger.open(opened, epsilon=4.0, delta=1e-6)
+    _with_adapter(path)
     files = [p for p in path.rglob("*") if p.is_file()]
-    assert {p.name for p in files} >= {"store.json", "store.db", "ledger.anchor"}
+    names = {p.name for p in files}
+    assert names >= {"store.json", "store.db", "ledger.anchor", "ACTIVE", "manifest.json"}
     for p in files:
         assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, p
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+    for d in [path, *(p for p in path.rglob("*") if p.is_dir())]:
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
 
 
 def test_init_through_a_missing_parent_never_touches_an_existing_store(tmp_path: Path) -> None:
