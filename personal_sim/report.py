@@ -78,6 +78,14 @@ def _finish(ax: Any, title: str, ylabel: str, days: int) -> None:
     ax.grid(alpha=0.3)
 
 
+def _legend_outside(ax: Any, *, below: bool = False) -> None:
+    """The legend outside the plot area (right of it, or below it), never over its lines."""
+    if below:
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+    else:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def plot_personal_gain(metrics: dict[str, Any], plt: Any) -> Any:
     config, days = metrics["config"], range(metrics["config"]["days"])
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -86,7 +94,7 @@ def plot_personal_gain(metrics: dict[str, Any], plt: Any) -> Any:
     ax.axhline(0, color="#333", lw=0.8)
     _update_line(ax, config)
     _finish(ax, "Personal gain over days (held-out loss vs the bare base)", "gain (%)", len(days))
-    ax.legend(fontsize=8, loc="lower right")
+    _legend_outside(ax)
     return fig
 
 
@@ -100,7 +108,7 @@ def plot_general_drift(metrics: dict[str, Any], plt: Any) -> Any:
     ax.axhline(0, color="#333", lw=0.8)
     _update_line(ax, config)
     _finish(ax, "General (public-corpus) loss drift vs the bare base", "drift (%)", len(days))
-    ax.legend(fontsize=8, loc="upper left")
+    _legend_outside(ax)
     return fig
 
 
@@ -119,7 +127,7 @@ def plot_epsilon(metrics: dict[str, Any], plt: Any) -> Any:
     ax.set_ylim(0, budget * 1.1)
     _update_line(ax, config)
     _finish(ax, "ε spent (max over each user's units) vs the budget", "ε", len(days))
-    ax.legend(fontsize=8, loc="lower right")
+    _legend_outside(ax)
     return fig
 
 
@@ -139,7 +147,7 @@ def plot_os_update(metrics: dict[str, Any], plt: Any) -> Any:
         left.plot(days, loss, color=_color(metrics, arm), lw=2, marker="o", label=arm)
     _update_line(left, config)
     _finish(left, "Held-out personal loss (mean over users)", "loss", len(days))
-    left.legend(fontsize=8)
+    _legend_outside(left, below=True)
     labels = ("before update", "after migration", "last day")
     width = 0.8 / max(len(config["arms"]), 1)
     for k, arm in enumerate(config["arms"]):
@@ -153,7 +161,7 @@ def plot_os_update(metrics: dict[str, Any], plt: Any) -> Any:
     right.set_title("The OS update: dip and recovery (mean gain)", fontsize=11)
     right.set_ylabel("gain (%)")
     right.grid(alpha=0.3, axis="y")
-    right.legend(fontsize=8)
+    _legend_outside(right, below=True)
     fig.tight_layout()
     return fig
 
@@ -187,20 +195,28 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:+.1f}%"
 
 
+def _pct_ci(s: dict[str, Any], key: str) -> str:
+    """The mean over users and its 95 % bootstrap interval (``+1.2% [+0.4, +2.0]``)."""
+    interval = (s.get("intervals") or {}).get(key)
+    if s.get(key) is None or not interval:
+        return _pct(s.get(key))
+    return f"{_pct(s[key])} [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
+
+
 def _num(value: float | None, fmt: str = "{:.2f}") -> str:
     return "—" if value is None else fmt.format(value)
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
     """The summary table: one row per arm."""
-    rows = [["arm", "final gain", "before update", "after migration", "general drift",
+    rows = [["arm", "final gain [95% CI]", "before update", "after migration", "general drift",
              "ε max / budget", "rounds (passed)", "migrations kept", "s/round"]]  # fmt: skip
     users = len(metrics["users"])
     for arm in metrics["config"]["arms"]:
         s = metrics["summary"][arm]
         rows.append([
-            arm, _pct(s["final_gain"]), _pct(s["pre_update_gain"]), _pct(s["post_update_gain"]),
-            _pct(s["final_general_drift"]),
+            arm, _pct_ci(s, "final_gain"), _pct_ci(s, "pre_update_gain"),
+            _pct_ci(s, "post_update_gain"), _pct_ci(s, "final_general_drift"),
             f"{s['epsilon_max']:.2f} / {s['epsilon_budget']:g}",
             f"{s['rounds']} ({s['passed']})",
             f"{s['migrations_accepted']}/{users}" if s["post_update_gain"] is not None else "—",

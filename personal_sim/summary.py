@@ -18,6 +18,26 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return round(float(np.mean(real)), 6) if real else None
 
 
+CI_KEYS = ("final_gain", "final_accuracy", "final_general_drift", "final_slot_accuracy",
+           "pre_update_gain", "post_update_gain")  # fmt: skip
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_interval(
+    values: Sequence[float | None], *, level: float = 0.95, seed: int = 0
+) -> list[float] | None:
+    """Percentile bootstrap interval of the mean over users (resampling users with
+    replacement; a fixed seed, so a report is reproducible). ``None`` with fewer than 2 users."""
+    real = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if real.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = real[rng.integers(0, real.size, size=(BOOTSTRAP_RESAMPLES, real.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(means, [tail, 1 - tail])
+    return [round(float(lo), 6), round(float(hi), 6)]
+
+
 def arm_user_summary(config: SimConfig, arm: dict[str, Any]) -> dict[str, Any]:
     """One user under one arm: final gain, ε, rounds and gate decisions, migration."""
     days = arm["days"]
@@ -95,6 +115,8 @@ def summarize(config: SimConfig, users: list[dict[str, Any]]) -> dict[str, Any]:
             "migrations_accepted": sum(bool(s["migration_accepted"]) for s in per_user),
             "round_seconds": _mean([s["round_seconds"] for s in per_user]),
             "peak_memory_bytes": max(s["peak_memory_bytes"] for s in per_user),
+            # 95 % bootstrap intervals over users of the summary means above.
+            "intervals": {k: bootstrap_interval([s[k] for s in per_user]) for k in CI_KEYS},
         }
     return out
 
