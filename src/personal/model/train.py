@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 
 from personal.model.batching import Batch
+from personal.model.fastmath import cross_entropy
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -24,7 +25,7 @@ Callback = Callable[[int, float], None]
 def masked_ce_loss(model: nn.Module, batch: Batch) -> mx.array:
     """Token-weighted mean cross-entropy over the batch mask (a scalar)."""
     logits = model(batch.inputs).astype(mx.float32)  # (B, T, V)
-    losses = nn.losses.cross_entropy(logits, batch.targets, reduction="none")  # (B, T)
+    losses = cross_entropy(logits, batch.targets)  # (B, T)
     return (losses * batch.mask).sum() / mx.maximum(batch.mask.sum(), 1.0)
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from personal.errors import ConfigError
+from personal.model.fastmath import cross_entropy
 from personal.model.head import scored_logits
 from personal.model.per_example import RowLoss, per_example_grads
 from personal.privacy.noise import GaussianNoise
@@ -122,7 +123,7 @@ def example_ce_loss(
         ``(S,)`` losses, row ``s``'s depending on row ``s`` only.
     """
     logits = model(inputs).astype(mx.float32)  # (S, T, V)
-    losses = nn.losses.cross_entropy(logits, targets, reduction="none")  # (S, T)
+    losses = cross_entropy(logits, targets)  # (S, T)
     return (losses * mask).sum(axis=-1) / mx.maximum(mask.sum(axis=-1), 1.0)
 
 
@@ -151,7 +152,7 @@ def scored_ce_loss(
         ``(S,)`` losses, row ``s``'s depending on row ``s`` only.
     """
     logits = scored_logits(model, inputs, positions).astype(mx.float32)  # (S, K, V)
-    losses = nn.losses.cross_entropy(logits, targets, reduction="none")  # (S, K)
+    losses = cross_entropy(logits, targets)  # (S, K)
     return (losses * mask).sum(axis=-1) / mx.maximum(mask.sum(axis=-1), 1.0)
 
 
