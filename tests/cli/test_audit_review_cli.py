@@ -67,7 +67,7 @@ def test_a_store_trained_under_each_policy_passes_its_audit(name, tmp_path, tiny
     assert data["policy_digest"] == policy.digest()
     assert data["store_id"] and data["base_fingerprint"] and data["report_time"]
     purposes = {r["purpose"] for r in data["rounds"]}
-    assert "training" in purposes and "validation" in purposes  # 40 units: a held-out set
+    assert "training" in purposes  # and, with a held-out set drawn (CSPRNG), "validation"
     checks = {c["name"]: c for c in data["compliance"]}
     assert checks["rounds_follow_policy"]["ok"]
     for r in data["rounds"]:
@@ -76,7 +76,8 @@ def test_a_store_trained_under_each_policy_passes_its_audit(name, tmp_path, tiny
             assert r["gate"] in ("passed", "refused")
             assert r["status"] == ("completed" if r["gate"] == "passed" else "refused")
             assert (r["adapter_produced"] is not None) == (r["gate"] == "passed")
-            assert r["validation_round"] in {x["round_id"] for x in data["rounds"]}
+            if r.get("validation_round"):
+                assert r["validation_round"] in {x["round_id"] for x in data["rounds"]}
 
 
 def test_unit_detail_lists_the_rounds_that_charged_each_unit(tmp_path, tiny_model_factory):
