@@ -1,7 +1,7 @@
 """Does personalization pay off under DP? The bundled default policy over a population.
 
     python benchmarks/dp_utility.py --json            # 16 users x 14 days, every arm
-    python benchmarks/dp_utility.py --json --quick    # smoke run: 4 users x 4 days, 2 arms
+    python benchmarks/dp_utility.py --json --quick    # smoke run: 4 users x 6 days, 2 arms
 
 Runs the simulator (``personal_sim``: real encrypted stores, real DP rounds, one worker process
 per core, seeded noise) with the bundled ``default`` policy as shipped, every arm on the same
@@ -45,7 +45,7 @@ from personal_sim.summary import arm_user_summary
 LIGHT_RATE = 10.0
 #: Output name -> simulator arm.
 ARM_NAMES = {"nondp": "non-dp", "dp": "dp", **{a: a for a in ABLATION_ARMS}}
-QUICK = {"users": 4, "days": 4, "held_out": 16, "arms": ("nondp", "dp")}
+QUICK = {"users": 4, "days": 6, "held_out": 16, "arms": ("nondp", "dp")}  # >= 1 round
 
 
 def bootstrap_median_ci(
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--json", action="store_true", help="print JSON only")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 4 users x 4 days")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 users x 6 days")
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--held-out", type=int, default=64, help="per user and day")
