@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from personal.model.base import save_base
+from personal.model.lora import get_adapter_weights
 
 import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_unflatten
 from mlx_lm.utils import _get_classes, quantize_model
 
 _COMMON = {
@@ -83,3 +86,16 @@ def save_tiny_model(
 ) -> Path:
     model, config = build_tiny_model(arch, vocab_size, **kwargs)
     return save_base(model, config, tokenizer_dir, out_dir)
+
+
+def perturb_lora_b(model: nn.Module, scale: float = 0.05) -> nn.Module:
+    """Give every LoRA B a small random value (fresh adapters have B = 0), so that every LoRA
+    tensor has a gradient; returns the model."""
+    updates = [
+        (name, scale * mx.random.normal(value.shape, key=mx.random.key(i)))
+        for i, (name, value) in enumerate(get_adapter_weights(model).items())
+        if name.endswith("lora_b")
+    ]
+    model.update(tree_unflatten(updates))
+    mx.eval(model.parameters())
+    return model

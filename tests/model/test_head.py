@@ -24,9 +24,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mlx.utils import tree_unflatten
 from mlx_lm.utils import _get_classes
-from tiny_models import build_tiny_model, tiny_config
+from tiny_models import build_tiny_model, perturb_lora_b, tiny_config
 
 VOCAB = 96
 WIDTH = 32
@@ -53,14 +52,7 @@ def _model(arch: str, quantize: bool, tied: bool) -> nn.Module:
     else:
         model, _ = build_tiny_model(arch, VOCAB, seed=4, quantize=quantize)
     inject_lora(model, LoRAConfig(rank=2))
-    updates = [
-        (name, 0.05 * mx.random.normal(value.shape, key=mx.random.key(i)))
-        for i, (name, value) in enumerate(get_adapter_weights(model).items())
-        if name.endswith("lora_b")
-    ]
-    model.update(tree_unflatten(updates))
-    mx.eval(model.parameters())
-    return model
+    return perturb_lora_b(model)
 
 
 def _units(rng: np.random.Generator, lengths: list[int], starts: list[int]):

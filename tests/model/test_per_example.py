@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mlx.utils import tree_flatten, tree_unflatten
-from tiny_models import build_tiny_model
+from mlx.utils import tree_flatten
+from tiny_models import build_tiny_model, perturb_lora_b
 
 VOCAB = 96
 WIDTH = 24
@@ -45,15 +45,7 @@ KINDS = [
 def _model(arch: str, quantize: bool) -> nn.Module:
     model, _ = build_tiny_model(arch, VOCAB, seed=1, quantize=quantize)
     inject_lora(model, LoRAConfig(rank=2))
-    # A non-zero B (fresh adapters have B = 0), so that every LoRA tensor has a gradient.
-    updates = [
-        (name, 0.05 * mx.random.normal(value.shape, key=mx.random.key(i)))
-        for i, (name, value) in enumerate(get_adapter_weights(model).items())
-        if name.endswith("lora_b")
-    ]
-    model.update(tree_unflatten(updates))
-    mx.eval(model.parameters())
-    return model
+    return perturb_lora_b(model)
 
 
 def _alone(model: nn.Module, arrays: tuple[mx.array, ...], row: int) -> dict[str, np.ndarray]:

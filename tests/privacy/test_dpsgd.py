@@ -9,7 +9,7 @@ import warnings
 from personal.errors import ConfigError, SeededNoiseWarning
 from personal.model.batching import Batch
 from personal.model.fastmath import cross_entropy
-from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora
+from personal.model.lora import LoRAConfig, inject_lora
 from personal.model.train import masked_ce_loss
 from personal.privacy.dpsgd import (
     CLIP_SAFETY,
@@ -27,8 +27,8 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten, tree_unflatten
-from tiny_models import build_tiny_model
+from mlx.utils import tree_flatten
+from tiny_models import build_tiny_model, perturb_lora_b
 
 VOCAB = 96
 WIDTH = 16
@@ -39,15 +39,7 @@ SEQS = [RNG.integers(1, VOCAB, n).tolist() for n in (17, 9, 12, 17, 5)]
 def _model(seed: int = 0) -> nn.Module:
     model, _ = build_tiny_model("llama", VOCAB, seed=seed)
     inject_lora(model, LoRAConfig(rank=4), seed=seed)
-    # A non-zero B (fresh adapters have B = 0), so that every LoRA tensor has a gradient.
-    updates = [
-        (name, 0.05 * mx.random.normal(value.shape, key=mx.random.key(i)))
-        for i, (name, value) in enumerate(get_adapter_weights(model).items())
-        if name.endswith("lora_b")
-    ]
-    model.update(tree_unflatten(updates))
-    mx.eval(model.parameters())
-    return model
+    return perturb_lora_b(model)
 
 
 def _noise(seed: int = 0) -> GaussianNoise:
