@@ -3,7 +3,7 @@
 * ``ce``: value and gradient of the cross-entropy alone, compiled, on ``(positions, vocab)``
   logits (default 2048 × 8192: the reference step's batch 16 × 128 over its vocabulary).
 * ``step`` (``--step``): the reference DP and non-DP steps of ``dp_step.py``, traced once with
-  ``PERSONAL_EXACT_MATH=1`` and once without, timed interleaved (medians).
+  ``PERSONAL_FAST_MATH=1`` and once without, timed interleaved (medians).
 
     python benchmarks/fast_math.py --json
     python benchmarks/fast_math.py --json --step --batch 8
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import personal  # noqa: F401  (a fast BLAS before MLX)
-from personal.model.fastmath import EXACT_ENV, cross_entropy
+from personal.model.fastmath import FAST_ENV, fast_cross_entropy
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -55,7 +55,7 @@ def ce_runs(positions: int, vocab: int) -> dict[str, Callable[[], None]]:
         return nn.losses.cross_entropy(x, targets, reduction="none").sum()
 
     def fast(x: mx.array) -> mx.array:
-        return cross_entropy(x, targets).sum()
+        return fast_cross_entropy(x, targets).sum()
 
     steps = {
         "exact": mx.compile(mx.value_and_grad(exact)),
@@ -71,12 +71,12 @@ def step_runs(batch: int, seq: int) -> dict[str, Callable[[], None]]:
     model, vocab, _ = build_model(args)
     tokens = np.random.default_rng(0).integers(1, vocab, (batch, seq + 1), dtype=np.int32)
     runs = {}
-    for key, exact in (("exact", "1"), ("fast", "0")):
-        os.environ[EXACT_ENV] = exact  # read when the steps are traced, at their first call
+    for key, fast in (("exact", "0"), ("fast", "1")):
+        os.environ[FAST_ENV] = fast  # read when the steps are traced, at their first call
         plain, dp = mlx_steps(model, tokens, seq)
         plain(), dp()
         runs[f"nondp_{key}"], runs[f"dp_{key}"] = plain, dp
-    os.environ.pop(EXACT_ENV)
+    os.environ.pop(FAST_ENV)
     return runs
 
 
