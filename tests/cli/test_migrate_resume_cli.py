@@ -6,25 +6,17 @@ from __future__ import annotations
 import json
 
 from personal.cli import cli
-from personal.store import InteractionLog, Passphrase
 
 import pytest
 from click.testing import CliRunner
-from test_train_audit_cli import PASS, POLICY
+from test_train_audit_cli import PASS
+from trained_store import build
 
 
 @pytest.fixture
 def trained(tmp_path, monkeypatch, tiny_model_factory):
     monkeypatch.setenv("PERSONAL_PASSPHRASE", PASS)
-    path = tmp_path / "store"
-    with InteractionLog.create(path, Passphrase(PASS), synchronous="NORMAL") as log:
-        for i in range(10):
-            log.append(f"text Ana that I'm {i} minutes late", f"Sent to Ana: {i} minutes late.")
-    (tmp_path / "policy.toml").write_text(POLICY)
-    base = tiny_model_factory("llama")
-    result = _run("train", path, "--base", base, "--policy", tmp_path / "policy.toml")
-    assert result.exit_code == 0, result.output
-    return path
+    return build(tmp_path, tiny_model_factory("llama"))
 
 
 def _run(*args):
