@@ -11,6 +11,7 @@ docs/base-models.md for how they are built.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ def resolve_model_path(path_or_name: str | Path) -> tuple[Path, str]:
         from personal.model.catalog import resolve_catalog_name  # real models (GGUF packages)
         from personal.model.real_v2 import resolve_v2_name  # their v2s, built locally
 
-        if (found := resolve_catalog_name(path_or_name) or resolve_v2_name(path_or_name)):
+        if found := resolve_catalog_name(path_or_name) or resolve_v2_name(path_or_name):
             return found
     path = Path(path_or_name).expanduser()
     if not path.is_dir():
@@ -157,16 +158,40 @@ def _vocab_size(config: dict[str, Any]) -> int:
 
 
 def _model_classes(config: dict[str, Any]) -> tuple[type, type]:
-    from mlx_lm.utils import _get_classes
+    """mlx-lm's ``Model`` and ``ModelArgs`` for ``config``, through its public module layout.
 
+    mlx-lm keeps one module per architecture, ``mlx_lm.models.<model_type>``, each defining
+    ``Model`` and ``ModelArgs``, and public remapping tables (``MODEL_REMAPPING``, e.g.
+    ``mistral`` -> ``llama``). We resolve the classes here rather than through mlx-lm's
+    private ``_get_classes``, which any release may rename, and hand them to ``load_model``'s
+    public ``get_model_classes`` hook.
+    """
+    import mlx_lm.utils as mlx_lm_utils
+
+    model_type = str(config["model_type"])
+    architectures = config.get("architectures") or ()
+    if isinstance(architectures, str):
+        architectures = (architectures,)
+    by_architecture = getattr(mlx_lm_utils, "MODEL_ARCHITECTURE_REMAPPING", {})
+    remapped = next(
+        (
+            by_architecture[(model_type, a)]
+            for a in architectures
+            if (model_type, a) in by_architecture
+        ),
+        None,
+    )
+    if remapped is None:
+        remapped = getattr(mlx_lm_utils, "MODEL_REMAPPING", {}).get(model_type, model_type)
     try:
-        return _get_classes(config)
-    except ValueError as exc:
+        module = importlib.import_module(f"mlx_lm.models.{remapped}")
+    except ImportError as exc:
         raise UnsupportedArchitecture(
             f"Architecture {config['model_type']!r} is not supported by mlx-lm "
             "(and so not by personal). Convert the model to a supported architecture "
             "(llama, qwen2, qwen3, gemma3, mixtral, qwen2_moe, qwen3_moe, ...)."
         ) from exc
+    return module.Model, module.ModelArgs
 
 
 def _load_weights(path: Path) -> dict[str, mx.array]:
@@ -192,7 +217,7 @@ def _build_model(path: Path, config: dict[str, Any], lazy: bool) -> nn.Module:
     weights = _load_weights(path)  # validates every file before mlx-lm touches them
     del weights
     try:
-        model, _ = load_model(path, lazy=lazy, strict=True)
+        model, _ = load_model(path, lazy=lazy, strict=True, get_model_classes=_model_classes)
     except ValueError as exc:
         text = str(exc)
         if "Missing" in text:
