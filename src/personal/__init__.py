@@ -8,7 +8,7 @@ and never imports torch.
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from personal.runtime import configure_blas
 
@@ -45,7 +45,83 @@ _EXPORTS = {
     "AdapterRegistry": "personal.adapters.registry",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [  # literal, so type checkers and linters see the re-exports; a test keeps it = _EXPORTS
+    "AdapterRegistry",
+    "BaseModel",
+    "Generation",
+    "InteractionLog",
+    "KeyringKey",
+    "Ledger",
+    "LoRAConfig",
+    "Passphrase",
+    "PersonalError",
+    "Personalizer",
+    "Policy",
+    "PublicData",
+    "RawKey",
+    "SelfGenerated",
+    "Store",
+    "__version__",
+    "bundled_models",
+    "fingerprint_directory",
+    "fuse_lora",
+    "generate",
+    "get_adapter_weights",
+    "inject_lora",
+    "load_base",
+    "load_policy",
+    "remove_lora",
+    "set_adapter_weights",
+]
+
+if TYPE_CHECKING:  # what a type checker sees; at run time __getattr__ imports lazily
+    from personal.adapters.registry import (
+        AdapterRegistry,
+    )
+    from personal.errors import (
+        PersonalError,
+    )
+    from personal.model.base import (
+        BaseModel,
+        bundled_models,
+        load_base,
+    )
+    from personal.model.fingerprint import (
+        fingerprint_directory,
+    )
+    from personal.model.generate import (
+        Generation,
+        generate,
+    )
+    from personal.model.lora import (
+        LoRAConfig,
+        fuse_lora,
+        get_adapter_weights,
+        inject_lora,
+        remove_lora,
+        set_adapter_weights,
+    )
+    from personal.personalizer import (
+        Personalizer,
+    )
+    from personal.policy import (
+        Policy,
+        load_policy,
+    )
+    from personal.privacy.ledger import (
+        Ledger,
+    )
+    from personal.public import (
+        PublicData,
+        SelfGenerated,
+    )
+    from personal.store import (
+        InteractionLog,
+        KeyringKey,
+        Passphrase,
+        RawKey,
+        Store,
+    )
 
 
 def __getattr__(name: str) -> Any:
