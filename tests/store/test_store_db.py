@@ -35,6 +35,9 @@ def test_wal_secure_delete_and_durable_commits_by_default(log: InteractionLog) -
     assert _pragma(log.store, "journal_mode") == "wal"
     assert _pragma(log.store, "synchronous") == 2  # FULL
     assert _pragma(log.store, "secure_delete") == 1
+    # F_FULLFSYNC on macOS, like personal.filesafety (SQLite ignores both elsewhere)
+    assert _pragma(log.store, "fullfsync") == 1
+    assert _pragma(log.store, "checkpoint_fullfsync") == 1
 
 
 def test_durability_can_be_relaxed_by_policy(store_path: Path, raw_key: RawKey) -> None:

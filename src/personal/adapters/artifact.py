@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from personal.adapters import codec
-from personal.adapters.pointer import write_synced
 from personal.errors import (
     AdapterCorrupt,
     AdapterFormatTooNew,
@@ -42,6 +41,7 @@ from personal.errors import (
     ConfigError,
     InvalidManifest,
 )
+from personal.filesafety import write_synced
 
 import mlx.core as mx
 
@@ -300,9 +300,9 @@ def check_weights(weights: Mapping[str, Any]) -> dict[str, mx.array]:
 
 
 def write_artifact(directory: Path, weights_bytes: bytes, manifest: Manifest) -> None:
-    """Write both files into ``directory`` (which exists) and fsync each of them."""
-    write_synced(directory / WEIGHTS_NAME, weights_bytes, full=True)
-    write_synced(directory / MANIFEST_NAME, manifest.to_json().encode("utf-8"), full=True)
+    """Write both files into ``directory`` (which exists) and fsync each of them (full fsync)."""
+    write_synced(directory / WEIGHTS_NAME, weights_bytes)
+    write_synced(directory / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
 
 
 def read_manifest(directory: Path, *, version: int | None = None) -> Manifest:

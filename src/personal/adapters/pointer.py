@@ -1,4 +1,4 @@
-"""The registry's one mutable file, ``ACTIVE``, and the durable writes everything relies on.
+"""The registry's one mutable file, ``ACTIVE``.
 
 ``ACTIVE`` is a small JSON object::
 
@@ -6,20 +6,20 @@
      "active": 7, "history": [3, 5, 6], "updated": "2025-05-01T10:00:00.000000Z"}
 
 ``history`` lists earlier activations, oldest first (at most :data:`HISTORY_LIMIT`);
-:func:`rollback_target` walks it backwards. It is replaced atomically: write ``ACTIVE.tmp``,
-fsync, ``os.replace``, fsync the directory.
+:func:`rollback_target` walks it backwards. It is replaced atomically and durably by
+:func:`personal.filesafety.atomic_write_bytes`: write ``ACTIVE.<random>.tmp``, fsync
+(``F_FULLFSYNC`` on macOS), ``os.replace``, fsync the directory.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from personal.errors import AdapterFormatTooNew, InvalidManifest
+from personal.filesafety import atomic_write_bytes
 
 POINTER_NAME = "ACTIVE"
 POINTER_FORMAT = "personal-adapter-pointer"
@@ -38,40 +38,6 @@ class Pointer:
     active: int | None = None
     history: tuple[int, ...] = ()
     updated: str | None = None
-
-
-def sync(fd: int, *, full: bool = False) -> None:
-    """fsync ``fd``; with ``full`` on macOS, ``F_FULLFSYNC`` (plain fsync there does not flush
-    the drive's cache, so it does not order writes across a power loss)."""
-    if full and hasattr(fcntl, "F_FULLFSYNC"):
-        try:
-            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
-            return
-        except OSError:  # not supported by this filesystem: fall back
-            pass
-    os.fsync(fd)
-
-
-def fsync_dir(path: Path, *, full: bool = False) -> None:
-    """Make a rename or file creation inside ``path`` durable.
-
-    Like ``personal.store.db.fsync_dir``, which is not imported: ``personal.store`` pulls in
-    the whole store (sqlite-utils, cryptography), and a registry must open fast.
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        sync(fd, full=full)
-    finally:
-        os.close(fd)
-
-
-def write_synced(path: Path, data: bytes, *, full: bool = False) -> None:
-    """Create ``path`` (mode 0600, like the store's files) holding ``data`` and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        sync(f.fileno(), full=full)
 
 
 def read_pointer(directory: Path) -> Pointer:
@@ -95,10 +61,7 @@ def write_pointer(directory: Path, pointer: Pointer) -> None:
         "history": list(pointer.history[-HISTORY_LIMIT:]),
         "updated": pointer.updated,
     }
-    tmp = directory / (POINTER_NAME + ".tmp")
-    write_synced(tmp, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
-    os.replace(tmp, directory / POINTER_NAME)
-    fsync_dir(directory)
+    atomic_write_bytes(directory / POINTER_NAME, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def parse_pointer(text: str, path: Path) -> Pointer:

@@ -14,9 +14,12 @@ Why a crash (SIGKILL, power loss) can never leave a half-written version or poin
 * **save** writes both files into a fresh ``.tmp-*`` directory, fsyncs each file and the
   directory, then ``rename``\\ s the directory to ``vNNNNNN`` (atomic) and fsyncs the parent.
   A version directory therefore either does not exist or is complete, and is never modified.
-* **activate / rollback** write ``ACTIVE.tmp``, fsync it, ``os.replace`` it over ``ACTIVE``
-  (atomic) and fsync the directory; the pointer names only versions whose hashes verified.
+* **activate / rollback** write ``ACTIVE.<random>.tmp``, fsync it, ``os.replace`` it over
+  ``ACTIVE`` (atomic) and fsync the directory; the pointer names only versions whose hashes
+  verified.
 * **prune** renames a version to ``.trash-*`` (atomic) before deleting it.
+
+Every flush is :func:`personal.filesafety.full_fsync` (``F_FULLFSYNC`` on macOS).
 
 Versions are immutable, so a reader needs no lock: it sees the old state or the new one.
 """
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import fcntl
 import os
 import re
 import secrets
@@ -51,7 +53,6 @@ from personal.adapters.pointer import (
     POINTER_NAME,
     REPAIR,
     Pointer,
-    fsync_dir,
     read_pointer,
     rollback_target,
     write_pointer,
@@ -65,6 +66,7 @@ from personal.errors import (
     ConfigError,
     RollbackUnavailable,
 )
+from personal.filesafety import fsync_dir, leftover_temps, locked
 
 import mlx.core as mx
 
@@ -262,7 +264,7 @@ class AdapterRegistry:
             tmp = self.path / f"{_TMP_PREFIX}{version:06d}-{secrets.token_hex(4)}"
             tmp.mkdir(mode=0o700)
             write_artifact(tmp, data, manifest)  # full fsync of both files
-            fsync_dir(tmp, full=True)
+            fsync_dir(tmp)
             os.rename(tmp, self._dir(version))
             fsync_dir(self.path)
         return version
@@ -420,18 +422,15 @@ class AdapterRegistry:
         if not self.path.is_dir():
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             fsync_dir(self.path.parent)
-        fd = os.open(self.path / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-        with open(fd, "r+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                self._clean_leftovers()
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        with locked(self.path / _LOCK_NAME):
+            self._clean_leftovers()
+            yield
 
     def _clean_leftovers(self) -> None:
         """Remove what killed writers left (only ever called while holding the lock)."""
         for entry in os.scandir(self.path):
             if entry.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
                 shutil.rmtree(entry.path, ignore_errors=True)
-        (self.path / (POINTER_NAME + ".tmp")).unlink(missing_ok=True)
+        (self.path / (POINTER_NAME + ".tmp")).unlink(missing_ok=True)  # before filesafety
+        for tmp in leftover_temps(self.path / POINTER_NAME):
+            tmp.unlink(missing_ok=True)

@@ -17,13 +17,13 @@ upgrades of personal; delete the directory to convert again.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from personal.errors import ConfigError, ModelNotFound
+from personal.filesafety import locked
 from personal.model.fingerprint import cache_dir, sha256_file
 from personal.model.gguf import DTYPES, import_gguf
 
@@ -94,8 +94,7 @@ def cached_import(gguf: Path, model: str, dtype: str) -> Path:
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(out.parent / f".{out.name}.lock"):
         if not (out / "config.json").is_file():
             for stale in out.parent.glob(f".{out.name}.importing-*"):
                 shutil.rmtree(stale, ignore_errors=True)

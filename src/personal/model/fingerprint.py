@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from personal.filesafety import atomic_write_text
 
 CHUNK = 4 * 1024 * 1024
 _CACHE_VERSION = 1
@@ -101,10 +102,8 @@ class _DigestCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".fp-", suffix=".json")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": _CACHE_VERSION, "files": self.entries}, f)
-            os.replace(tmp, self.path)  # atomic: readers see the old or the new cache
+            text = json.dumps({"version": _CACHE_VERSION, "files": self.entries})
+            atomic_write_text(self.path, text)  # readers see the old or the new cache
         except OSError:
             pass  # a read-only cache dir only costs speed
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from personal.errors import ConfigError, CorruptWeights, ModelExists, UnsupportedArchitecture
+from personal.filesafety import fsync_dir, fsync_path
 from personal.model.gguf_reader import BF16, QUANT_BITS, GGUFHeader, read_header
 from personal.model.gguf_tokenizer import check_tokenizer, write_tokenizer
 
@@ -186,13 +187,11 @@ def _quantization(bits: dict[str, int]) -> dict[str, Any] | None:
     return config
 
 
-def _fsync_tree(directory: Path, *, files: bool = True) -> None:
-    for path in [*(directory.iterdir() if files else ()), directory]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _fsync_tree(directory: Path) -> None:
+    """Flush every file of ``directory``, then the directory (full fsync on macOS)."""
+    for path in directory.iterdir():
+        fsync_path(path)
+    fsync_dir(directory)
 
 
 def _write(
@@ -286,7 +285,7 @@ def import_gguf(
                 f"{out} appeared while importing (another import?); remove it or choose "
                 "another directory."
             ) from exc
-        _fsync_tree(out.parent, files=False)  # make the rename itself durable
+        fsync_dir(out.parent)  # make the rename itself durable
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -13,18 +13,16 @@ key rotation and nobody without the key can forge it). Opening the ledger compar
   data key the database does not hold: the database is an older copy -> :class:`LedgerRollback`;
 * anchor missing once the ledger holds a charge -> :class:`LedgerAnchorMissing`.
 
-The file is written atomically (temporary file, fsync, rename, directory fsync), under an
-advisory lock, and never moved backwards (another process may have anchored a later head).
+The file is written atomically and durably (temporary file, fsync, rename, directory fsync:
+:func:`personal.filesafety.atomic_write_bytes`, ``F_FULLFSYNC`` on macOS), under an advisory
+lock, and never moved backwards (another process may have anchored a later head).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
-import os
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,10 +34,11 @@ from personal.errors import (
     TamperDetected,
     WrongKey,
 )
+from personal.filesafety import atomic_write_bytes, locked
 from personal.privacy.chain import DOMAIN, LedgerHead
 from personal.store import Store
 from personal.store.crypto import Sealed
-from personal.store.db import fsync_dir, utcnow
+from personal.store.db import utcnow
 
 ANCHOR_NAME = "ledger.anchor"
 TABLE = "ledger_anchor"  # associated-data label of the sealed head (not a database table)
@@ -76,28 +75,13 @@ class FileAnchor:
 
     def write(self, data: bytes) -> None:
         """Replace the anchor atomically and durably (temp file, fsync, rename, dir fsync)."""
-        tmp = self.path.with_name(f"{self.path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.path.parent)
+        atomic_write_bytes(self.path, data)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """An exclusive advisory lock (``flock``) serialising anchor updates across processes."""
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked(self.path.with_name(self.path.name + ".lock")):
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
 
 def default_anchor(store: Store) -> FileAnchor:

@@ -16,17 +16,15 @@ The answers are cached per base fingerprint under ``$PERSONAL_CACHE_DIR/public``
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from personal.errors import PublicDataError
+from personal.filesafety import atomic_write_text
 from personal.public.data import PublicData, PublicExample
 
 #: The bundled generic prompts (one JSON object with a ``"prompt"`` per line).
@@ -159,17 +157,6 @@ def _write_cache(
     text = "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in [header, *rows])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write_text(path, text)  # removes its temporary file if anything fails
     except OSError:
-        return  # a read-only cache only costs the regeneration next time
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)  # never leave a half-written file behind
-        if not isinstance(exc, OSError):
-            raise
+        pass  # a read-only or full cache only costs the regeneration next time

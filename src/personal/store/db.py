@@ -1,7 +1,8 @@
 """SQLite plumbing of the store: connection settings, transactions, migrations, error mapping.
 
 * :func:`connect` opens a :class:`sqlite_utils.Database` in WAL mode with ``secure_delete=ON``
-  and durable commits (``synchronous=FULL`` unless a policy relaxes it). The Python driver runs
+  and durable commits (``synchronous=FULL`` unless a policy relaxes it; ``fullfsync`` on
+  macOS). The Python driver runs
   in autocommit mode (``isolation_level=None``) so no implicit transaction ever lingers: every
   write goes through :func:`atomic`.
 * :func:`atomic` is a transaction (``BEGIN IMMEDIATE``: the write lock is taken up front, so
@@ -18,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -139,6 +139,11 @@ def connect(
             if str(mode).lower() != "wal":
                 raise StoreError(f"cannot put {path} in WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={synchronous}")
+            # On macOS, sync with F_FULLFSYNC (commits and checkpoints), as personal.filesafety
+            # does for every other file: a plain fsync there leaves data in the drive's cache.
+            # Elsewhere SQLite ignores both.
+            conn.execute("PRAGMA fullfsync=ON")
+            conn.execute("PRAGMA checkpoint_fullfsync=ON")
             conn.execute("PRAGMA secure_delete=ON")
             conn.execute("PRAGMA cell_size_check=ON")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -211,15 +216,6 @@ def format_ts(moment: datetime) -> str:
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
     return moment.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or file creation inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- migrations --------------------------------------------------------------------------------

@@ -9,12 +9,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from personal.errors import SchemaTooNew, StoreCorrupt, StoreNotFound
-from personal.store.db import fsync_dir
+from personal.filesafety import atomic_write_text, leftover_temps
 
 FORMAT = "personal-store"
 FORMAT_VERSION = 1
@@ -54,24 +53,18 @@ def read_marker(path: Path) -> str:
 
 
 def write_marker(path: Path, store_id: str) -> None:
-    """Write ``store.json`` atomically (temporary file, fsync, rename, fsync directory)."""
+    """Write ``store.json`` atomically (temporary file, fsync, rename, fsync directory).
+
+    Owner-only (0600), like the database.
+    """
     marker = {"format": FORMAT, "version": FORMAT_VERSION, "store_id": store_id}
-    _write_atomically(path / MARKER_NAME, json.dumps(marker, indent=2) + "\n")
+    atomic_write_text(path / MARKER_NAME, json.dumps(marker, indent=2) + "\n")
 
 
 def remove_partial(path: Path) -> None:
     """Remove what an interrupted creation left in ``path`` (which was empty)."""
+    # ``store.json.tmp``: the temporary name of versions before personal.filesafety.
     for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", MARKER_NAME + ".tmp"):
         (path / name).unlink(missing_ok=True)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # owner only, like the db
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    for tmp in leftover_temps(path / MARKER_NAME):
+        tmp.unlink(missing_ok=True)
