@@ -179,6 +179,12 @@ class InvalidInteraction(StoreError):
     """An interaction to append or import is malformed (missing field, wrong type, bad time)."""
 
 
+class MemoryIndexDamaged(StoreError):
+    """The memory index fails verification: a row was modified, copied from another row or
+    store, is missing for a record, or belongs to no record. It is derived from the records, so
+    nothing is lost: ``personal memory rebuild STORE`` rebuilds it."""
+
+
 # --- privacy ---------------------------------------------------------------------------------
 
 

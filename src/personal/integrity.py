@@ -22,6 +22,8 @@ to open, under the store's round lock, and touches nothing else:
 * indexes, when they are all SQLite's integrity check finds wrong: rebuilt (``REINDEX``).
 * setting ``policy``: dropped; the lifetime contract stays in the ledger's genesis, so no budget
   can change; the next ``train`` takes ``--policy`` (or the default) and is checked against it.
+* the memory index (:mod:`personal.store.memory`), when a row fails to open, is missing for a
+  record or belongs to none: rebuilt from the records (``personal memory rebuild``).
 
 Records, the ledger, its anchor, the ``base`` and ``migration`` settings and the adapters are
 never written: a bad one is reported, and only a backup restores it.
@@ -34,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from personal.errors import PersonalError
+from personal.store import memory as memory_index
 from personal.store.core import Store
 from personal.store.log import InteractionLog
 from personal.store.report import BadRow, VerifyReport, check_sealed_rows
@@ -82,12 +85,28 @@ def verify_store(log: InteractionLog) -> VerifyReport:
     store = log.store
     for table, derived in _SEALED_TABLES:
         check_sealed_rows(store, report, table, derived)
+    _check_memory(log, report)
     from personal.privacy.ledger import Ledger
 
     if Ledger.exists(store):
         report.ledger_problems, notes = _verify_ledger(store)
         report.notes += notes
     return report
+
+
+def _check_memory(log: InteractionLog, report: VerifyReport) -> None:
+    """The memory index's rows, and that it covers exactly the records (derived state)."""
+    try:
+        if not memory_index.enabled(log.store.db):
+            return
+        report.rows += memory_index.count(log.store.db)
+        bad_records = {b.id for b in report.bad_records}
+        problems = memory_index.check(log, skip=bad_records)
+    except PersonalError as exc:
+        report.integrity.append(f"reading the memory index failed: {exc}")
+        return
+    for problem in problems:
+        report.bad_rows.append(BadRow(memory_index.TABLE, str(problem.row), problem.error, True))
 
 
 def _verify_ledger(store: Store) -> tuple[list[str], list[str]]:
@@ -154,6 +173,9 @@ def repair_store(log: InteractionLog) -> RepairReport:
             )
         if any(table == REPLAY_TABLE for table, _ in bad):
             out.repaired.append(_rebuild_replay(log))
+        if any(table == memory_index.TABLE for table, _ in bad):
+            built = memory_index.rebuild(log)
+            out.repaired.append(f"memory index: rebuilt from the records ({built.entries} entries)")
     return out
 
 

@@ -33,6 +33,7 @@ from personal.errors import (
     WrongKey,
 )
 from personal.store import db as dbm
+from personal.store import memory
 from personal.store.core import Store
 from personal.store.crypto import (
     AAD_VERSION,
@@ -166,7 +167,8 @@ class InteractionLog:
     def append_many(self, interactions: Iterable[Interaction]) -> list[int]:
         """Append interactions in one transaction (all or none); returns their ids in order."""
         now, sources = format_ts(datetime.now(UTC)), dict[str, bytes]()
-        prepared = [prepare(it, i, now, sources) for i, it in enumerate(interactions)]
+        items = list(interactions)
+        prepared = [prepare(it, i, now, sources) for i, it in enumerate(items)]
         for i, p in enumerate(prepared):  # the unit of privacy is enforced where data enters
             check_unit(self.unit_by, p.unit, p.ts, i)
         if not prepared:
@@ -174,6 +176,9 @@ class InteractionLog:
         with self.store.atomic() as db:
             first = self._next_ids(db, len(prepared))
             _insert_rows(db, self._seal_rows(first, prepared), len(prepared))
+            if memory.enabled(db):  # the memory index commits with the records, or neither
+                rows = [(first + i, it.prompt, it.response) for i, it in enumerate(items)]
+                memory.index_rows(self.store, rows)
         return list(range(first, first + len(prepared)))
 
     def _seal_rows(self, first: int, prepared: list[Prepared]) -> list[Any]:
@@ -392,12 +397,17 @@ class InteractionLog:
         where, args = filters_sql(units=unit, until=until, source=source)
         self._check_before_erasing()
         with self.store.atomic() as db:
+            indexed = memory.enabled(db)
             touched = touched_epochs(self, TABLE, where, args)
+            if indexed:  # their memory index rows go too (a trigger), and are re-keyed alike
+                touched = sorted({*touched, *memory.touched_epochs(db, where, args)})
             erased = db.execute(f"DELETE FROM {TABLE} WHERE 1 {where}", args).rowcount
             self._check_erased(db, where, args)
             # So that a copy of an erased row put back from an old database never opens again.
             rekeyed, kept = rekey(self, TABLE, touched)
             shredded = sorted({*rekeyed, *self._shred_empty_epochs(db)})
+            if indexed:
+                memory.index_missing(self)  # rows re-keying could not re-seal
         return EraseReport(erased, shredded, self.store.checkpoint(), kept_epochs=kept)
 
     def _check_before_erasing(self) -> None:
@@ -428,6 +438,8 @@ class InteractionLog:
     def _shred_empty_epochs(self, db: Database) -> list[int]:
         # One scan instead of an index on key_epoch: erasure is rare, appends are not.
         used = {r[0] for r in db.execute(f"SELECT DISTINCT key_epoch FROM {TABLE}")}
+        if memory.enabled(db):
+            used |= memory.epochs_in_use(db)
         closed = [e["epoch"] for e in self.store.keys.epochs(TABLE) if e["state"] == "closed"]
         empty = [epoch for epoch in closed if epoch not in used]
         return self.store.keys.shred(TABLE, empty) if empty else []
@@ -440,12 +452,19 @@ class InteractionLog:
         """
         epochs = self.store.epochs_used_before(TABLE, parse_time(before, "before"))
         self._check_before_erasing()
+        where, args = " AND key_epoch IN (SELECT value FROM json_each(?))", [json.dumps(epochs)]
         with self.store.atomic() as db:
-            erased = db.execute(
-                f"DELETE FROM {TABLE} WHERE key_epoch IN (SELECT value FROM json_each(?))",
-                [json.dumps(epochs)],
-            ).rowcount
+            indexed = memory.enabled(db)
+            index_epochs = memory.touched_epochs(db, where, args) if indexed else []
+            erased = db.execute(f"DELETE FROM {TABLE} WHERE 1 {where}", args).rowcount
+            if indexed:
+                memory.drop_epochs(db, epochs)  # index rows whose key dies with these epochs
             shredded = self.store.keys.shred(TABLE, epochs)
+            if indexed:
+                # Index rows of the shredded records sealed under a later epoch: re-key it too.
+                extra, _ = rekey(self, TABLE, sorted(set(index_epochs) - set(epochs)))
+                shredded = sorted({*shredded, *extra})
+                memory.index_missing(self)
         return EraseReport(erased, shredded, self.store.checkpoint())
 
     def export(

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from personal.errors import StoreError
 from personal.store import db as dbm
+from personal.store import memory
 from personal.store.crypto import AAD_VERSION, InvalidTag, open_blob, random_nonces
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ def rekey(log: InteractionLog, table: str, epochs: Iterable[int]) -> tuple[list[
             kept.append(epoch)
             continue
         _reseal(log, table, rows, plaintexts)
+        if memory.enabled(db):  # the memory index shares the log's keys
+            memory.reseal_epoch(store, epoch)
         shredded += store.keys.shred(table, [epoch])
     return shredded, kept
 
