@@ -20,6 +20,7 @@ would void the guarantee already stated for old data.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from personal.adapters.registry import AdapterRegistry
 from personal.errors import (
     BudgetExhausted,
+    ConfigError,
     InvalidInteraction,
     MigrationInterrupted,
     NoEligibleUnits,
@@ -34,16 +36,17 @@ from personal.errors import (
     TooFewNewUnits,
     UnitOfPrivacyMismatch,
 )
+from personal.memory import DEFAULT_K, Memory, Recalled, memory_turns
 from personal.model.base import BaseModel, load_base
+from personal.model.chat import chat_format
 from personal.model.generate import Generation, generate
 from personal.model.lora import get_adapter_weights, inject_lora, lora_off, set_adapter_weights
 from personal.policy import Policy, load_policy
-from personal.privacy.accountant import calibrate_noise
 from personal.privacy.contract import Contract
 from personal.privacy.filter import Charge
 from personal.privacy.ledger import Ledger
 from personal.privacy.noise import GaussianNoise, RandomBytes
-from personal.privacy.rdp import ORDERS
+from personal.privacy.rules import rule_of
 from personal.public import PublicData, PublicSource, public_source
 from personal.store import InteractionLog, KeyProvider, Store
 from personal.store.layout import MARKER_NAME
@@ -88,8 +91,11 @@ class Personalizer(BaseUpdates):
         *,
         seed: int | None = None,
         public: PublicSource | None = None,
+        memory: bool | int = False,
     ) -> None:
         self.log_, self.ledger, self.registry = log, ledger, registry
+        self.memory_default = _memory_k(memory, "memory")
+        self._memory: Memory | None = None
         self.settings = settings
         self._public: tuple[list[Any], list[Any]] | None = None
         self.public_source = public_source(public)
@@ -112,6 +118,7 @@ class Personalizer(BaseUpdates):
         create: bool = False,
         seed: int | None = None,
         public_data: PublicSource | str | Path | None = None,
+        memory: bool | int = False,
     ) -> Personalizer:
         """Open (or with ``create=True`` create) the store at ``store`` for ``base``.
 
@@ -131,6 +138,10 @@ class Personalizer(BaseUpdates):
                 :class:`~personal.public.PublicSource`. Default: the base's own answers to the
                 bundled generic prompts (:class:`~personal.public.SelfGenerated`, generated once
                 per base and cached). Pass the same data every time a store is opened.
+            memory: the default of :meth:`generate`'s ``memory``: ``False`` (the default: its
+                benefit is not measured yet, see docs/memory.md), ``True`` (recall
+                :data:`~personal.memory.DEFAULT_K` past interactions) or a number to recall.
+                When on, the store's memory index is built now if it keeps none.
 
         Raises:
             PublicDataError: ``public_data`` is a malformed file (nothing was opened).
@@ -164,9 +175,12 @@ class Personalizer(BaseUpdates):
             _record_base(settings, loaded, base)
             registry = AdapterRegistry.for_store(path)
             personalizer = cls(
-                log, ledger, registry, loaded, bound, settings, seed=seed, public=public
-            )
+                log, ledger, registry, loaded, bound, settings, seed=seed, public=public,
+                memory=memory,
+            )  # fmt: skip
             personalizer._load_active_adapter()
+            if personalizer.memory_default:
+                personalizer.memory.refresh()  # build (first time) and load it now
         except BaseException:
             log.close()
             if created:  # a failed create (a wrong base name, say) leaves nothing behind
@@ -178,6 +192,7 @@ class Personalizer(BaseUpdates):
         """Close the store (idempotent)."""
         if not self._closed:
             self._closed = True
+            self._memory = None  # the decrypted index goes with the store
             self.log_.close()
 
     def __enter__(self) -> Personalizer:
@@ -212,7 +227,7 @@ class Personalizer(BaseUpdates):
     def budget(self) -> dict[str, Any]:
         """The privacy budget left, summarised over units (no unit ids).
 
-        ``{"lifetime_epsilon", "delta", "unit", "units", "spent_max", "spent_median",
+        ``{"lifetime_epsilon", "delta", "unit", "filter", "units", "spent_max", "spent_median",
         "remaining_min", "remaining_median", "excluded_next_round"}``: ε per unit from the ledger's
         filter; ``remaining_*`` are ``lifetime_epsilon - spent``; ``excluded_next_round`` counts the
         units the next round (the policy's q, σ and steps over the logged units) would leave out
@@ -236,6 +251,7 @@ class Personalizer(BaseUpdates):
             "lifetime_epsilon": lifetime,
             "delta": float(contract.delta),
             "unit": contract.unit,
+            "filter": contract.filter,
             "units": len(self.log_.units()),
             "spent_max": max(values),
             "spent_median": statistics.median(values),
@@ -244,9 +260,53 @@ class Personalizer(BaseUpdates):
             "excluded_next_round": excluded,
         }
 
-    def generate(self, prompt: str, **options: Any) -> Generation:
-        """Answer ``prompt`` through the active adapter, with its confidence signal."""
-        return generate(self.base.model, self.base.tokenizer, prompt, **options)
+    def generate(
+        self, prompt: str, *, memory: bool | int | None = None, **options: Any
+    ) -> Generation:
+        """Answer ``prompt`` through the active adapter, with its confidence signal.
+
+        Args:
+            prompt: the user's request.
+            memory: recall the most relevant past interactions of this store and put them
+                before the request as earlier chat turns: ``True`` (recall
+                :data:`~personal.memory.DEFAULT_K`), a number to recall, ``False``; ``None``
+                (default): what :meth:`open` was given. Memory charges no privacy budget, but
+                the reply may quote what it recalls (docs/memory.md). The result's
+                ``memory_ids`` names the interactions used.
+            options: :func:`~personal.model.generate.generate`'s (``max_tokens``,
+                ``temperature``, ``seed``).
+        """
+        k = self.memory_default if memory is None else _memory_k(memory, "memory")
+        if not k:
+            return generate(self.base.model, self.base.tokenizer, prompt, **options)
+        history, ids = self.memory_context(prompt, k)
+        reply = generate(self.base.model, self.base.tokenizer, prompt, history=history, **options)
+        return dataclasses.replace(reply, memory_ids=tuple(ids))
+
+    @property
+    def memory(self) -> Memory:
+        """The store's personal memory (its sealed index is built on first use)."""
+        if self._memory is None:
+            self._memory = Memory.open(self.log_)
+        return self._memory
+
+    def recall(self, prompt: str, k: int = DEFAULT_K) -> list[Recalled]:
+        """The ``k`` past interactions most relevant to ``prompt``, best first."""
+        return self.memory.recall(prompt, k)
+
+    def memory_context(
+        self, prompt: str, k: int = DEFAULT_K
+    ) -> tuple[list[tuple[str, str]], list[int]]:
+        """What :meth:`generate` puts before ``prompt`` with memory on: ``(turns, ids)``,
+        the recalled ``(prompt, response)`` turns (least relevant first, each cut to
+        :data:`~personal.memory.MAX_CHARS` characters, together at most
+        :data:`~personal.memory.MAX_MEMORY_TOKENS` tokens) and their record ids. A simulation
+        scores replies with the same turns (``ChatFormat.encode(..., history=turns)``)."""
+        fmt = chat_format(self.base.tokenizer)
+        alone = len(fmt.prompt_ids(prompt))
+        return memory_turns(
+            self.recall(prompt, k), lambda turns: len(fmt.prompt_ids(prompt, turns)) - alone
+        )
 
     @property
     def active_adapter(self) -> Any:
@@ -301,13 +361,13 @@ class Personalizer(BaseUpdates):
             examples_per_unit=training.examples_per_unit,
         )
         if privacy.noise_multiplier is None:
-            # Calibrated against the per-unit filter, whose conversion runs at δ/|orders|.
-            sigma = calibrate_noise(
+            # Calibrated against the per-unit filter rule (the Rényi filter's conversion runs
+            # at δ/|orders|; the Gaussian filter's is exact).
+            sigma = rule_of(privacy.filter).calibrate(
                 target_epsilon=float(privacy.round_epsilon or 0.5),
-                target_delta=privacy.delta / len(ORDERS),
+                delta=privacy.delta,
                 sample_rate=plan.sample_rate(candidates),
                 steps=training.steps,
-                accountant="rdp",
             )
             plan = RoundPlan(**{**plan.__dict__, "noise_multiplier": sigma})
         return plan
@@ -565,6 +625,19 @@ class Validation:
     def abort(self) -> None:
         """Close the round as aborted (it stays charged)."""
         self.owner.ledger.finish_round(self.round_id, "aborted")
+
+
+def _memory_k(memory: object, name: str) -> int:
+    """How many interactions a ``memory`` option recalls (0: off)."""
+    if memory is True:
+        return DEFAULT_K
+    if memory is False:
+        return 0
+    if isinstance(memory, int) and memory >= 0:
+        return memory
+    raise ConfigError(
+        f"{name} must be True, False or a number of interactions >= 0, not {memory!r}"
+    )
 
 
 def _remove_new_store(path: Path, before: set[str] | None) -> None:

@@ -36,12 +36,17 @@ from personal.errors import NoChatFormat, TokenizerMismatch
 from personal.model.tokenizer import (
     ASSISTANT,
     ASSISTANT_ID,
+    BOS,
     CHAT_TEMPLATE,
     EOS,
     EOS_ID,
+    USER,
     encode_text,
     format_prompt,
 )
+
+#: Earlier ``(prompt, response)`` exchanges rendered before a request (personal memory).
+History = Sequence[tuple[str, str]]
 
 KINDS = ("product", "template", "plain")
 #: The plain format's prompt and reply pieces (documented in docs/base-models.md).
@@ -71,20 +76,38 @@ class ChatFormat:
     end_ids: tuple[int, ...] = ()
     tokenizer: Any = field(default=None, repr=False, compare=False)
 
-    def prompt_text(self, prompt: str) -> str:
-        """The text a generation starts from (the user turn and the assistant's header)."""
+    def prompt_text(self, prompt: str, history: History = ()) -> str:
+        """The text a generation starts from (the user turn and the assistant's header).
+
+        ``history``: earlier exchanges, rendered first as prior user/assistant turns in the
+        same format (the base's template, the product's tokens, or plain ``User:`` lines).
+        """
         if self.kind == "product":
-            return format_prompt(prompt)
+            if not history:
+                return format_prompt(prompt)
+            turns = "".join(f"{USER}{p}{ASSISTANT}{r}{EOS}" for p, r in history)
+            return f"{BOS}{turns}{USER}{prompt}{ASSISTANT}"
         if self.kind == "plain":
             bos = getattr(self.tokenizer, "bos_token", None) or ""
-            return bos + PLAIN_PROMPT.format(prompt=prompt)
-        return _render(self.tokenizer, [{"role": "user", "content": prompt}], True)
+            turns = "".join(
+                PLAIN_PROMPT.format(prompt=p) + PLAIN_REPLY.format(response=r) + "\n"
+                for p, r in history
+            )
+            return bos + turns + PLAIN_PROMPT.format(prompt=prompt)
+        messages = [
+            {"role": role, "content": text}
+            for p, r in history
+            for role, text in (("user", p), ("assistant", r))
+        ]
+        return _render(self.tokenizer, [*messages, {"role": "user", "content": prompt}], True)
 
-    def prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids a generation starts from."""
-        return encode_text(self.tokenizer, self.prompt_text(prompt))
+    def prompt_ids(self, prompt: str, history: History = ()) -> list[int]:
+        """Token ids a generation starts from (``history`` as in :meth:`prompt_text`)."""
+        return encode_text(self.tokenizer, self.prompt_text(prompt, history))
 
-    def encode(self, prompt: str, response: str, *, complete: bool = True) -> tuple[list[int], int]:
+    def encode(
+        self, prompt: str, response: str, *, complete: bool = True, history: History = ()
+    ) -> tuple[list[int], int]:
         """Tokenize one exchange; ``ids[start:]`` are the reply and its end-of-turn token.
 
         Args:
@@ -92,6 +115,8 @@ class ChatFormat:
             response: the assistant's reply.
             complete: ``False`` for a reply cut at a length limit: its end-of-turn token is
                 left out, so the model is not taught to stop mid-sentence.
+            history: earlier exchanges rendered before it (as :meth:`prompt_text`): scoring a
+                reply given recalled memory.
 
         Returns:
             ``(ids, start)``: the tokens and the index of the first reply token.
@@ -101,8 +126,9 @@ class ChatFormat:
                 than within the exchange (it lacks the ``<|assistant|>`` special token).
         """
         if self.kind == "product":
-            return _encode_product(self.tokenizer, prompt, response, complete)
-        prompt_ids = self.prompt_ids(prompt)
+            text = self.prompt_text(prompt, history)
+            return _encode_product(self.tokenizer, text, response, complete)
+        prompt_ids = self.prompt_ids(prompt, history)
         reply = PLAIN_REPLY.format(response=response) if self.kind == "plain" else response
         # The reply is tokenized apart from the prompt: the prompt's tokens are then exactly what
         # generation starts from, whatever the tokenizer would merge across the boundary.
@@ -118,10 +144,10 @@ class ChatFormat:
 
 
 def _encode_product(
-    tokenizer: Any, prompt: str, response: str, complete: bool
+    tokenizer: Any, prompt_text: str, response: str, complete: bool
 ) -> tuple[list[int], int]:
-    prompt_ids = encode_text(tokenizer, format_prompt(prompt))
-    ids = encode_text(tokenizer, f"{format_prompt(prompt)}{response}{EOS if complete else ''}")
+    prompt_ids = encode_text(tokenizer, prompt_text)
+    ids = encode_text(tokenizer, f"{prompt_text}{response}{EOS if complete else ''}")
     start = len(prompt_ids)
     # <|assistant|> is an added token, so tokenization cannot merge across it; if this fails,
     # the tokenizer was not built for the chat format and response masks would be wrong.

@@ -13,7 +13,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from personal.model.chat import chat_format, eos_ids
+from personal.errors import ConfigError
+from personal.model.chat import History, chat_format, eos_ids
+from personal.model.mlx_typing import scalar
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -30,6 +32,8 @@ class Generation:
         mean_logprob: mean log-probability of the chosen tokens, end-of-sequence included.
         mean_entropy: mean entropy, in nats, of the next-token distributions.
         finish_reason: ``"stop"`` (end-of-sequence) or ``"length"`` (``max_tokens`` reached).
+        memory_ids: ids of the past interactions recalled into the prompt (personal memory),
+            least relevant first; empty when memory was off or recalled nothing.
     """
 
     text: str
@@ -37,6 +41,7 @@ class Generation:
     mean_logprob: float
     mean_entropy: float
     finish_reason: str
+    memory_ids: tuple[int, ...] = ()
 
     @property
     def confidence(self) -> float:
@@ -50,17 +55,23 @@ class Generation:
             "mean_entropy": self.mean_entropy,
             "confidence": self.confidence,
             "finish_reason": self.finish_reason,
+            "memory_ids": list(self.memory_ids),
         }
 
 
-def prompt_tokens(tokenizer: object, prompt: str, *, chat: bool = True) -> list[int]:
+def prompt_tokens(
+    tokenizer: object, prompt: str, *, chat: bool = True, history: History = ()
+) -> list[int]:
     """Token ids that start a generation: the base's chat format, or the raw prompt.
 
     With ``chat`` the prompt is rendered by :func:`~personal.model.chat.chat_format`, the same
-    rendering training and the gates use.
+    rendering training and the gates use; ``history`` (earlier ``(prompt, response)``
+    exchanges, e.g. recalled memory) goes before it as prior turns.
     """
     if chat:
-        return chat_format(tokenizer).prompt_ids(prompt)
+        return chat_format(tokenizer).prompt_ids(prompt, history)
+    if history:
+        raise ConfigError("earlier turns (memory) need the chat format: pass chat=True")
     return list(tokenizer.encode(prompt))  # type: ignore[attr-defined]
 
 
@@ -111,10 +122,10 @@ def generate_tokens(
             key, sub = mx.random.split(key)
             token = mx.random.categorical(logprobs / temperature, key=sub)
         mx.eval(token, logprobs, entropy)
-        tid = int(token.item())
+        tid = int(scalar(token))
         # The end-of-sequence choice is a decision too: it counts in the confidence.
-        logps.append(float(logprobs[tid].item()))
-        entropies.append(float(entropy.item()))
+        logps.append(scalar(logprobs[tid]))
+        entropies.append(scalar(entropy))
         if tid in eos_ids:
             return tokens, logps, entropies, "stop"
         tokens.append(tid)
@@ -131,6 +142,7 @@ def generate(
     temperature: float = 0.0,
     seed: int | None = None,
     chat: bool = True,
+    history: History = (),
 ) -> Generation:
     """Generate a reply to ``prompt`` and report how confident the model was.
 
@@ -143,8 +155,10 @@ def generate(
         temperature: 0 for greedy decoding; > 0 samples from the tempered distribution.
         seed: seeds sampling, for reproducible simulations.
         chat: render ``prompt`` in the base's chat format (see :mod:`personal.model.chat`).
+        history: earlier ``(prompt, response)`` exchanges rendered before ``prompt`` as prior
+            turns (what personal memory recalls; see :mod:`personal.memory`).
     """
-    ids = prompt_tokens(tokenizer, prompt, chat=chat)
+    ids = prompt_tokens(tokenizer, prompt, chat=chat, history=history)
     tokens, logps, entropies, reason = generate_tokens(
         model,
         ids,
@@ -166,6 +180,7 @@ def greedy_replies(
     *,
     max_tokens: int = 64,
     batch_size: int = 32,
+    histories: Sequence[History] | None = None,
 ) -> list[tuple[str, bool]]:
     """Greedy replies to many prompts, in the base's chat format: ``(text, complete)`` each.
 
@@ -173,9 +188,12 @@ def greedy_replies(
     time through mlx-lm's ``BatchGenerator`` (one forward pass per step for the whole batch:
     about 10x faster than one prompt at a time on the bundled bases); a model whose cache cannot
     batch falls back to :func:`generate` one prompt at a time. Both are greedy, so the replies
-    agree up to floating-point ties.
+    agree up to floating-point ties. ``histories``: per prompt, earlier exchanges rendered
+    before it (recalled memory), as in :func:`generate`.
     """
-    ids = [prompt_tokens(tokenizer, p) for p in prompts]
+    if histories is None:
+        histories = [()] * len(prompts)
+    ids = [prompt_tokens(tokenizer, p, history=h) for p, h in zip(prompts, histories, strict=True)]
     stops = stop_ids(tokenizer)
     try:
         results = _batched_greedy(model, ids, stops, max_tokens, batch_size)
