@@ -21,6 +21,7 @@ import click
 _COMMAND_MODULES = (
     "personal.cli.model",
     "personal.cli.store",
+    "personal.cli.memory",
     "personal.cli.policy",
     "personal.cli.train",
     "personal.cli.adapters",

@@ -25,29 +25,43 @@ import numpy as np
     "--base", default=None, help="Base model (name or directory) [default: the store's base]."
 )
 @click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--memory", is_flag=True,
+    help="Recall the most relevant past interactions into the prompt (personal memory; "
+    "charges no ε, but the reply may quote them). Builds the index on first use.",
+)  # fmt: skip
+@click.option(
+    "--recall", type=click.IntRange(min=1), default=None,
+    help="How many past interactions --memory recalls [default: 3]; implies --memory.",
+)  # fmt: skip
 @_key_file
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: text, confidence, adapter.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON: text, confidence, adapter, memory ids."
+)
 def generate_command(
-    store: Path, prompt: str, base: str | None, max_tokens: int, key_file: Path | None,
-    as_json: bool,
+    store: Path, prompt: str, base: str | None, max_tokens: int, memory: bool,
+    recall: int | None, key_file: Path | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Answer PROMPT through STORE's active adapter (the bare base when none is active).
 
     --json adds the confidence signal (mean token log-probability, in (0, 1] as a probability)
-    an app uses to hand hard requests to a bigger model."""
+    an app uses to hand hard requests to a bigger model, and with --memory the ids of the past
+    interactions recalled."""
     from personal.cli.train import _store_base
     from personal.personalizer import Personalizer
 
     key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
     base = base or _store_base(store, key)
     with Personalizer.open(store, base, None, key) as personalizer:
-        reply = personalizer.generate(prompt, max_tokens=max_tokens)
+        wanted: bool | int = recall if recall is not None else memory
+        reply = personalizer.generate(prompt, memory=wanted, max_tokens=max_tokens)
         active = personalizer.active_adapter
     if as_json:
         data = {
             "text": reply.text,
             "confidence": reply.confidence,
             "adapter_version": active.version if active is not None else None,
+            "memory_ids": list(reply.memory_ids),
         }
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
     else:

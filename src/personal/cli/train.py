@@ -319,6 +319,12 @@ def _print_audit(data: dict[str, Any], html_file: Path | None) -> None:
         f"; base {data.get('base_fingerprint')}; report time {data.get('report_time')}"
     )
     click.echo(f"unit of privacy: {data['unit_of_privacy']}; sampler: {data['sampler']}")
+    memory = data.get("memory") or {}
+    if memory.get("index"):
+        click.echo(f"personal memory: on, {memory['entries']} entries indexed (charges no ε; "
+                   "replies may quote past interactions)")  # fmt: skip
+    elif memory:
+        click.echo("personal memory: off (no index in the store)")
     click.echo(
         f"accountant: {data['accountant']}; δ={data['delta']:g}; "
         f"lifetime ε={data['lifetime_epsilon']:g}"

@@ -23,6 +23,7 @@ from typing import Any
 from personal.errors import PersonalError
 from personal.privacy.contract import Contract
 from personal.privacy.rdp import ORDERS, filter_epsilon, sgm_rdp
+from personal.store.memory import memory_audit
 
 import numpy as np
 
@@ -587,6 +588,7 @@ def build_audit(ledger: Any, *, policy: Any = None, policy_given: bool = False) 
             (r.base_fingerprint for r in reversed(rounds) if r.base_fingerprint), None
         ),
         "store_id": getattr(getattr(ledger, "store", None), "store_id", None),
+        "memory": memory_audit(getattr(ledger, "store", None)),  # docs/memory.md
         "report_time": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return audit
