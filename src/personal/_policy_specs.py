@@ -70,7 +70,12 @@ class _Number:
 
 @dataclass(frozen=True)
 class _Choice:
+    """One of ``options``. ``implicit``: a value :meth:`_Validated._dump` leaves out (a key
+    added later with its historical behaviour as default, so older policies keep their digest).
+    """
+
     options: tuple[str, ...]
+    implicit: str | None = None
 
     def describe(self) -> str:
         return "one of " + ", ".join(f'"{o}"' for o in self.options)
@@ -316,6 +321,8 @@ class _Validated:
                 data[f.name] = value._dump()
             elif isinstance(spec, _Targets | _Layers):
                 data[f.name] = spec.dump(value)
+            elif isinstance(spec, _Choice) and value == spec.implicit:
+                continue  # the implicit default is left out (the digest stays the same)
             elif value is not None:  # an unset optional is left out (TOML has no null)
                 data[f.name] = value
         return data

@@ -38,8 +38,14 @@ class PrivacyPolicy(_Validated):
             ``noise_multiplier``; when neither is given in Python, ``noise_multiplier`` is 1.6.
         noise_multiplier: σ, a fixed noise multiplier (noise std / clip norm), in [0.1, 1000].
         clip_norm: C, the L2 bound on a unit's gradient contribution, in (0, 1000].
-        accountant: ``"rdp"`` (default; also what the per-unit filter uses) or ``"prv"``
-            (tighter, for reports and calibration of a planned schedule).
+        accountant: ``"rdp"`` (default) or ``"prv"`` (tighter): how reports compose a unit's
+            rounds as a fixed schedule, next to the filter's ε.
+        filter: the per-unit filter rule: ``"renyi"`` (default; Rényi filter, uses the
+            amplification by Poisson sampling) or ``"gaussian"`` (Gaussian-DP filter: exact for
+            the Gaussian mechanism, tighter for full-batch rounds, q = 1; it ignores sampling,
+            so keep ``"renyi"`` when q ≪ 1). Bound into the store's lifetime contract at its
+            first round; docs/privacy-accounting.md, section 4. Left out of :meth:`to_dict`
+            when ``"renyi"``, so policies written before the key keep their digest.
     """
 
     _PATH: ClassVar[str] = "privacy"
@@ -54,6 +60,7 @@ class PrivacyPolicy(_Validated):
     noise_multiplier: float | None = _spec(_Number(float, 0.1, 1000.0, optional=True), None)
     clip_norm: float = _spec(_Number(float, 0.0, 1000.0, low_open=True), 0.5)
     accountant: str = _spec(_Choice(("rdp", "prv")), "rdp")
+    filter: str = _spec(_Choice(("renyi", "gaussian"), implicit="renyi"), "renyi")
 
     @classmethod
     def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
@@ -89,9 +96,7 @@ class LoRAPolicy(_Validated):
     rank: int = _spec(_Number(int, 1, 256), 1)
     scale: float = _spec(_Number(float, 0.0, 1000.0, low_open=True), 20.0)
     dropout: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.0)
-    targets: tuple[str, ...] | None = _spec(
-        _Targets(), ("self_attn.o_proj", "mlp.down_proj")
-    )
+    targets: tuple[str, ...] | None = _spec(_Targets(), ("self_attn.o_proj", "mlp.down_proj"))
     num_layers: int | None = _spec(_Layers(), 2)
 
     def to_lora_config(self) -> Any:

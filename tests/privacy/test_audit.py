@@ -93,3 +93,71 @@ def test_histogram_bins_fit_the_data():
     assert all(len(repr(e)) < 8 for e in edges)  # rounded: no 17-digit floats
     one = histogram_edges([7.6] * 5)
     assert len(one) == 2 and one[0] <= 7.6 < one[1] and one[1] - one[0] < 0.5
+
+
+# --- the filter rule the store is bound to ------------------------------------------------------
+
+
+_SCHEDULE = [((1.0, 1.6, 4), ["a", "b"]), ((0.5, 3.0, 5), ["a"]), ((1.0, 10.0, 1), ["a"])]
+
+
+def _gaussian_store(tmp_path, filter_rule: str, schedule=_SCHEDULE):
+    from personal.privacy.contract import Contract
+    from personal.privacy.filter import Charge
+    from personal.privacy.ledger import Ledger
+    from personal.store import RawKey, Store
+
+    store = Store.create(tmp_path / "store", RawKey(bytes(range(32))))
+    ledger = Ledger.open(store, Contract(8.0, 1e-6, "interaction", "rdp", filter_rule))
+    context = {"base_fingerprint": "sha256:b", "clip_norm": 0.5, "policy_digest": "sha256:p"}
+    for (q, sigma, steps), units in schedule:
+        charge = Charge(purpose="training", sample_rate=q, noise_multiplier=sigma, steps=steps)
+        ledger.finish_round(ledger.begin_round(charge, units, accountant="rdp", **context))
+    return store, ledger, schedule
+
+
+def test_the_audit_states_and_recomputes_with_the_gaussian_filter(tmp_path):
+    import math
+
+    from personal.privacy.audit import build_audit
+    from personal.privacy.gdp import gaussian_epsilon
+
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+    store, ledger, schedule = _gaussian_store(tmp_path, "gaussian")
+    with store:
+        audit = build_audit(ledger)
+    data = audit.to_json()
+    assert data["ok"] and data["filter"] == "gaussian" and "Gaussian-DP" in data["filter_note"]
+    # Unit a: μ² = 4/1.6² + 5/3² + 1/10² (q = 0.5 charged as q = 1); b: the first round only.
+    mu_a = math.sqrt(4 / 1.6**2 + 5 / 3.0**2 + 1 / 10.0**2)
+    assert audit.unit_epsilons["a"] == pytest.approx(gaussian_epsilon(mu_a, 1e-6), rel=1e-12)
+    assert audit.unit_epsilons["b"] == pytest.approx(gaussian_epsilon(2 / 1.6, 1e-6), rel=1e-12)
+    assert data["rounds"][0]["epsilon"] == pytest.approx(6.312, abs=1e-3)
+    assert "Gaussian-DP filter" in render_html(audit)
+    # dp-accounting's PLD of the same composed Gaussian mechanisms brackets the audit's ε.
+    bounds = []
+    for pessimistic in (False, True):
+        total = None
+        for (_, sigma, steps), _units in schedule:
+            one = pld_lib.from_gaussian_mechanism(
+                standard_deviation=sigma, pessimistic_estimate=pessimistic,
+                value_discretization_interval=1e-3, use_connect_dots=pessimistic,
+            ).self_compose(steps)  # fmt: skip
+            total = one if total is None else total.compose(one)
+        bounds.append(total.get_epsilon_for_delta(1e-6))
+    optimistic, pessimistic_eps = bounds
+    assert optimistic <= audit.unit_epsilons["a"] + 1e-9
+    assert pessimistic_eps <= audit.unit_epsilons["a"] + 0.005
+
+
+def test_the_audit_of_a_renyi_store_says_so(tmp_path):
+    from personal.privacy.audit import build_audit
+
+    # The Rényi filter would refuse unit a the gaussian test's second round (ε > 8).
+    store, ledger, _ = _gaussian_store(tmp_path, "renyi", [_SCHEDULE[0], _SCHEDULE[2]])
+    with store:
+        data = build_audit(ledger).to_json()
+    assert data["ok"] and data["filter"] == "renyi" and "Rényi filter" in data["filter_note"]
+    b = sgm_rdp(sample_rate=1.0, noise_multiplier=1.6, steps=4)
+    assert data["units"]["epsilon_min"] == pytest.approx(filter_epsilon(b, delta=1e-6))

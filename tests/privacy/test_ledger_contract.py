@@ -1,4 +1,5 @@
-"""The lifetime contract (ε, δ, unit, accountant) lives in the ledger, not in a settings row."""
+"""The lifetime contract (ε, δ, unit, accountant, filter) lives in the ledger, not in a settings
+row."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import sqlite3
 from pathlib import Path
 
 from personal.errors import (
+    LedgerIntegrityError,
     LifetimeContractFixed,
     PrivacyParameterError,
     UnitOfPrivacyMismatch,
 )
 from personal.privacy import anchor as anchor_module
-from personal.privacy.chain import MIGRATIONS
+from personal.privacy.chain import DOMAIN, ENTRIES, MIGRATIONS, encode_body, entry_fields
 from personal.privacy.contract import Contract, fits_unit
-from personal.privacy.filter import Charge
+from personal.privacy.filter import Charge, RenyiFilter
+from personal.privacy.gdp import gaussian_epsilon
 from personal.privacy.ledger import Ledger
+from personal.privacy.rdp import filter_epsilon
+from personal.privacy.rules import GAUSSIAN, RENYI
 from personal.store import RawKey, Store
 from personal.store.settings import StoreSettings
 
@@ -41,7 +46,7 @@ def store(tmp_path: Path):
 def test_the_genesis_entry_binds_the_whole_contract(store: Store) -> None:
     ledger = Ledger.open(store, STRICT)
     (genesis,) = ledger.entries()
-    assert genesis.kind == "genesis" and genesis.body == {"format": 2, **STRICT.to_dict()}
+    assert genesis.kind == "genesis" and genesis.body == {"format": 3, **STRICT.to_dict()}
     assert ledger.contract == STRICT
     _round(ledger)
     charge = ledger.entries()[1].body
@@ -51,7 +56,13 @@ def test_the_genesis_entry_binds_the_whole_contract(store: Store) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"epsilon": 5.0}, {"delta": 1e-5}, {"unit": "day"}, {"accountant": "prv"}],
+    [
+        {"epsilon": 5.0},
+        {"delta": 1e-5},
+        {"unit": "day"},
+        {"accountant": "prv"},
+        {"filter": "gaussian"},
+    ],
 )
 def test_no_field_changes_once_a_round_is_recorded(store: Store, change: dict) -> None:
     ledger = Ledger.open(store, STRICT)
@@ -165,3 +176,106 @@ def test_a_tampered_contract_entry_is_detected(store: Store, tmp_path: Path) -> 
     with Store.open(tmp_path / "store", KEY) as reopened, pytest.raises(Exception) as err:
         Ledger.open(reopened)
     assert "ledger" in str(err.value)
+
+
+# --- the filter rule (renyi / gaussian) is part of the contract ----------------------------------
+
+GAUSS = Contract(epsilon=8.0, delta=1e-6, unit="interaction", accountant="rdp", filter="gaussian")
+FULL = Charge(purpose="training", sample_rate=1.0, noise_multiplier=1.6, steps=4)
+
+
+def test_a_gaussian_store_persists_its_filter_and_charges_by_it(
+    store: Store, tmp_path: Path
+) -> None:
+    ledger = Ledger.open(store, GAUSS)
+    assert ledger.entries()[0].body == {"format": 3, **GAUSS.to_dict()}
+    rid = ledger.begin_round(FULL, ["a", "b"], accountant="rdp", **CONTEXT)
+    ledger.finish_round(rid, "completed")
+    assert ledger.entries()[1].body["filter"] == "gaussian"
+    store.close()
+    with Store.open(tmp_path / "store", KEY) as reopened:
+        again = Ledger.open(reopened)  # no contract given: the chain's
+        assert again.contract.filter == "gaussian" and again.rule is GAUSSIAN
+        assert again.epsilon_of("a") == pytest.approx(gaussian_epsilon(2 / 1.6, 1e-6), rel=1e-12)
+        assert again.verify().ok
+        with pytest.raises(LifetimeContractFixed, match="filter: 'gaussian' -> 'renyi'"):
+            Ledger.open(reopened, Contract(8.0, 1e-6, "interaction", "rdp", "renyi"))
+        # A second round the Rényi filter would refuse (ε 8.23 > 8) fits the Gaussian one (6.88).
+        second = Charge(purpose="training", sample_rate=1.0, noise_multiplier=4.0, steps=4)
+        assert again.select(second, ["a"]).eligible == ("a",)
+        renyi = RenyiFilter(epsilon=8.0, delta=1e-6)
+        renyi.charge(FULL, ["a"])
+        assert renyi.select(second, ["a"]).excluded == ("a",)
+
+
+def test_the_filter_may_change_only_before_the_first_round(store: Store) -> None:
+    Ledger.open(store, STRICT)
+    ledger = Ledger.open(store, Contract(**{**STRICT.to_dict(), "filter": "gaussian"}))
+    assert ledger.contract.filter == "gaussian"
+    assert [e.kind for e in ledger.entries()] == ["genesis", "contract"]
+
+
+def _format_2(store: Store) -> Ledger:
+    """A ledger as the version before the filter rule wrote it: no ``filter`` anywhere."""
+    ledger = Ledger(store, anchor_module.default_anchor(store))
+    store.apply_migrations(MIGRATIONS)
+    body = {"format": 2, "epsilon": 1.0, "delta": 1e-6, "unit": "interaction", "accountant": "rdp"}
+    with store.atomic():
+        head, data = ledger.append("genesis", None, body)
+    anchor_module.write_head(store, ledger.anchor, head, data)
+    ledger.load()
+    return ledger
+
+
+def test_a_ledger_without_a_filter_is_a_renyi_one(store: Store) -> None:
+    _format_2(store)
+    ledger = Ledger.open(store, STRICT)  # STRICT states filter = "renyi": nothing to append
+    assert [e.kind for e in ledger.entries()] == ["genesis"]
+    assert ledger.contract == STRICT and ledger.rule is RENYI
+    _round(ledger)
+    assert ledger.verify().ok
+    assert ledger.epsilon_of("a") == pytest.approx(filter_epsilon(CHEAP.rdp(), delta=1e-6))
+    with pytest.raises(LifetimeContractFixed, match="filter"):
+        Ledger.open(store, Contract(**{**STRICT.to_dict(), "filter": "gaussian"}))
+
+
+def test_verify_catches_a_rule_changed_after_a_round(store: Store) -> None:
+    ledger = _format_2(store)
+    ledger = Ledger.open(store, STRICT)
+    _round(ledger)
+    good = ledger.entries()[1].body
+    forged = [
+        ("contract", None, {"format": 3, **STRICT.to_dict(), "filter": "gaussian"}),
+        ("charge", 9, {**good, "filter": "renyi"}),
+    ]
+    for kind, rid, body in forged:
+        with store.atomic():
+            head, data = ledger.append(kind, rid, body)
+        ledger._replace_state(head, ledger._table)
+        anchor_module.write_head(store, ledger.anchor, head, data)
+    problems = ledger.verify().problems
+    assert any("changes the lifetime contract (filter)" in p for p in problems), problems
+    assert any("admitted by the 'renyi' filter rule" in p for p in problems), problems
+
+
+def test_a_genesis_resealed_with_another_filter_breaks_the_chain(
+    store: Store, tmp_path: Path
+) -> None:
+    """Even with the store key, editing the genesis's filter changes its hash: the chain (the
+    next entry's link) and the anchor no longer match."""
+    ledger = Ledger.open(store, GAUSS)
+    rid = ledger.begin_round(FULL, ["a"], accountant="rdp", **CONTEXT)
+    ledger.finish_round(rid, "completed")
+    row = ledger.read_rows()[0]
+    forged = {"format": 3, **GAUSS.to_dict(), "filter": "renyi"}
+    sealed = store.seal(
+        ENTRIES, 1, entry_fields(row.kind, row.round_id, row.created_at, row.prev_hash),
+        encode_body(forged), domain=DOMAIN,
+    )  # fmt: skip
+    store.db.execute(
+        f"UPDATE {ENTRIES} SET key_epoch = ?, sealed = ? WHERE seq = 1", [sealed.epoch, sealed.blob]
+    )
+    assert any("entry 1" in p or "hash" in p for p in ledger.verify().problems)
+    store.close()
+    with Store.open(tmp_path / "store", KEY) as reopened, pytest.raises(LedgerIntegrityError):
+        Ledger.open(reopened)

@@ -93,7 +93,7 @@ def train_command(
     (the round was charged; the previous adapter stays active); 4 the policy's trigger did not
     fire (nothing charged; --force trains anyway)."""
     from personal.personalizer import Personalizer
-    from personal.privacy.rdp import filter_epsilon, sgm_rdp
+    from personal.privacy.rules import rule_of
 
     key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
     base = base or _store_base(store, key)
@@ -113,17 +113,18 @@ def train_command(
         plan = personalizer.round_plan()
         drawn = personalizer._drawn  # the draw round_plan() made, which update() runs on
         pool = len(drawn[1][2]) if drawn is not None else len(personalizer.log_.units())
-        charge = sgm_rdp(
+        privacy = personalizer.policy.privacy
+        rule = rule_of(personalizer.ledger.contract.filter)  # the rule the store is bound to
+        charge = rule.curve(
             sample_rate=plan.sample_rate(pool),
             noise_multiplier=plan.noise_multiplier,
             steps=plan.steps,
         )
-        privacy = personalizer.policy.privacy
-        round_eps = float(filter_epsilon(charge, delta=privacy.delta))
+        round_eps = float(rule.epsilon(charge, delta=privacy.delta))
         spent = max(personalizer.ledger.epsilons().values(), default=0.0)
         label = (
-            f"DP round (ε +{round_eps:.3g} per eligible unit; most spent so far "
-            f"{spent:.3g} of {privacy.lifetime_epsilon:g})"
+            f"DP round (ε +{round_eps:.3g} per eligible unit, {rule.name} filter; most spent so "
+            f"far {spent:.3g} of {privacy.lifetime_epsilon:g})"
         )
         with click.progressbar(
             length=plan.steps, label=label, file=sys.stderr, show_pos=True
@@ -227,7 +228,7 @@ def audit_command(
                 audit.header["base_name"] = served.get("name")
         except LedgerIntegrityError as exc:
             audit = Audit(fallback.unit, fallback.accountant, fallback.delta, fallback.epsilon,
-                          [], {}, [], False, [str(exc)],
+                          [], {}, [], False, [str(exc)], filter=fallback.filter,
                           contract_source="policy (the ledger cannot be read)")  # fmt: skip
     if canaries:
         from personal.training.canary_audit import run_canary_audit
@@ -326,8 +327,8 @@ def _print_audit(data: dict[str, Any], html_file: Path | None) -> None:
     elif memory:
         click.echo("personal memory: off (no index in the store)")
     click.echo(
-        f"accountant: {data['accountant']}; δ={data['delta']:g}; "
-        f"lifetime ε={data['lifetime_epsilon']:g}"
+        f"accountant: {data['accountant']}; filter: {data.get('filter', 'renyi')}; "
+        f"δ={data['delta']:g}; lifetime ε={data['lifetime_epsilon']:g}"
     )
     click.echo(f"rounds: {len(data['rounds'])}")
     for r in data["rounds"]:

@@ -3,12 +3,14 @@
 :func:`build_audit` turns the ledger's verified rounds into an :class:`Audit` -- plain data whose
 :meth:`Audit.to_json` is the documented JSON schema (docs/privacy.md, "Audit report") and whose
 :func:`personal.privacy.audit_html.render_html` is a self-contained page. The per-unit ε are
-recomputed here from the rounds (a fresh :class:`~personal.privacy.filter.RenyiFilter` replays
-every charge), so the report checks the ledger's own cached totals instead of trusting them.
+recomputed here from the rounds (every charge replayed through the filter rule the contract
+binds, :mod:`personal.privacy.rules`), so the report checks the ledger's own cached totals
+instead of trusting them.
 
-The lifetime contract the report holds rounds to -- ε, δ, the unit of privacy and the
-accountant -- is the one the ledger's genesis binds (:attr:`Ledger.contract`), never a policy
-file or a settings row: a policy passed in is only compared with it (``policy_matches_ledger``).
+The lifetime contract the report holds rounds to -- ε, δ, the unit of privacy, the accountant
+and the filter rule -- is the one the ledger's genesis binds (:attr:`Ledger.contract`), never a
+policy file or a settings row: a policy passed in is only compared with it
+(``policy_matches_ledger``).
 """
 
 from __future__ import annotations
@@ -22,13 +24,27 @@ from typing import Any
 
 from personal.errors import PersonalError
 from personal.privacy.contract import Contract
-from personal.privacy.rdp import ORDERS, filter_epsilon, sgm_rdp
+from personal.privacy.rdp import ORDERS
+from personal.privacy.rules import RENYI, FilterRule, rule_of
 from personal.store.memory import memory_audit
 
 import numpy as np
 
 SCHEMA_VERSION = 1
 SAMPLER = "poisson (CSPRNG coins, rate q per unit per step)"
+#: What each filter rule is, in one sentence (the report states the one that bound the store).
+FILTER_NOTES = {
+    "renyi": (
+        "Rényi filter over the rdp_orders (Feldman & Zrnic 2021; Lécuyer 2021): each round "
+        "charges the RDP of the Poisson-subsampled Gaussian; a unit's ε is the Balle et al. "
+        "conversion at δ/len(rdp_orders)."
+    ),
+    "gaussian": (
+        "Gaussian-DP filter (Smith & Thakurta 2022; Koskela, Tobaben & Honkela 2023): each round "
+        "charges μ² = steps/σ² (Poisson sampling ignored, an upper bound); a unit's ε is the "
+        "exact ε of sqrt(Σ μ²)-GDP at δ (Dong, Roth & Su 2019)."
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,7 @@ class Audit:
     accountant_epsilon_max: float | None = None
     accountant_note: str = ""
     contract_source: str = "ledger genesis"
+    filter: str = "renyi"  # the filter rule the contract binds (personal.privacy.rules)
     canary_audit: dict[str, Any] | None = None  # the empirical audit's result, when run
     unit_rounds: dict[str, list[int]] = field(default_factory=dict)  # rounds that charged it
     header: dict[str, Any] = field(default_factory=dict)  # policy, base, store, report time
@@ -137,10 +154,12 @@ class Audit:
             "unit_of_privacy": self.unit_of_privacy,
             "sampler": SAMPLER,
             "accountant": self.accountant,
+            "filter": self.filter,
+            "filter_note": FILTER_NOTES.get(self.filter, ""),
             "delta": self.delta,
             "lifetime_epsilon": self.lifetime_epsilon,
             "contract_source": self.contract_source,
-            "rdp_orders": list(ORDERS),  # the filter's Rényi orders (its ε converts at δ/len)
+            "rdp_orders": list(ORDERS),  # the grid of every per-unit curve (renyi: ε at δ/len)
             **self.header,
             "group_privacy": group_privacy_note(self.unit_of_privacy),
             "rounds": [_round_json(r) for r in self.rounds],
@@ -276,28 +295,33 @@ def replay_charges(
     *,
     epsilon: float,
     delta: float,
+    rule: str | FilterRule = RENYI,
 ) -> tuple[dict[str, float], list[tuple[str, float]]]:
     """Per-unit ε and the running maximum after each round, from the rounds alone.
 
-    RDP is summed directly (no filter), so a tampered ledger that over-charged a unit is
-    *reported* with its true total instead of being refused half-way.
+    Each round's curve under ``rule`` (the contract's filter rule) is summed directly (no
+    admission), so a tampered ledger that over-charged a unit is *reported* with its true total
+    instead of being refused half-way.
     """
     del epsilon  # the lifetime budget is checked by the caller, not enforced here
+    rule = rule_of(rule)
     totals: dict[str, np.ndarray] = {}
     timeline: list[tuple[str, float]] = []
     worst = 0.0
     for r in rounds:
         units = list(eligible.get(r.round_id, ()))
         if units and r.steps > 0 and r.noise_multiplier > 0:
-            charge = sgm_rdp(
-                sample_rate=r.sample_rate, noise_multiplier=r.noise_multiplier, steps=r.steps
-            )
+            charge = rule.charge_curve(r)
             for unit in units:
                 key = str(unit)
                 totals[key] = totals[key] + charge if key in totals else charge.copy()
-                worst = max(worst, float(filter_epsilon(totals[key], delta=delta)))
+            now = rule.epsilon(np.stack([totals[str(u)] for u in units]), delta=delta)
+            worst = max(worst, float(np.max(now)))
         timeline.append((r.time, worst))
-    return {u: float(filter_epsilon(v, delta=delta)) for u, v in totals.items()}, timeline
+    if not totals:
+        return {}, timeline
+    eps = np.atleast_1d(rule.epsilon(np.stack(list(totals.values())), delta=delta))
+    return dict(zip(totals, map(float, eps), strict=True)), timeline
 
 
 def accountant_view(
@@ -496,11 +520,10 @@ def compliance_checks(
     return checks
 
 
-def _round_epsilon(r: Any, delta: float) -> float | None:
+def _round_epsilon(r: Any, delta: float, rule: FilterRule) -> float | None:
     if not (r.charged and r.steps > 0 and r.noise_multiplier and r.sample_rate is not None):
         return None
-    step = sgm_rdp(sample_rate=r.sample_rate, noise_multiplier=r.noise_multiplier, steps=r.steps)
-    return float(filter_epsilon(step, delta=delta))
+    return float(rule.epsilon(rule.charge_curve(r), delta=delta))
 
 
 def build_audit(ledger: Any, *, policy: Any = None, policy_given: bool = False) -> Audit:
@@ -515,6 +538,7 @@ def build_audit(ledger: Any, *, policy: Any = None, policy_given: bool = False) 
     """
     report = ledger.verify()
     contract = ledger.contract
+    rule = rule_of(contract.filter)
     try:
         decoded = ledger.rounds(with_units=True)
     except PersonalError as exc:  # tampered beyond decoding: report, do not crash
@@ -538,7 +562,7 @@ def build_audit(ledger: Any, *, policy: Any = None, policy_given: bool = False) 
             base_fingerprint=r.base_fingerprint,
             adapter_version=None if r.adapter_version is None else int(r.adapter_version),
             reason=r.reason,
-            epsilon=_round_epsilon(r, contract.delta),
+            epsilon=_round_epsilon(r, contract.delta, rule),
             gate=outcomes[r.round_id]["gate"],
             adapter_produced=outcomes[r.round_id]["adapter_produced"],
             validation_round=outcomes[r.round_id]["validation_round"],
@@ -547,7 +571,7 @@ def build_audit(ledger: Any, *, policy: Any = None, policy_given: bool = False) 
     ]
     eligible = {r.round_id: list(r.units or ()) for r in decoded if r.charged}
     unit_eps, timeline = replay_charges(
-        rounds, eligible, epsilon=contract.epsilon, delta=contract.delta
+        rounds, eligible, epsilon=contract.epsilon, delta=contract.delta, rule=rule
     )
     cached = {str(u): float(e) for u, e in ledger.epsilons().items()} if report.ok else {}
     drift = [
@@ -567,6 +591,7 @@ def build_audit(ledger: Any, *, policy: Any = None, policy_given: bool = False) 
         epsilon_timeline=timeline,
         ledger_ok=report.ok and not drift,
         ledger_problems=problems,
+        filter=contract.filter,
     )
     audit.accountant_epsilon_max, audit.accountant_note = accountant_view(
         rounds, eligible, unit_eps, mechanism=contract.accountant, delta=contract.delta

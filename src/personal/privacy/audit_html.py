@@ -65,6 +65,7 @@ def render_html(audit: Audit, *, title: str = "Privacy audit") -> str:
         "unit of privacy": data["unit_of_privacy"],
         "sampler": data["sampler"],
         "accountant": data["accountant"],
+        "filter": f"{data.get('filter', 'renyi')}: {data.get('filter_note', '')}",
         "δ": data["delta"],
         "lifetime ε": data["lifetime_epsilon"],
         "contract bound in": data["contract_source"],

@@ -1,4 +1,4 @@
-"""A store's lifetime contract -- (ε, δ, unit of privacy, accountant) -- as its ledger binds it.
+"""A store's lifetime contract -- (ε, δ, unit, accountant, filter) -- as its ledger binds it.
 
 The contract is what a privacy reviewer signs off on: no unit (an interaction, a session or a
 day) loses more than ε over the device's whole life, at δ, as the accountant reports it. It
@@ -10,6 +10,11 @@ change it. Before the ledger records its first round the contract may be replace
 Ledgers written before the contract was bound (genesis format 1: ε and δ only) are completed at
 their first open by a ``contract`` entry that adds the unit and accountant of the store's sealed
 policy (or, if that row is gone, of the opening policy); ε and δ always stay the genesis's.
+
+The filter rule (``"renyi"`` or ``"gaussian"``, :mod:`personal.privacy.rules`) joined the
+contract with genesis format 3. A genesis or ``contract`` entry that does not state it (formats
+1 and 2: every store written before) binds ``"renyi"``, the only rule there was: no entry is
+appended for it, and such a contract is complete without it.
 
 Units must have the shape their kind promises, so that the audit's "unit of privacy: day" is
 true of what was charged (:func:`fits_unit`): under ``day`` every unit id is the UTC date of its
@@ -26,12 +31,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from personal.errors import PrivacyParameterError, UnitOfPrivacyMismatch
+from personal.privacy.rules import FILTERS
 
 UNITS = ("interaction", "session", "day")
 ACCOUNTANTS = ("rdp", "prv")
-FIELDS = ("epsilon", "delta", "unit", "accountant")
-DEFAULTS: dict[str, Any] = {"unit": "interaction", "accountant": "rdp"}
-FORMAT = 2  # genesis body format: 1 held ε and δ only; 2 holds the whole contract
+FIELDS = ("epsilon", "delta", "unit", "accountant", "filter")
+#: The fields an entry must have stated for the contract to be complete (``filter`` defaults).
+REQUIRED = ("epsilon", "delta", "unit", "accountant")
+DEFAULTS: dict[str, Any] = {"unit": "interaction", "accountant": "rdp", "filter": "renyi"}
+# Genesis body format: 1 held ε and δ only; 2 the contract without the filter rule (renyi);
+# 3 the whole contract.
+FORMAT = 3
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _AUTO = re.compile(r"interaction:\d+\Z")
@@ -45,8 +55,11 @@ class Contract:
         epsilon: ε each unit may lose over the device's life (the filter's bound).
         delta: δ of that guarantee.
         unit: ``"interaction"``, ``"session"`` or ``"day"``.
-        accountant: ``"rdp"`` or ``"prv"`` (what reports and calibration use; the per-unit
-            filter itself is always RDP).
+        accountant: ``"rdp"`` or ``"prv"`` (what reports use to compose a unit's rounds as a
+            fixed schedule, a second opinion; the per-unit filter is ``filter``).
+        filter: ``"renyi"`` (the Rényi filter, default) or ``"gaussian"`` (the Gaussian-DP
+            filter): the rule that admits units and computes their lifetime ε
+            (:mod:`personal.privacy.rules`).
 
     Raises:
         PrivacyParameterError: A value out of range or of the wrong kind.
@@ -56,6 +69,7 @@ class Contract:
     delta: float
     unit: str = "interaction"
     accountant: str = "rdp"
+    filter: str = "renyi"
 
     def __post_init__(self) -> None:
         eps, delta = _real(self.epsilon), _real(self.delta)
@@ -73,6 +87,10 @@ class Contract:
             raise PrivacyParameterError(
                 f"the accountant must be one of {ACCOUNTANTS}; got {self.accountant!r}."
             )
+        if self.filter not in FILTERS:
+            raise PrivacyParameterError(
+                f"the filter rule must be one of {FILTERS}; got {self.filter!r}."
+            )
         object.__setattr__(self, "epsilon", eps)
         object.__setattr__(self, "delta", delta)
 
@@ -80,24 +98,27 @@ class Contract:
     def of_policy(cls, policy: Any) -> Contract:
         """The contract a :class:`~personal.policy.Policy` states in its ``[privacy]`` section."""
         p = policy.privacy
-        return cls(p.lifetime_epsilon, p.delta, p.unit, p.accountant)
+        return cls(p.lifetime_epsilon, p.delta, p.unit, p.accountant, p.filter)
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Contract:
-        """A contract from ``{epsilon, delta, unit?, accountant?}`` (missing ones: defaults)."""
+        """A contract from ``{epsilon, delta, unit?, accountant?, filter?}`` (missing ones:
+        defaults)."""
         try:
             return cls(**{**DEFAULTS, **{k: fields[k] for k in FIELDS if k in fields}})
         except TypeError as exc:
             raise PrivacyParameterError(f"malformed lifetime contract: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"epsilon", "delta", "unit", "accountant"}`` (plain JSON data)."""
+        """``{"epsilon", "delta", "unit", "accountant", "filter"}`` (plain JSON data)."""
         return asdict(self)
 
     def describe(self) -> str:
-        """One line for messages: ``ε=1, δ=1e-08, unit=interaction, accountant=rdp``."""
+        """One line for messages: ``ε=1, δ=1e-08, unit=interaction, accountant=rdp,
+        filter=renyi``."""
         return (
             f"ε={self.epsilon:g}, δ={self.delta:g}, unit={self.unit}, accountant={self.accountant}"
+            f", filter={self.filter}"
         )
 
     def differences(self, requested: Mapping[str, Any]) -> list[str]:
@@ -130,8 +151,9 @@ def fold(bodies: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def complete(bound: Mapping[str, Any]) -> bool:
-    """Whether ``bound`` states every field of a contract."""
-    return all(k in bound for k in FIELDS)
+    """Whether ``bound`` states every required field of a contract (``filter`` may be absent:
+    a contract bound before the filter rule was part of it is a Rényi filter's)."""
+    return all(k in bound for k in REQUIRED)
 
 
 def fits_unit(unit: str, unit_id: object) -> bool:

@@ -38,9 +38,9 @@ from personal.privacy.rdp import (
     check_epsilon,
     check_probability,
     check_round,
-    filter_epsilon,
     sgm_rdp,
 )
+from personal.privacy.rules import RENYI, FilterRule, rule_of
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -150,28 +150,22 @@ def eligible_mask(
     epsilon: float,
     delta: float,
     max_share: float | None = None,
+    rule: str | FilterRule = RENYI,
 ) -> NDArray[np.bool_]:
     """Vectorised filter rule: row ``i`` of ``current_rdp`` ``(n, k)`` may take the charge.
 
-    Returns a boolean array ``(n,)``, True where ``filter_epsilon(current + charge) <= epsilon``
-    (see :func:`personal.privacy.rdp.fits_budget`, which is the same rule for one unit).
+    Returns a boolean array ``(n,)``, True where ``rule.epsilon(current + charge) <= epsilon``
+    (for the default Rényi rule, :func:`personal.privacy.rdp.fits_budget` is the same rule for
+    one unit). ``charge_rdp`` must be ``rule``'s curve of the round (``rule.charge_curve``).
 
     ``max_share`` (in (0, 1]) also caps what this charge may spend of each unit's *remaining*
-    budget: ``filter_epsilon(current + charge) <= e + max_share * (epsilon - e)`` with ``e`` the
+    budget: ``rule.epsilon(current + charge) <= e + max_share * (epsilon - e)`` with ``e`` the
     unit's filter-ε so far (a migration retrain, ``migration.retrain_budget_share``). Like the
     lifetime rule it depends only on past charges, never on data.
     """
-    eps = check_epsilon(epsilon)
-    current = as_rdp(current_rdp, name="current_rdp").reshape(-1, len(ORDERS))
-    total = current + as_rdp(charge_rdp, name="charge_rdp")  # (n, k)
-    after = np.atleast_1d(filter_epsilon(total, delta=delta))
-    fits = after <= eps
-    if max_share is not None:
-        if not (_is_real(max_share) and 0 < max_share <= 1):
-            raise PrivacyParameterError(f"max_share must be in (0, 1]; got {max_share!r}.")
-        spent = np.atleast_1d(filter_epsilon(current, delta=delta))
-        fits &= after <= spent + max_share * (eps - spent)
-    return np.asarray(fits, dtype=bool).reshape(-1)
+    return rule_of(rule).fits(
+        current_rdp, charge_rdp, epsilon=epsilon, delta=delta, max_share=max_share
+    )
 
 
 def _check_unit(unit: object) -> UnitId:
@@ -195,15 +189,19 @@ class RenyiFilter:
     Args:
         epsilon: The policy's lifetime ε per unit.
         delta: The policy's δ per unit.
+        rule: The filter rule (:mod:`personal.privacy.rules`): ``"renyi"`` (default; the Rényi
+            filter over several orders) or ``"gaussian"`` (the Gaussian-DP filter, whose
+            per-unit curves are the unsubsampled ``α·μ²/2``).
     """
 
-    def __init__(self, *, epsilon: float, delta: float) -> None:
+    def __init__(self, *, epsilon: float, delta: float, rule: str | FilterRule = RENYI) -> None:
         if not (_is_real(epsilon) and _is_real(delta)):
             raise PrivacyParameterError(
                 f"epsilon and delta must be numbers; got {epsilon!r}, {delta!r}."
             )
         self._epsilon = check_epsilon(epsilon)
         self._delta = check_probability("delta", delta)
+        self._rule = rule_of(rule)
         self._index: dict[UnitId, int] = {}
         self._buf = np.zeros((0, len(ORDERS)))  # (capacity, k); rows in _index order
         self._history: list[tuple[Charge, tuple[UnitId, ...]]] = []
@@ -224,6 +222,11 @@ class RenyiFilter:
         return self._delta
 
     @property
+    def rule(self) -> FilterRule:
+        """The filter rule (how rounds are charged and units' ε computed)."""
+        return self._rule
+
+    @property
     def units(self) -> tuple[UnitId, ...]:
         """Every unit charged at least once (a never-charged unit has zero RDP)."""
         return tuple(self._index)
@@ -240,23 +243,23 @@ class RenyiFilter:
     def __repr__(self) -> str:
         return (
             f"RenyiFilter(epsilon={self._epsilon}, delta={self._delta}, "
-            f"rounds={len(self._history)}, units={len(self._index)})"
+            f"rule={self._rule.name!r}, rounds={len(self._history)}, units={len(self._index)})"
         )
 
     def rdp_of(self, unit: UnitId) -> NDArray[np.float64]:
-        """A copy of the unit's accumulated RDP curve (zeros if never charged)."""
+        """A copy of the unit's accumulated curve under :attr:`rule` (zeros if never charged)."""
         row = self._index.get(_check_unit(unit))
         return np.zeros(len(ORDERS)) if row is None else self._rdp[row].copy()
 
     def epsilon_of(self, unit: UnitId) -> float:
         """The unit's filter-ε so far (<= :attr:`epsilon`, always; 0 if never charged)."""
-        return float(filter_epsilon(self.rdp_of(unit), delta=self._delta))
+        return float(self._rule.epsilon(self.rdp_of(unit), delta=self._delta))
 
     def epsilons(self) -> dict[UnitId, float]:
         """Filter-ε of every charged unit (vectorised)."""
         if not self._index:
             return {}
-        eps = np.atleast_1d(filter_epsilon(self._rdp, delta=self._delta))
+        eps = np.atleast_1d(self._rule.epsilon(self._rdp, delta=self._delta))
         return dict(zip(self._index, map(float, eps), strict=True))
 
     def _rows(self, units: Iterable[object]) -> tuple[tuple[UnitId, ...], NDArray[np.int64]]:
@@ -293,9 +296,9 @@ class RenyiFilter:
         """
         charge = _check_charge(charge)
         ids, rows = self._rows(units)
-        mask = eligible_mask(
-            self._current(rows), charge.rdp(), epsilon=self._epsilon, delta=self._delta,
-            max_share=max_share,
+        mask = self._rule.fits(
+            self._current(rows), self._rule.charge_curve(charge), epsilon=self._epsilon,
+            delta=self._delta, max_share=max_share,
         ).tolist()  # fmt: skip
         eligible = tuple(u for u, ok in zip(ids, mask, strict=True) if ok)
         excluded = tuple(u for u, ok in zip(ids, mask, strict=True) if not ok)
@@ -315,8 +318,8 @@ class RenyiFilter:
         """
         charge = _check_charge(charge)
         ids, rows = self._rows(units)
-        step = charge.rdp()
-        fits = eligible_mask(self._current(rows), step, epsilon=self._epsilon, delta=self._delta)
+        step = self._rule.charge_curve(charge)
+        fits = self._rule.fits(self._current(rows), step, epsilon=self._epsilon, delta=self._delta)
         if not fits.all():
             bad = [u for u, ok in zip(ids, fits, strict=True) if not ok]
             raise UnitOverBudget(
@@ -356,6 +359,7 @@ class RenyiFilter:
             "orders": list(ORDERS),
             "epsilon": self._epsilon,
             "delta": self._delta,
+            "filter": self._rule.name,
             "units": [[u, self._rdp[i].tolist()] for u, i in self._index.items()],
             "history": [{**c.to_dict(), "units": list(ids)} for c, ids in self._history],
         }
@@ -363,7 +367,8 @@ class RenyiFilter:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace this filter's state with ``state`` after validating it completely.
 
-        Checks the mechanism, version, order grid and budget (equal to this filter's); replays
+        Checks the mechanism, version, order grid, budget and filter rule (equal to this
+        filter's; a state without ``filter`` is a Rényi filter's); replays
         the history (every charge re-validated, its RDP recomputed); requires the stored unit
         table to list exactly the charged units, each with the replayed RDP; requires every
         unit within budget. The replayed values, never the stored ones, become the state.
@@ -371,8 +376,8 @@ class RenyiFilter:
         Raises:
             PrivacyStateError: Anything malformed or inconsistent; this filter is unchanged.
         """
-        _check_header(state, epsilon=self._epsilon, delta=self._delta)
-        replay = RenyiFilter(epsilon=self._epsilon, delta=self._delta)
+        _check_header(state, epsilon=self._epsilon, delta=self._delta, rule=self._rule.name)
+        replay = RenyiFilter(epsilon=self._epsilon, delta=self._delta, rule=self._rule)
         entries = state["history"]
         if not isinstance(entries, list | tuple):
             raise PrivacyStateError("filter history must be a list of charges.")
@@ -384,7 +389,7 @@ class RenyiFilter:
                 ids, rows = replay._rows(entry["units"])
             except PrivacyParameterError as exc:
                 raise PrivacyStateError(f"history entry {n}: {exc}") from exc
-            replay._apply(charge, ids, rows, charge.rdp())
+            replay._apply(charge, ids, rows, replay._rule.charge_curve(charge))
         _check_units(state["units"], replay)
         self._index, self._buf, self._history = replay._index, replay._buf, replay._history
 
@@ -394,14 +399,16 @@ class RenyiFilter:
         if not isinstance(state, Mapping):
             raise PrivacyStateError("filter state must be a mapping (from RenyiFilter.state_dict).")
         try:
-            rf = cls(epsilon=state["epsilon"], delta=state["delta"])
+            rf = cls(
+                epsilon=state["epsilon"], delta=state["delta"], rule=state.get("filter", "renyi")
+            )
         except (KeyError, PrivacyParameterError) as exc:
             raise PrivacyStateError(f"state has no valid budget: {exc}") from exc
         rf.load_state_dict(state)
         return rf
 
 
-def _check_header(state: object, *, epsilon: float, delta: float) -> None:
+def _check_header(state: object, *, epsilon: float, delta: float, rule: str) -> None:
     if not isinstance(state, Mapping):
         raise PrivacyStateError("filter state must be a mapping (from RenyiFilter.state_dict).")
     missing = _STATE_KEYS - set(state)
@@ -424,6 +431,12 @@ def _check_header(state: object, *, epsilon: float, delta: float) -> None:
         raise PrivacyStateError(
             f"state budget (ε={eps!r}, δ={dlt!r}) differs from this filter's "
             f"(ε={epsilon}, δ={delta}); use RenyiFilter.from_state_dict."
+        )
+    stated = state.get("filter", "renyi")
+    if stated != rule:
+        raise PrivacyStateError(
+            f"state was kept under the {stated!r} filter rule, this filter uses {rule!r}; "
+            "use RenyiFilter.from_state_dict."
         )
 
 
@@ -452,6 +465,6 @@ def _check_units(units: object, replay: RenyiFilter) -> None:
         unit = ids[int(np.argmax(mismatch))]
         raise PrivacyStateError(f"unit {unit!r}: stored RDP differs from its charge history.")
     if ids:
-        eps = np.atleast_1d(filter_epsilon(replay._rdp, delta=replay.delta))
+        eps = np.atleast_1d(replay.rule.epsilon(replay._rdp, delta=replay.delta))
         if (eps > replay.epsilon).any():
             raise PrivacyStateError("some unit exceeds the lifetime budget in the stored state.")

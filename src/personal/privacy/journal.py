@@ -46,6 +46,7 @@ from personal.privacy.chain import (
 )
 from personal.privacy.contract import DEFAULTS, Contract, bound_fields, complete, fold
 from personal.privacy.contract import FORMAT as CONTRACT_FORMAT
+from personal.privacy.rules import rule_of
 from personal.store import Store
 from personal.store.crypto import Sealed
 from personal.store.db import utcnow
@@ -92,8 +93,8 @@ class Journal:
         _, lag = self.compare_anchor(head)
         if lag:
             self.body(rows[-1])  # authenticate the entry the anchor does not cover yet
-        self._table = self.load_table(rows)
         self._bound = fold(self.body(r) for r in rows if r.kind in ("genesis", "contract"))
+        self._table = self.load_table(rows)
         self._spent = any(r.kind in ("charge", "uncharged") for r in rows)
         self._head = head
         if lag:
@@ -170,7 +171,9 @@ class Journal:
         return decode_body(plain, row.seq)
 
     def load_table(self, rows: list[Row]) -> UnitTable:
-        """The sealed snapshot if it matches the chain, plus the charges appended after it."""
+        """The sealed snapshot if it matches the chain, plus the charges appended after it
+        (charged under the contract's filter rule, which is fixed once a round is recorded)."""
+        rule = rule_of(self._bound.get("filter", DEFAULTS["filter"]))
         table, start = UnitTable(), 0
         snap = self.store.db.execute(
             f"SELECT seq, entry_hash, key_epoch, sealed FROM {STATE} WHERE id = 1"
@@ -189,7 +192,7 @@ class Journal:
         for row in rows[start:]:
             if row.kind == "charge":
                 body = self.body(row)
-                table.add(units_of(body, row.seq), charge_of(body, row.seq).rdp())
+                table.add(units_of(body, row.seq), rule.charge_curve(charge_of(body, row.seq)))
         return table
 
     def _transact(self, build: Build) -> int | None:
@@ -235,7 +238,9 @@ class Journal:
         if not complete(self._bound):
             # An older ledger: ε and δ stay the genesis's; unit and accountant come from the
             # store's sealed policy, else from the caller (docs/privacy.md, "Lifetime contract").
+            # Its rounds were admitted by the Rényi filter, the only rule there was then.
             fields = {**DEFAULTS, **request, **sealed_policy_contract(self.store), **self._bound}
+            fields["filter"] = self._bound.get("filter", DEFAULTS["filter"])
             self._append_contract(Contract.from_fields(fields), "completes a format-1 genesis")
         changed = self.contract.differences(request)
         if not changed:

@@ -1,4 +1,7 @@
-"""The per-unit privacy ledger: a Rényi filter persisted as a sealed, hash-chained, anchored log.
+"""The per-unit privacy ledger: a privacy filter persisted as a sealed, hash-chained, anchored log.
+
+The filter rule (Rényi or Gaussian-DP, :mod:`personal.privacy.rules`) is the one the lifetime
+contract binds (:attr:`Ledger.rule`); every charge, ε and admission goes through it.
 
 One ledger per store. Protocol of a round (the training round and the audit use only this)::
 
@@ -58,10 +61,10 @@ from personal.privacy.chain import (
 )
 from personal.privacy.contract import DEFAULTS, Contract, check_round
 from personal.privacy.contract import FORMAT as CONTRACT_FORMAT
-from personal.privacy.filter import PURPOSES, Charge, Selection, eligible_mask
+from personal.privacy.filter import PURPOSES, Charge, Selection
 from personal.privacy.journal import Journal
 from personal.privacy.ledger_verify import LedgerReport, reanchor, verify_ledger
-from personal.privacy.rdp import filter_epsilon
+from personal.privacy.rules import FilterRule, rule_of
 from personal.store import Store
 from personal.store.settings import sealed_policy_contract
 
@@ -73,9 +76,9 @@ STATUSES = ("completed", "aborted")
 class Ledger(Journal):
     """The privacy ledger of one store. Use :meth:`open`.
 
-    Its lifetime contract (:attr:`contract`: ε, δ, unit of privacy, accountant) is the one its
-    chain binds, never the caller's: :meth:`open` refuses a different one once a round is
-    recorded (:mod:`personal.privacy.contract`).
+    Its lifetime contract (:attr:`contract`: ε, δ, unit of privacy, accountant, filter rule) is
+    the one its chain binds, never the caller's: :meth:`open` refuses a different one once a
+    round is recorded (:mod:`personal.privacy.contract`).
     """
 
     # --- opening -------------------------------------------------------------------------------
@@ -90,6 +93,7 @@ class Ledger(Journal):
         delta: float | None = None,
         unit: str | None = None,
         accountant: str | None = None,
+        filter: str | None = None,
         anchor: anc.FileAnchor | str | Path | None = None,
     ) -> Ledger:
         """Open (creating on first use) the store's ledger and check it against its anchor.
@@ -108,7 +112,10 @@ class Ledger(Journal):
             LedgerRollback: The database is an older copy than the anchor (training refused).
             LedgerAnchorMissing: The anchor is gone (see :meth:`reanchor`).
         """
-        given = {"epsilon": epsilon, "delta": delta, "unit": unit, "accountant": accountant}
+        given = {
+            "epsilon": epsilon, "delta": delta, "unit": unit, "accountant": accountant,
+            "filter": filter,
+        }  # fmt: skip
         request = {
             **(contract.to_dict() if contract is not None else {}),
             **{k: v for k, v in given.items() if v is not None},
@@ -135,6 +142,12 @@ class Ledger(Journal):
     def delta(self) -> float:
         """The lifetime δ per unit, as the ledger binds it."""
         return self.contract.delta
+
+    @property
+    def rule(self) -> FilterRule:
+        """The filter rule the contract binds (``"renyi"`` for every ledger written before
+        the rule was part of the contract)."""
+        return rule_of(self.contract.filter)
 
     def _create(self, request: dict[str, Any]) -> None:
         if "epsilon" not in request or "delta" not in request:
@@ -208,9 +221,11 @@ class Ledger(Journal):
         self, charge: Charge, units: tuple[UnitId, ...], max_share: float | None = None
     ) -> np.ndarray:
         current = self._table.current(units)  # (n, k)
-        return eligible_mask(
-            current, charge.rdp(), epsilon=self.epsilon, delta=self.delta, max_share=max_share
-        )
+        rule = self.rule
+        return rule.fits(
+            current, rule.charge_curve(charge), epsilon=self.epsilon, delta=self.delta,
+            max_share=max_share,
+        )  # fmt: skip
 
     def begin_round(
         self,
@@ -243,7 +258,6 @@ class Ledger(Journal):
         clip = check_positive("clip_norm", clip_norm)
         check_mechanism(accountant)
         check_round(self.contract, units, accountant)
-        step = charge.rdp()
 
         def build() -> tuple[str, int | None, dict[str, Any], UnitTable | None]:
             mask = self._fits(charge, units)
@@ -255,10 +269,11 @@ class Ledger(Journal):
                     "selected just before the round (nothing was charged)"
                 )
             table = self._table.copy()
-            table.add(units, step)
+            table.add(units, self.rule.charge_curve(charge))
             body = {
                 **charge.to_dict(), **context, "clip_norm": clip, "accountant": accountant,
                 "epsilon": self.epsilon, "delta": self.delta, "unit": self.contract.unit,
+                "filter": self.contract.filter,
                 "units": list(units),
                 "units_digest": units_digest(units), "unit_count": len(units),
                 "status": "charged",
@@ -333,14 +348,14 @@ class Ledger(Journal):
         """The unit's filter-ε so far (never above :attr:`epsilon`; 0 if never charged)."""
         (unit,) = check_units([unit])
         self._refresh()
-        return float(filter_epsilon(self._table.current((unit,))[0], delta=self.delta))
+        return float(self.rule.epsilon(self._table.current((unit,))[0], delta=self.delta))
 
     def epsilons(self) -> dict[UnitId, float]:
         """Filter-ε of every unit ever charged."""
         self._refresh()
         if not self._table.index:
             return {}
-        eps = np.atleast_1d(filter_epsilon(self._table.rdp, delta=self.delta))
+        eps = np.atleast_1d(self.rule.epsilon(self._table.rdp, delta=self.delta))
         return dict(zip(self._table.index, map(float, eps), strict=True))
 
     def rounds(self, *, with_units: bool = False) -> list[LedgerRound]:

@@ -2,10 +2,11 @@
 
 Verification trusts nothing cached: it recomputes every link and hash, authenticates every
 sealed body, checks every charge entry's unit digest, replays every charge through the filter
-rule at the budget recorded with it (no unit may ever have been charged past it), rebuilds the
-per-unit RDP table from the chain alone, checks every round against the lifetime contract the
-genesis binds (its ε, δ, accountant and unit of privacy; a contract may not change once a round
-is recorded), checks every unit against that budget, and compares the chain head with the anchor.
+rule the contract binds (Rényi or Gaussian, :mod:`personal.privacy.rules`) at the budget recorded
+with it (no unit may ever have been charged past it), rebuilds the per-unit table from the chain
+alone, checks every round against the lifetime contract the genesis binds (its ε, δ, accountant,
+unit of privacy and filter rule; a contract may not change once a round is recorded), checks
+every unit against that budget, and compares the chain head with the anchor.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from personal.privacy.chain import (
     units_digest,
     units_of,
 )
-from personal.privacy.contract import Contract, bound_fields, complete, misfits
-from personal.privacy.rdp import filter_epsilon
+from personal.privacy.contract import DEFAULTS, Contract, bound_fields, complete, misfits
+from personal.privacy.rules import rule_of
 
 import numpy as np
 
@@ -54,7 +55,8 @@ class LedgerReport:
         repairs: What verification fixed (unit cache rebuilt, anchor lag of one re-anchored).
         notes: Facts a reviewer must see (re-anchoring by an admin, interrupted rounds).
         contract: The lifetime contract the chain binds (``epsilon``, ``delta``, ``unit``,
-            ``accountant``), as replayed from its genesis and ``contract`` entries.
+            ``accountant``, ``filter`` when stated), as replayed from its genesis and
+            ``contract`` entries.
     """
 
     ok: bool
@@ -116,7 +118,9 @@ class _Replay:
 
     def _contract(self, body: Mapping[str, Any], where: str) -> list[str]:
         new = bound_fields(body)
-        changed = [k for k in new if k in self.bound and new[k] != self.bound[k]]
+        # A contract that does not state its filter rule bound the Rényi filter.
+        prior = {"filter": DEFAULTS["filter"], **self.bound} if self.bound else {}
+        changed = [k for k in new if k in prior and new[k] != prior[k]]
         self.bound.update(new)
         try:
             if complete(self.bound):
@@ -131,7 +135,8 @@ class _Replay:
         return []
 
     def _against_contract(self, row: Row, body: Mapping[str, Any], where: str) -> list[str]:
-        """A charge's recorded budget, accountant and unit ids must be the contract's."""
+        """A charge's recorded budget, accountant, filter rule and unit ids must be the
+        contract's (a charge that names no rule was admitted by the Rényi filter)."""
         problems, b = [], self.bound
         if (float(body["epsilon"]), float(body["delta"])) != (b["epsilon"], b["delta"]):
             problems.append(
@@ -144,6 +149,12 @@ class _Replay:
                 f"{where}: round {row.round_id} names the {body.get('accountant')!r} "
                 f"accountant, not the contract's {b['accountant']!r}"
             )
+        bound_rule = b.get("filter", DEFAULTS["filter"])
+        if body.get("filter", "renyi") != bound_rule:
+            problems.append(
+                f"{where}: round {row.round_id} was admitted by the "
+                f"{body.get('filter', 'renyi')!r} filter rule, not the contract's {bound_rule!r}"
+            )
         bad = misfits(b.get("unit", "interaction"), body.get("units", ()))
         if bad:
             problems.append(
@@ -154,11 +165,12 @@ class _Replay:
 
     def _charge(self, row: Row, body: Mapping[str, Any], where: str) -> list[str]:
         try:
-            step = charge_of(body, row.seq).rdp()
+            rule = rule_of(self.bound.get("filter", DEFAULTS["filter"]))
+            step = rule.charge_curve(charge_of(body, row.seq))
             units = units_of(body, row.seq)
             eps = float(self.bound.get("epsilon", body["epsilon"]))
             delta = float(self.bound.get("delta", body["delta"]))
-            budget_ok = filter_epsilon(self.table.current(units) + step, delta=delta)
+            budget_ok = rule.epsilon(self.table.current(units) + step, delta=delta)
             problems = self._against_contract(row, body, where) if "epsilon" in self.bound else []
         except (LedgerIntegrityError, PrivacyParameterError, KeyError, TypeError, ValueError):
             return [f"{where}: malformed charge entry"]
@@ -200,7 +212,8 @@ def verify_ledger(ledger: Ledger) -> LedgerReport:
     contract = _replayed_contract(ledger, replay.bound)
     eps: list[float] = []
     if table.index and contract is not None:
-        eps = np.atleast_1d(filter_epsilon(table.rdp, delta=contract.delta)).tolist()
+        rule = rule_of(contract.filter)
+        eps = np.atleast_1d(rule.epsilon(table.rdp, delta=contract.delta)).tolist()
     over = sum(e > contract.epsilon * (1 + _TOL) for e in eps) if contract is not None else 0
     if over and contract is not None:
         problems.append(

@@ -192,19 +192,15 @@ def decide(
 
 def validation_noise_multiplier(policy: Any) -> float:
     """σ of the held-out gain metric under ``policy`` (``gates.validation_noise_multiplier``,
-    or calibrated from ``gates.validation_epsilon``: one Gaussian release, q = 1)."""
-    from personal.privacy.accountant import calibrate_noise
-    from personal.privacy.rdp import ORDERS
+    or calibrated from ``gates.validation_epsilon`` under the policy's filter rule: one
+    Gaussian release, q = 1)."""
+    from personal.privacy.rules import rule_of
 
     gates, privacy = policy.gates, policy.privacy
     if gates.validation_epsilon is None:
         return float(gates.validation_noise_multiplier or 10.0)
     return float(
-        calibrate_noise(
-            target_epsilon=gates.validation_epsilon,
-            target_delta=privacy.delta / len(ORDERS),
-            sample_rate=1.0,
-            steps=1,
-            accountant="rdp",
+        rule_of(privacy.filter).calibrate(
+            target_epsilon=gates.validation_epsilon, delta=privacy.delta, sample_rate=1.0, steps=1
         )
     )
