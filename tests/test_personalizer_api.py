@@ -43,6 +43,7 @@ def test_log_takes_the_ts_forms_of_import_and_refuses_empty_exchanges(tmp_path, 
     assert budget["remaining_min"] == budget["lifetime_epsilon"] == 8.0
     # Two units at q = 1 over 10 steps would cost more than 8: the next round leaves them out.
     assert budget["excluded_next_round"] == 2 and budget["unit"] == "interaction"
+    assert budget["filter"] == "renyi"
 
 
 def test_the_plan_and_the_round_agree_on_sigma_and_q(tmp_path, tiny_model_factory):
@@ -64,3 +65,21 @@ def test_the_plan_and_the_round_agree_on_sigma_and_q(tmp_path, tiny_model_factor
             report = p.update()
     assert report.noise_multiplier == plan.noise_multiplier
     assert report.sample_rate == pytest.approx(plan.sample_rate(report.candidates))
+
+
+def test_a_gaussian_policy_calibrates_and_reports_with_its_filter(tmp_path, tiny_model_factory):
+    """privacy.filter = "gaussian": round_epsilon calibrates σ exactly (σ = sqrt(steps)/μ, q
+    ignored) and budget() names the filter the store is bound to."""
+    from personal.privacy.gdp import mu_budget
+
+    policy = load_policy("research").with_overrides(
+        {"store.synchronous": "NORMAL", "privacy.noise_multiplier": None,
+         "privacy.round_epsilon": 2.0, "training.steps": 2, "privacy.filter": "gaussian"}
+    )  # fmt: skip
+    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
+        for i in range(12):
+            p.log(f"text Ana that I'm {i} minutes late", f"Sent to Ana: {i} late.")
+        plan = p.round_plan()
+        budget = p.budget()
+    assert plan.noise_multiplier == pytest.approx(2**0.5 / mu_budget(2.0, 1e-5), rel=1e-9)
+    assert budget["filter"] == "gaussian" and budget["excluded_next_round"] == 0

@@ -130,3 +130,24 @@ def test_migrate_to_a_new_base(store, tiny_model_factory, tmp_path):
     audit = json.loads(_run("audit", str(store), "--json").output)
     assert [r["purpose"] for r in audit["rounds"]] == ["training", "migration"]
     assert audit["ok"]
+
+
+def test_a_gaussian_filter_store_previews_and_audits_with_it(store, tiny_model_factory, tmp_path):
+    """privacy.filter = "gaussian": the round preview, the ledger and the audit all use the
+    Gaussian-DP filter (a round costs each eligible unit μ² = steps/σ², sampling ignored)."""
+    from personal.privacy.gdp import gaussian_epsilon
+
+    base = str(tiny_model_factory("llama"))
+    policy = tmp_path / "gaussian.toml"
+    policy.write_text(POLICY.replace("[training]", 'filter = "gaussian"\n[training]', 1))
+    result = _run("train", str(store), "--base", base, "--policy", str(policy))
+    assert result.exit_code == 0, result.output
+    round_eps = gaussian_epsilon((3 / 2.0**2) ** 0.5, 1e-6)  # 3 steps at σ = 2
+    assert f"ε +{round_eps:.3g} per eligible unit, gaussian filter" in result.output
+    audit = _run("audit", str(store), "--json")
+    assert audit.exit_code == 0, audit.output
+    data = json.loads(audit.output)
+    assert data["ok"] and data["filter"] == "gaussian"
+    training = next(r for r in data["rounds"] if r["purpose"] == "training")
+    assert training["epsilon"] == pytest.approx(round_eps, rel=1e-9)
+    assert "filter: gaussian" in _run("audit", str(store)).output
