@@ -19,13 +19,14 @@ The canonical bytes (:func:`entry_hash`) are a domain tag and the length-prefixe
 round id, time, key epoch and the *sealed* blob: the chain commits to ciphertexts, so a cleartext
 hash never lets anyone confirm a guess about a body (which unit ids were eligible).
 
-The genesis body binds the store's lifetime contract (ε, δ, unit, accountant; see
+The genesis body binds the store's lifetime contract (ε, δ, unit, accountant, filter rule; see
 :mod:`personal.privacy.contract`); a ``contract`` entry replaces it before the first round, or
 completes a format-1 genesis (ε and δ only).
 
-``ledger_state`` holds one sealed snapshot of every unit's accumulated RDP, bound to the chain
-position (seq, entry_hash) it was computed at. It is a cache: :meth:`Ledger.verify` rebuilds it
-from the chain, and a snapshot that does not match the chain is ignored and rebuilt.
+``ledger_state`` holds one sealed snapshot of every unit's accumulated curve (under the
+contract's filter rule, fixed before the first charge), bound to the chain position
+(seq, entry_hash) it was computed at. It is a cache: :meth:`Ledger.verify` rebuilds it from the
+chain, and a snapshot that does not match the chain is ignored and rebuilt.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ never sampled and not charged. The theorem this relies on (Feldman & Zrnic 2021,
 Lécuyer 2021 for several orders, with a union bound over :data:`ORDERS`), its proof and its
 conditions are in :mod:`personal.privacy.rdp` and docs/privacy-accounting.md.
 
+That is the default rule. ``RenyiFilter(..., rule="gaussian")`` runs the Gaussian-DP filter
+instead (Smith & Thakurta 2022): each round adds the *unsubsampled* Gaussian's curve
+``α·steps/(2σ²)`` and a unit's ε is the exact ε of μ-GDP (:mod:`personal.privacy.rules`,
+:mod:`personal.privacy.gdp`); everything below works the same under either rule.
+
 Protocol of one round (the ledger persists every step; this module only does the maths)::
 
     charge = Charge(purpose="training", sample_rate=q, noise_multiplier=sigma, steps=T)
