@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps test test-slow test-all lint demo bench bench-long build-models real-v2 clean
+.PHONY: install system-deps test test-slow test-all lint typecheck demo bench bench-long build-models real-v2 clean
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ test-all: install
 lint: install
 	$(BIN)/ruff check src tests personal_sim benchmarks
 	$(BIN)/ruff format --check src tests personal_sim benchmarks
+
+# Type-check the library (configuration in pyproject.toml's [tool.mypy]).
+typecheck: install
+	$(BIN)/mypy src/personal
 
 demo: install
 	$(BIN)/python -m personal_sim.demo

@@ -17,16 +17,18 @@ import json
 import math
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from personal.errors import AdapterCorrupt, ConfigError
+from personal.model.mlx_typing import from_buffer
 
 import mlx.core as mx
 
 # safetensors dtype -> (memoryview format holding the bytes, item size, mlx dtype to view as).
 # memoryview has no half-float format: 16-bit types travel as uint16 and are viewed as floats.
 # No numpy: it would add ~0.2 s to every process that opens a registry.
-_DTYPES: dict[str, tuple[str, int, Any]] = {
+_Format = Literal["f", "H"]
+_DTYPES: dict[str, tuple[_Format, int, Any]] = {
     "F32": ("f", 4, mx.float32),
     "F16": ("H", 2, mx.float16),
     "BF16": ("H", 2, mx.bfloat16),
@@ -71,7 +73,7 @@ def decode(data: bytes, *, where: str) -> tuple[dict[str, mx.array], dict[str, s
         spans.append((begin, end, name))
         if end > len(data) - start:
             raise _corrupt(where, f"tensor {name!r} ends past the end of the file")
-        array = mx.array(view[start + begin : start + end].cast(fmt))  # a copy
+        array = from_buffer(view[start + begin : start + end].cast(fmt))  # a copy
         weights[name] = array.view(mx_dtype).reshape(shape)
     position = 0
     for begin, end, name in sorted(spans):
@@ -99,7 +101,7 @@ def _header(data: bytes, where: str) -> tuple[dict[str, Any], int]:
     return header, 8 + size
 
 
-def _entry(name: str, entry: Any, where: str) -> tuple[str, Any, list[int], int, int]:
+def _entry(name: str, entry: Any, where: str) -> tuple[_Format, Any, list[int], int, int]:
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise _corrupt(where, f"tensor {name!r} needs exactly dtype, shape and data_offsets")
     if entry["dtype"] not in _DTYPES:

@@ -361,7 +361,9 @@ def _flat(tree: Tree) -> dict[str, mx.array]:
     return dict(tree_flatten(dict(tree)))
 
 
-def _check_same(a: Mapping[str, mx.array], b: Mapping[str, mx.array], what_a: str, what_b: str):
+def _check_same(
+    a: Mapping[str, mx.array], b: Mapping[str, mx.array], what_a: str, what_b: str
+) -> None:
     if set(a) != set(b):
         missing, extra = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         raise AdapterMismatch(

@@ -26,6 +26,7 @@ from personal.errors import (
     UnsupportedArchitecture,
 )
 from personal.model.fingerprint import fingerprint_directory
+from personal.model.mlx_typing import load_arrays
 from personal.runtime import device_name
 
 import mlx.core as mx
@@ -201,7 +202,7 @@ def _load_weights(path: Path) -> dict[str, mx.array]:
     weights: dict[str, mx.array] = {}
     for file in files:
         try:
-            weights.update(mx.load(str(file)))
+            weights.update(load_arrays(file))
         except Exception as exc:  # mlx raises RuntimeError/ValueError with C++ text
             raise CorruptWeights(
                 f"{file} cannot be read as safetensors ({exc}). The file is truncated or "

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from personal.model.mlx_typing import scalar
+
 import mlx.core as mx
 import numpy as np
 
@@ -33,7 +35,7 @@ class Batch:
 
     @property
     def num_tokens(self) -> int:
-        return int(self.mask.sum().item())
+        return int(scalar(self.mask.sum()))
 
 
 def make_batch(

@@ -312,7 +312,7 @@ def _loss(
         feature = feature + loss / len(features)
     for s, t in zip(student["attn"], teacher["attn"], strict=True):
         attn = attn + attention_transfer_loss(s, t, mask) / len(attention)
-    parts = (kd, ce, feature, attn)
+    parts = [kd, ce, feature, attn]
     weights = [getattr(config, f"{name}_weight") for name in COMPONENTS]
     return sum(w * v for w, v in zip(weights, parts, strict=True)), mx.stack(parts)
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from personal.model.batching import Batch
+from personal.model.mlx_typing import scalar
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -63,8 +64,8 @@ def evaluate(model: nn.Module, batches: Iterable[Batch]) -> EvalResult:
         correct = (mx.argmax(logits, axis=-1) == batch.targets).astype(mx.float32)
         loss_sum, correct_sum = (losses * batch.mask).sum(), (correct * batch.mask).sum()
         mx.eval(loss_sum, correct_sum)
-        total_loss += loss_sum.item()
-        total_correct += correct_sum.item()
+        total_loss += scalar(loss_sum)
+        total_correct += scalar(correct_sum)
         tokens += batch.num_tokens
         examples += batch.size
     if tokens == 0:

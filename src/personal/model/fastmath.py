@@ -92,5 +92,7 @@ def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     """
     if os.environ.get(FAST_ENV, "") in ("", "0"):
         return nn.losses.cross_entropy(logits, targets, reduction="none")
-    return fast_cross_entropy(logits, targets)
-
+    loss = fast_cross_entropy(logits, targets)  # mx.custom_function's stub returns object
+    if not isinstance(loss, mx.array):
+        raise TypeError(f"fast_cross_entropy returned {type(loss).__name__}, not an array")
+    return loss

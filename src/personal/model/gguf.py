@@ -34,6 +34,7 @@ from personal.errors import ConfigError, CorruptWeights, ModelExists, Unsupporte
 from personal.filesafety import fsync_dir, fsync_path
 from personal.model.gguf_reader import BF16, QUANT_BITS, GGUFHeader, read_header
 from personal.model.gguf_tokenizer import check_tokenizer, write_tokenizer
+from personal.model.mlx_typing import load_arrays
 
 import mlx.core as mx
 import numpy as np
@@ -143,7 +144,7 @@ def _config(header: GGUFHeader, source: Path) -> dict[str, Any]:
 def _weights(header: GGUFHeader, source: Path, dtype: str) -> tuple[dict, dict[str, int]]:
     """mlx-lm weights and, for ``keep``, the bits of each quantized module."""
     try:
-        raw = mx.load(str(source))
+        raw = load_arrays(source)
     except (RuntimeError, ValueError) as exc:
         raise CorruptWeights(f"{source} cannot be read as GGUF ({exc}); copy it again.") from exc
     target = {"float32": mx.float32, "bfloat16": mx.bfloat16}.get(dtype)

@@ -16,13 +16,14 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 from personal.errors import AdapterMismatch, ConfigError, NoLoRALayers
+from personal.model.mlx_typing import flat_params
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_unflatten
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 from mlx_lm.tuner.lora import LoRALinear, LoRASwitchLinear
 
@@ -135,11 +136,16 @@ def _targets_in_block(block: nn.Module, config: LoRAConfig) -> list[tuple[str, n
 
 
 def _make_lora(module: nn.Module, config: LoRAConfig, key: mx.array) -> nn.Module:
-    cls = LoRASwitchLinear if isinstance(module, _SWITCH_TYPES) else LoRALinear
-    lora = cls.from_base(module, r=config.rank, dropout=config.dropout, scale=config.scale)
+    r, dropout, scale = config.rank, config.dropout, config.scale
+    if isinstance(module, _SWITCH_TYPES):
+        lora = LoRASwitchLinear.from_base(module, r=r, dropout=dropout, scale=scale)
+        fan_in_axis = -1
+    else:  # mlx-lm annotates nn.Linear; it converts nn.QuantizedLinear too
+        lora = LoRALinear.from_base(cast(nn.Linear, module), r=r, dropout=dropout, scale=scale)
+        fan_in_axis = 0
     # Deterministic init (mlx-lm draws from the global RNG): A ~ U(±1/sqrt(in)), B = 0, so a
     # fresh adapter computes exactly the base model.
-    bound = 1.0 / math.sqrt(lora.lora_a.shape[-1 if cls is LoRASwitchLinear else 0])
+    bound = 1.0 / math.sqrt(lora.lora_a.shape[fan_in_axis])
     lora.lora_a = mx.random.uniform(-bound, bound, lora.lora_a.shape, key=key)
     return lora
 
@@ -235,7 +241,7 @@ def get_adapter_weights(model: nn.Module) -> dict[str, mx.array]:
     """The adapter as a flat ``name -> array`` dict (every ``lora_a`` / ``lora_b``)."""
     return {
         name: value
-        for name, value in tree_flatten(model.parameters())
+        for name, value in flat_params(model.parameters())
         if name.rpartition(".")[2] in _LORA_KEYS
     }
 
@@ -296,7 +302,7 @@ def fresh_adapter_weights(model: nn.Module, *, seed: int = 0) -> dict[str, mx.ar
 
 def trainable_parameter_count(model: nn.Module) -> int:
     """Number of trainable scalars (the adapter, after :func:`inject_lora`)."""
-    return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    return sum(v.size for _, v in flat_params(model.trainable_parameters()))
 
 
 def _replace_lora(model: nn.Module, make: Any) -> int:

@@ -29,6 +29,7 @@ from personal.model.base import BaseModel, save_base
 from personal.model.batching import Batch
 from personal.model.capture import capture
 from personal.model.evaluate import evaluate
+from personal.model.mlx_typing import scalar
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -61,7 +62,7 @@ def block_influence(model: nn.Module, batches: Sequence[Batch]) -> list[float]:
         mx.eval(totals, count)
     if totals is None or count.item() == 0:
         raise ConfigError("block_influence needs at least one batch with a masked token.")
-    return (totals / count).tolist()
+    return [scalar(v) for v in totals / count]  # one float per block
 
 
 def blocks_to_drop(influence: Sequence[float], count: int) -> list[int]:

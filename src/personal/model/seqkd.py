@@ -55,11 +55,18 @@ def teacher_generations(
         seed: prompt ``i`` samples with ``seed + i``, so results do not depend on order.
     """
     teacher.eval()
-    kwargs = {"max_tokens": max_tokens, "temperature": temperature}
-    return [
-        (prompt, generate(teacher, tokenizer, prompt, seed=seed + i, **kwargs).text)
-        for i, prompt in enumerate(prompts)
-    ]
+    pairs = []
+    for i, prompt in enumerate(prompts):
+        reply = generate(
+            teacher,
+            tokenizer,
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed + i,
+        )
+        pairs.append((prompt, reply.text))
+    return pairs
 
 
 def sequence_level_batches(

@@ -13,6 +13,7 @@ from functools import partial
 
 from personal.model.batching import Batch
 from personal.model.fastmath import cross_entropy
+from personal.model.mlx_typing import scalar
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -88,7 +89,7 @@ def train(
     for index, batch in enumerate(batches):
         value = step_fn(batch)
         mx.eval(value, model.parameters(), optimizer.state)
-        losses.append(float(value.item()))
+        losses.append(scalar(value))
         if callback is not None:
             callback(index, losses[-1])
     model.eval()

@@ -36,6 +36,7 @@ from functools import partial
 from personal.errors import ConfigError
 from personal.model.fastmath import cross_entropy
 from personal.model.head import scored_logits
+from personal.model.mlx_typing import array_sum, flat_params, scalar
 from personal.model.per_example import RowLoss, per_example_grads
 from personal.privacy.noise import GaussianNoise
 from personal.privacy.sampler import UnitBatch
@@ -51,6 +52,11 @@ ExampleLoss = RowLoss
 ReleaseHook = Callable[[dict[str, mx.array]], None]
 # (noised gradient, current trainable parameters) -> the gradient the optimiser sees.
 GradientTransform = Callable[[dict[str, mx.array], dict[str, mx.array]], dict[str, mx.array]]
+# clipped_unit_sum bound to a model and loss: (arrays, units, valid, clip_norm) -> its result.
+_UnitSum = Callable[
+    [tuple[mx.array, ...], mx.array, mx.array, float | mx.array],
+    tuple[dict[str, mx.array], mx.array, mx.array, mx.array],
+]
 # The clip target is shrunk by one part in 2^16 so that float32 rounding in the norm and the
 # rescaling cannot push a unit's contribution above C.
 CLIP_SAFETY = 1.0 - 2.0**-16
@@ -188,10 +194,10 @@ def clipped_unit_sum(
     # Rows whose gradient is not finite are selected away, not multiplied by 0 (0 * inf is
     # NaN and would poison every unit through the matmul below). Padding rows are selected
     # away too: a user loss that divides by an all-zero mask gives NaN there.
-    row_sq = sum((g * g).sum(axis=-1) for _, g in flat)  # (S,)
+    row_sq = array_sum((g * g).sum(axis=-1) for _, g in flat)  # (S,)
     row_ok = mx.isfinite(row_sq) & (valid > 0)  # (S,)
     unit_grads = [member.T @ mx.where(row_ok[:, None], g, 0.0) for _, g in flat]  # (S, P_leaf)
-    sq_norms = sum((u * u).sum(axis=-1) for u in unit_grads)  # (S,)
+    sq_norms = array_sum((u * u).sum(axis=-1) for u in unit_grads)  # (S,)
     # A unit with a non-finite row or squared norm contributes nothing: that is a function of
     # its own data only, so the sensitivity stays C, and the update does not become NaN.
     bad_rows = member.T @ (~row_ok).astype(mx.float32)  # (S,) padding rows have no unit
@@ -228,7 +234,7 @@ class DPStep:
         self.model, self.optimizer, self.config, self.noise = model, optimizer, config, noise
         self.on_release, self.transform = on_release, transform
         optimizer.init(model.trainable_parameters())
-        core = partial(clipped_unit_sum, model, loss)
+        core: _UnitSum = partial(clipped_unit_sum, model, loss)
         update = self._update
         if compile:
             # The RNG state is captured so that LoRA dropout draws new masks every step (dropout
@@ -257,9 +263,9 @@ class DPStep:
         mx.eval(sums, norms, rows, losses)
         self._release(sums, batch.expected_size, batch.slots)
         real = rows > 0  # (S,) unit slots that hold a unit
-        clipped = ((norms > self.config.clip_norm * CLIP_SAFETY) & real).sum().item()
-        nonfinite = (mx.isnan(norms) & real).sum().item()
-        mean_loss = ((losses * batch.valid).sum() / batch.num_examples).item()
+        clipped = scalar(((norms > self.config.clip_norm * CLIP_SAFETY) & real).sum())
+        nonfinite = scalar((mx.isnan(norms) & real).sum())
+        mean_loss = scalar((losses * batch.valid).sum() / batch.num_examples)
         return DPStepReport(
             num_examples=batch.num_examples,
             num_units=batch.num_units,
@@ -274,7 +280,7 @@ class DPStep:
     def empty(self, expected_size: float, *, slots: int = 0) -> DPStepReport:
         """The step for a sample that drew no unit: the update is noise alone."""
         _check_expected_size(expected_size)
-        zeros = {k: mx.zeros_like(v) for k, v in tree_flatten(self.model.trainable_parameters())}
+        zeros = {k: mx.zeros_like(v) for k, v in flat_params(self.model.trainable_parameters())}
         self._release(zeros, expected_size, max(slots, 1))
         return DPStepReport(0, 0, slots, expected_size, 0.0, math.nan, self.config.noise_std)
 

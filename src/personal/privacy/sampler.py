@@ -217,9 +217,9 @@ def pack_token_units(
         minimum: see :func:`pack_units`.
         scored_only: pack the scored positions apart (see above).
     """
-    unit_rows = []
+    unit_rows: list[list[tuple[np.ndarray, ...]]] = []
     for u, sequences in enumerate(unit_sequences):
-        rows = []
+        rows: list[tuple[np.ndarray, ...]] = []
         for e, sequence in enumerate(sequences):
             tokens = list(sequence)[: width + 1]
             if len(tokens) < 2:
@@ -240,7 +240,7 @@ def pack_token_units(
 
 
 def _scored_rows(
-    unit_rows: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]], width: int
+    unit_rows: list[list[tuple[np.ndarray, ...]]], width: int
 ) -> list[list[tuple[np.ndarray, ...]]]:
     """``(inputs, targets, mask)`` rows → ``(inputs, positions, targets, mask)`` over the
     scored span of each row (contiguous by construction)."""
@@ -251,9 +251,10 @@ def _scored_rows(
             spans.append((int(scored[0]), len(scored)) if len(scored) else (0, 0))
     longest = max(length for _, length in spans)
     k = min(width, max(16, -(-longest // 16) * 16))
-    out, spans_left = [], iter(spans)
+    out: list[list[tuple[np.ndarray, ...]]] = []
+    spans_left = iter(spans)
     for rows in unit_rows:
-        packed = []
+        packed: list[tuple[np.ndarray, ...]] = []
         for inputs, targets, mask in rows:
             start = min(next(spans_left)[0], width - k)  # keep the window inside the row
             positions = np.arange(start, start + k, dtype=np.int32)

@@ -122,7 +122,9 @@ class PublicData:
         """
         items = [e if isinstance(e, PublicExample) else PublicExample(*e) for e in examples]
         chosen = list(splits) if splits is not None else [None] * len(items)
-        gate, train, unassigned = [], [], 0
+        gate: list[PublicExample] = []
+        train: list[PublicExample] = []
+        unassigned = 0
         for example, split in zip(items, chosen, strict=True):
             if split is None:
                 split = "gate" if unassigned % GATE_EVERY == 0 else "train"

@@ -74,7 +74,11 @@ def _text(x: float, y: float, text: str, anchor: str, extra: str = "") -> str:
     )
 
 
-def _y_axis(ticks: Sequence[float], y: Callable[[float], float], fmt=format_number) -> list[str]:
+def _y_axis(
+    ticks: Sequence[float],
+    y: Callable[[float], float],
+    fmt: Callable[[float], str] = format_number,
+) -> list[str]:
     out = []
     for t in ticks:
         out.append(

@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from personal.model.mlx_typing import flat_params
 from personal.privacy.dpsgd import ExampleLoss, example_ce_loss
 from personal.privacy.sampler import UnitBatch
 
@@ -39,7 +40,7 @@ class GradientCanaries:
     @classmethod
     def pick(cls, model: nn.Module, units: Sequence[str], rng: np.random.Generator) -> Any:
         """Distinct random coordinates of the model's largest trainable tensor."""
-        flat: list[tuple[str, mx.array]] = tree_flatten(model.trainable_parameters())  # type: ignore[assignment]
+        flat = flat_params(model.trainable_parameters())
         name, value = max(flat, key=lambda kv: kv[1].size)
         if value.size < len(units):
             raise ValueError(f"{len(units)} canaries need {len(units)} coordinates of {name}")

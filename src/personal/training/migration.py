@@ -14,6 +14,7 @@ call names the command that finishes it (:class:`~personal.errors.MigrationInter
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ class BaseUpdates:
     _continual: Any
     _public: Any
 
+    @abstractmethod
     def _update(
         self,
         progress: Any,
@@ -61,11 +63,15 @@ class BaseUpdates:
         test_only: dict[str, Any],
         max_budget_share: float | None = None,
     ) -> Any: ...
+    @abstractmethod
     def _public_batches(self) -> tuple[list[Any], list[Any]]: ...
+    @abstractmethod
     def public_data(self) -> Any: ...
+    @abstractmethod
     def _save_and_activate(self, report: Any, gate: Any, parent: int | None = None) -> int: ...
 
     @property
+    @abstractmethod
     def active_adapter(self) -> Any: ...
 
     def on_base_update(
