@@ -51,7 +51,7 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 def _order(config: SimConfig) -> list[int]:
     """Users heaviest first (longest tasks first balances the pool)."""
-    rates = {i: User.draw(config.seed, i).rate for i in range(config.users)}
+    rates = {i: User.draw(config.seed, i).rate for i in config.user_indices()}
     return sorted(rates, key=lambda i: (-rates[i], i))
 
 
@@ -75,7 +75,7 @@ def run_local(config: SimConfig, workers: int, progress: Progress | None = None)
             for future in done:
                 results[futures[future]] = future.result()
         _drain(queue, progress)
-    return [results[i] for i in range(config.users)]
+    return [results[i] for i in sorted(results)]
 
 
 def _drain(queue: Any, progress: Progress | None) -> None:
@@ -142,7 +142,7 @@ def run_ray(
     finally:
         if started_here:
             ray.shutdown()
-    return [results[i] for i in range(config.users)]
+    return [results[i] for i in sorted(results)]
 
 
 def _ray_user(config: SimConfig, index: int, progress: Any = None) -> dict[str, Any]:

@@ -225,13 +225,17 @@ def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def summary_table(metrics: dict[str, Any]) -> str:
-    """The summary as fixed-width text (what the CLI prints at the end)."""
-    rows = summary_rows(metrics)
+def text_table(rows: list[list[str]]) -> str:
+    """``rows`` (the first one the header) as fixed-width text with a rule under the header."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    """The summary as fixed-width text (what the CLI prints at the end)."""
+    return text_table(summary_rows(metrics))
 
 
 def user_rows(metrics: dict[str, Any]) -> list[list[str]]:
@@ -308,11 +312,14 @@ def render_html(metrics: dict[str, Any], pngs: dict[str, bytes]) -> str:
         f"day {config['update_day']} ({escape(config['base'])} → {escape(config['update_base'])})"
         if config["update_day"] < config["days"] else "none during the run"
     )  # fmt: skip
+    rate = config.get("min_rate") or 0
+    recruited = f" (those logging at least {rate:g} interactions a day)" if rate else ""
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>personal simulate: {config["users"]} users, {config["days"]} days</title>
 <style>{_CSS}</style></head><body>
 <h1>Simulation report</h1>
-<p>{config["users"]} synthetic users, {config["days"]} simulated days, OS update: {update};
+<p>{config["users"]} synthetic users{recruited}, {config["days"]} simulated days,
+OS update: {update};
 seed {config["seed"]}; policy <code>{escape(config["policy"]["name"])}</code> with overrides
 (digest <code>{escape(config["policy_digest"][:19])}…</code>);
 backend <code>{escape(runtime["backend"])}</code> with {runtime["workers"]} workers,

@@ -18,7 +18,7 @@ from personal.privacy.noise import GaussianNoise
 import mlx.core as mx
 import numpy as np
 
-from personal_sim.population import START
+from personal_sim.population import MAX_RATE, START, User
 
 #: The bundled policy a simulation runs unless told otherwise: what it measures is what ships
 #: (no hidden overrides; an arm's overrides are its documented ablation).
@@ -165,6 +165,9 @@ class SimConfig:
         base, update_base: bundled names or model directories.
         public_data: a JSONL file of public data passed to the library (``None``: the
             simulator's public corpus, :mod:`personal_sim.public_data`).
+        min_rate: recruit only users who log at least this many interactions a day on average:
+            the seed's first ``users`` such users (:meth:`user_indices`; each is the same user
+            as in an unfiltered run). 0: everyone, i.e. users ``0 .. users-1``.
     """
 
     users: int = 5
@@ -178,6 +181,7 @@ class SimConfig:
     base: str = "base-v1"
     update_base: str = "base-v2"
     public_data: str | None = None
+    min_rate: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -194,8 +198,23 @@ class SimConfig:
             problems.append(f"arms must be among {', '.join(ARMS)}, not {list(self.arms)}")
         if self.held_out < 1 or self.public_eval < 1:
             problems.append("held_out and public_eval must be >= 1")
+        if not 0 <= self.min_rate <= MAX_RATE:
+            problems.append(f"min_rate must be in [0, {MAX_RATE:g}], not {self.min_rate}")
         if problems:
             raise ConfigError("invalid simulation: " + "; ".join(problems))
+
+    def user_indices(self) -> list[int]:
+        """Population indices of the simulated users: the first ``users`` whose mean rate is
+        at least ``min_rate`` (``0 .. users-1`` when ``min_rate`` is 0)."""
+        if self.min_rate <= 0:
+            return list(range(self.users))
+        found: list[int] = []
+        index = 0
+        while len(found) < self.users:
+            if User.draw(self.seed, index).rate >= self.min_rate:
+                found.append(index)
+            index += 1
+        return found
 
     def base_policy(self) -> Policy:
         """The run's policy (before each arm's overrides)."""

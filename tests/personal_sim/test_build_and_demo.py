@@ -39,6 +39,7 @@ def test_quick_build_then_demo_on_the_built_models(tmp_path):
          "--update-base", str(out / "base-v2"), "--out", str(tmp_path / "run")],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
-    assert "final gain" in demo.stdout
+    assert "held-out loss gain" in demo.stdout and "Conclusion:" in demo.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["users"][0]["arms"]["dp"]["migration"]["to"] == str(out / "base-v2")
+    for arm in ("dp", "drop"):
+        assert metrics["users"][0]["arms"][arm]["migration"]["to"] == str(out / "base-v2")

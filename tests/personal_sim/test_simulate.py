@@ -191,14 +191,14 @@ def test_cli_help_lists_the_options():
     result = CliRunner().invoke(_cli(), ["simulate", "--help"])
     assert result.exit_code == 0
     for option in ("--users", "--days", "--update-day", "--policy", "--backend", "--workers",
-                   "--seed", "--out", "--compare", "--address"):  # fmt: skip
+                   "--seed", "--out", "--compare", "--address", "--min-rate"):  # fmt: skip
         assert option in result.output
 
 
-def test_demo_is_the_simulate_command():
-    from personal.cli.simulate import simulate_command
+def test_demo_runs_the_simulate_code():
+    from personal.cli.simulate import run_simulation
 
     from personal_sim import demo
 
-    assert demo.simulate_command is simulate_command
+    assert demo.run_simulation is run_simulation
     assert Path(demo.__file__).name == "demo.py"

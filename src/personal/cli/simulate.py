@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from personal.errors import PersonalError
@@ -44,8 +45,15 @@ def run_simulation(
     public_eval: int = 64,
     progress: bool = True,
     public_data: str | None = None,
+    min_rate: float = 0.0,
+    arms: Sequence[str] | None = None,
+    summary: Callable[[dict[str, Any]], str] | None = None,
 ) -> dict[str, Any]:
-    """What ``personal simulate`` does; returns the metrics (also written under ``out``)."""
+    """What ``personal simulate`` does; returns the metrics (also written under ``out``).
+
+    ``arms`` (default: ``dp``, or the ``--compare`` arms) and ``summary`` (what is printed at
+    the end; default: the report's summary table) let ``python -m personal_sim.demo`` reuse it.
+    """
     from personal.policy import load_policy
 
     from personal_sim.report import summary_table, write_report
@@ -57,17 +65,20 @@ def run_simulation(
         update_day=update_day,
         seed=seed,
         policy=load_policy(policy).to_dict() if policy else None,
-        arms=COMPARE_ARMS if compare else DEFAULT_ARMS,
+        arms=tuple(arms) if arms else COMPARE_ARMS if compare else DEFAULT_ARMS,
         base=base,
         update_base=update_base,
         held_out=held_out,
         public_eval=public_eval,
         public_data=public_data,
+        min_rate=min_rate,
     )
     bar = _progress_bar(users * days * len(config.arms)) if progress else None
+    who = f"{users} users" + (f" logging >= {min_rate:g} a day" if min_rate > 0 else "")
     click.echo(
-        f"simulating {users} users x {days} days, arms {', '.join(config.arms)}, OS update on "
-        f"day {update_day}, backend {backend} -> {out}",
+        f"simulating {who} x {days} days, arms {', '.join(config.arms)}, "
+        + (f"OS update on day {update_day}" if config.has_update else "no OS update")
+        + f", backend {backend} -> {out}",
         err=True,
     )
     started = time.perf_counter()
@@ -80,7 +91,7 @@ def run_simulation(
         if bar is not None:
             bar.close()
     paths = write_report(metrics, out)
-    click.echo(summary_table(metrics))
+    click.echo((summary or summary_table)(metrics))
     click.echo(
         "\nnote: simulated rounds use seeded noise: reproducible, NOT differentially private."
     )
@@ -160,12 +171,20 @@ def register(group: click.Group) -> None:
     help="Public data (JSONL) for the gates, replay and migration "
     "[default: the simulator's public corpus].",
 )
+@click.option(
+    "--min-rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Recruit only users logging at least this many interactions a day on average "
+    "(0: everyone).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def simulate_command(
     users: int, days: int, update_day: int, policy: str | None, backend: str,
     workers: int | None, address: str | None, seed: int, out: str, compare: bool,
     base: str, update_base: str, held_out: int, public_eval: int, public_data: str | None,
-    no_progress: bool,
+    min_rate: float, no_progress: bool,
 ) -> None:  # fmt: skip
     """Simulate a population using the library and write OUT/report.html.
 
@@ -177,7 +196,7 @@ def simulate_command(
             users=users, days=days, update_day=update_day, policy=policy, backend=backend,
             workers=workers, seed=seed, out=out, compare=compare, address=address, base=base,
             update_base=update_base, held_out=held_out, public_eval=public_eval,
-            progress=not no_progress, public_data=public_data,
+            progress=not no_progress, public_data=public_data, min_rate=min_rate,
         )  # fmt: skip
     except PersonalError as exc:
         raise click.ClickException(str(exc)) from exc
