@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python benchmarks/store.py --json
 	$(BIN)/python benchmarks/dp_step.py --json
 	$(BIN)/python benchmarks/adapter_swap.py --json
+	$(BIN)/python benchmarks/memory.py --json
 
 # Quality and throughput experiments (about 45 minutes on 2 cores together).
 bench-long: install
