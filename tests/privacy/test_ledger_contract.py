@@ -43,6 +43,16 @@ def store(tmp_path: Path):
         yield opened
 
 
+def _append_forged(store, ledger, forged) -> None:
+    """Append ``(kind, record id, body)`` entries as an attacker with the keys would: chained,
+    sealed and anchored, so that only verify's semantic checks can catch them."""
+    for kind, rid, body in forged:
+        with store.atomic():
+            head, data = ledger.append(kind, rid, body)
+        ledger._replace_state(head, ledger._table)
+        anchor_module.write_head(store, ledger.anchor, head, data)
+
+
 def test_the_genesis_entry_binds_the_whole_contract(store: Store) -> None:
     ledger = Ledger.open(store, STRICT)
     (genesis,) = ledger.entries()
@@ -156,11 +166,7 @@ def test_verify_holds_every_round_to_the_contract(store: Store) -> None:
         ("contract", None, {"format": 2, **STRICT.to_dict(), "epsilon": 5.0}),
         ("charge", 9, {**good, "epsilon": 7.0}),
     ]
-    for kind, rid, body in forged:
-        with store.atomic():
-            head, data = ledger.append(kind, rid, body)
-        ledger._replace_state(head, ledger._table)
-        anchor_module.write_head(store, ledger.anchor, head, data)
+    _append_forged(store, ledger, forged)
     problems = ledger.verify().problems
     assert any("changes the lifetime contract (epsilon)" in p for p in problems), problems
     assert any("charged under ε=7.0" in p for p in problems), problems
@@ -248,11 +254,7 @@ def test_verify_catches_a_rule_changed_after_a_round(store: Store) -> None:
         ("contract", None, {"format": 3, **STRICT.to_dict(), "filter": "gaussian"}),
         ("charge", 9, {**good, "filter": "renyi"}),
     ]
-    for kind, rid, body in forged:
-        with store.atomic():
-            head, data = ledger.append(kind, rid, body)
-        ledger._replace_state(head, ledger._table)
-        anchor_module.write_head(store, ledger.anchor, head, data)
+    _append_forged(store, ledger, forged)
     problems = ledger.verify().problems
     assert any("changes the lifetime contract (filter)" in p for p in problems), problems
     assert any("admitted by the 'renyi' filter rule" in p for p in problems), problems
