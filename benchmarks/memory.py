@@ -123,7 +123,7 @@ def measure_latency(
     key = RawKey(os.urandom(32))
     policy = load_policy("default").with_overrides({"store.synchronous": "NORMAL"})
     with Personalizer.open(path, "base-v1", policy, key, create=True) as p:
-        p.log_.append_many(items)
+        p.interactions.append_many(items)
         p.memory.refresh()  # build and load once: the figures are per request
         model, tokenizer = p.base.model, p.base.tokenizer
 

@@ -60,7 +60,7 @@ def test_memory_recalls_what_was_logged_after_it_was_built(opened: Personalizer)
     assert opened.generate("zither", memory=True, max_tokens=2).memory_ids == ()
     rid = opened.log("tune my zither", "Tuned.")
     assert opened.generate("zither", memory=True, max_tokens=2).memory_ids == (rid,)
-    opened.log_.erase(f"interaction:{rid}")
+    opened.interactions.erase(f"interaction:{rid}")
     assert opened.generate("zither", memory=True, max_tokens=2).memory_ids == ()
 
 

@@ -65,7 +65,7 @@ def test_public_data_passed_in_is_what_the_gate_uses(tmp_path, tiny_model_factor
         public_data=data,
     ) as p:  # fmt: skip
         assert p.public_data() is data
-        gate, train = p._public_batches()
+        gate, train = p.rounds.public_batches()
         assert sum(b.size for b in gate) == 3 and sum(b.size for b in train) == 9
     assert not (Path(os.environ["PERSONAL_CACHE_DIR"]) / "public").exists()  # nothing generated
 

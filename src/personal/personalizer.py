@@ -19,70 +19,49 @@ would void the guarantee already stated for old data.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from personal.adapters.artifact import Manifest
+from personal.adapters.migrate import MigrationReport
 from personal.adapters.registry import AdapterRegistry
-from personal.errors import (
-    BudgetExhausted,
-    ConfigError,
-    InvalidInteraction,
-    MigrationInterrupted,
-    NoEligibleUnits,
-    StoreBaseMismatch,
-    TooFewNewUnits,
-    UnitOfPrivacyMismatch,
-)
+from personal.errors import ConfigError, InvalidInteraction, UnitOfPrivacyMismatch
 from personal.memory import DEFAULT_K, Memory, Recalled, memory_turns
 from personal.model.base import BaseModel, load_base
 from personal.model.chat import chat_format
 from personal.model.generate import Generation, generate
-from personal.model.lora import get_adapter_weights, inject_lora, lora_off, set_adapter_weights
+from personal.model.lora import inject_lora
 from personal.policy import Policy, load_policy
 from personal.privacy.contract import Contract
-from personal.privacy.filter import Charge
 from personal.privacy.ledger import Ledger
-from personal.privacy.noise import GaussianNoise, RandomBytes
-from personal.privacy.rules import rule_of
+from personal.privacy.noise import GaussianNoise
 from personal.public import PublicData, PublicSource, public_source
 from personal.store import InteractionLog, KeyProvider, Store
 from personal.store.layout import MARKER_NAME
 from personal.store.records import parse_time
 from personal.store.settings import StoreSettings
-from personal.training.charged import charges_on_disk_full
 from personal.training.continual import ContinualState
-from personal.training.gates import (
-    GateResult,
-    decide,
-    general_loss,
-    noised_gain,
-    public_batches,
-    split_held_out,
-    unit_losses,
-    validation_noise_multiplier,
-)
-from personal.training.lock import round_lock
-from personal.training.migration import BaseUpdates
-from personal.training.round import Progress, RoundPlan, RoundReport, run_round
-
-import mlx.core as mx
-import numpy as np
-
-TRIGGER_KEY = "update_trigger"
+from personal.training.migration import Migrator, pending_migration
+from personal.training.round import Progress, RoundPlan, RoundReport
+from personal.training.runner import RoundRunner
 
 
-class Personalizer(BaseUpdates):
+class Personalizer:
     """A store, its privacy ledger and adapter registry, and the live base model with LoRA.
 
     Open it with :meth:`open`; close it (or use ``with``). Not thread-safe: one per process.
+
+    A thin facade: :attr:`rounds` (a :class:`~personal.training.runner.RoundRunner`) runs the
+    private training rounds on the live base, :attr:`migrator` (a
+    :class:`~personal.training.migration.Migrator`) moves the store to a new base, and
+    :attr:`interactions` is the store's encrypted interaction log.
     """
 
     def __init__(
         self,
-        log: InteractionLog,
+        interactions: InteractionLog,
         ledger: Ledger,
         registry: AdapterRegistry,
         base: BaseModel,
@@ -93,17 +72,23 @@ class Personalizer(BaseUpdates):
         public: PublicSource | None = None,
         memory: bool | int = False,
     ) -> None:
-        self.log_, self.ledger, self.registry = log, ledger, registry
+        self.interactions, self.ledger, self.registry = interactions, ledger, registry
         self.memory_default = _memory_k(memory, "memory")
         self._memory: Memory | None = None
-        self.settings = settings
-        self._public: tuple[list[Any], list[Any]] | None = None
+        self.settings, self.policy = settings, policy
         self.public_source = public_source(public)
-        self._continual = ContinualState(log, settings, policy, seed=seed)
-        self.base, self.policy = base, policy
-        self.store: Store = log.store
+        self.store: Store = interactions.store
+        continual = ContinualState(interactions, settings, policy, seed=seed)
+        self.rounds = RoundRunner(
+            interactions, ledger, registry, base, policy, settings, continual, self.public_source
+        )
+        self.migrator = Migrator(self.rounds, registry, ledger, policy, settings, self.store.path)
         self._closed = False
-        self._drawn: tuple[tuple[int, str], tuple[list[str], ...]] | None = None
+
+    @property
+    def base(self) -> BaseModel:
+        """The live base model, LoRA injected (:meth:`on_base_update` replaces it)."""
+        return self.rounds.base
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -178,7 +163,7 @@ class Personalizer(BaseUpdates):
                 log, ledger, registry, loaded, bound, settings, seed=seed, public=public,
                 memory=memory,
             )  # fmt: skip
-            personalizer._load_active_adapter()
+            personalizer.rounds.load_active()
             if personalizer.memory_default:
                 personalizer.memory.refresh()  # build (first time) and load it now
         except BaseException:
@@ -193,7 +178,7 @@ class Personalizer(BaseUpdates):
         if not self._closed:
             self._closed = True
             self._memory = None  # the decrypted index goes with the store
-            self.log_.close()
+            self.interactions.close()
 
     def __enter__(self) -> Personalizer:
         return self
@@ -222,7 +207,7 @@ class Personalizer(BaseUpdates):
                 )
         if fields.get("ts") is not None:
             fields["ts"] = parse_time(fields["ts"], "ts")
-        return self.log_.append(prompt, response, **fields)
+        return self.interactions.append(prompt, response, **fields)
 
     def budget(self) -> dict[str, Any]:
         """The privacy budget left, summarised over units (no unit ids).
@@ -233,32 +218,7 @@ class Personalizer(BaseUpdates):
         units the next round (the policy's q, σ and steps over the logged units) would leave out
         as too costly for their remaining budget. Units never charged have spent 0.
         """
-        import statistics
-
-        contract = self.ledger.contract
-        spent = self.ledger.epsilons()
-        values = [float(spent.get(u, 0.0)) for u in self.log_.units()] or [0.0]
-        lifetime = float(contract.epsilon)
-        units = list(self.log_.units())
-        excluded = 0
-        if units:
-            try:  # a pure check on past charges: which units the next round would admit
-                selection = self.ledger.select(self.round_plan().charge(len(units)), units)
-                excluded = len(units) - len(selection.eligible)
-            except BudgetExhausted:
-                excluded = len(units)
-        return {
-            "lifetime_epsilon": lifetime,
-            "delta": float(contract.delta),
-            "unit": contract.unit,
-            "filter": contract.filter,
-            "units": len(self.log_.units()),
-            "spent_max": max(values),
-            "spent_median": statistics.median(values),
-            "remaining_min": lifetime - max(values),
-            "remaining_median": lifetime - statistics.median(values),
-            "excluded_next_round": excluded,
-        }
+        return self.rounds.budget()
 
     def generate(
         self, prompt: str, *, memory: bool | int | None = None, **options: Any
@@ -287,7 +247,7 @@ class Personalizer(BaseUpdates):
     def memory(self) -> Memory:
         """The store's personal memory (its sealed index is built on first use)."""
         if self._memory is None:
-            self._memory = Memory.open(self.log_)
+            self._memory = Memory.open(self.interactions)
         return self._memory
 
     def recall(self, prompt: str, k: int = DEFAULT_K) -> list[Recalled]:
@@ -309,12 +269,9 @@ class Personalizer(BaseUpdates):
         )
 
     @property
-    def active_adapter(self) -> Any:
+    def active_adapter(self) -> Manifest | None:
         """The active adapter's manifest, or ``None`` (serving the bare base)."""
-        manifest = self.registry.active
-        if manifest is None or manifest.base_fingerprint != self.base.fingerprint:
-            return None
-        return manifest
+        return self.rounds.active_adapter
 
     # --- training ------------------------------------------------------------------------------
 
@@ -323,20 +280,7 @@ class Personalizer(BaseUpdates):
 
         ``now`` (default: the UTC clock) lets a simulation run on simulated days.
         """
-        state = self.settings.get(TRIGGER_KEY, {"units": 0, "days": {}})
-        new_units = len(self.log_.units()) - state["units"]
-        today = (now or datetime.now(UTC)).date().isoformat()
-        return (
-            new_units >= self.policy.training.min_new_units
-            and state["days"].get(today, 0) < self.policy.training.max_rounds_per_day
-        )
-
-    def _count_round(self, units: int, now: datetime | None) -> None:
-        state = self.settings.get(TRIGGER_KEY, {"units": 0, "days": {}})
-        today = (now or datetime.now(UTC)).date().isoformat()
-        # Only today's count matters for the trigger: older days are dropped.
-        days = {today: state["days"].get(today, 0) + 1}
-        self.settings.set(TRIGGER_KEY, {"units": units, "days": days})
+        return self.rounds.should_update(now)
 
     def round_plan(self, candidates: int | None = None) -> RoundPlan:
         """A round's public parameters from the policy (σ calibrated if needed).
@@ -346,62 +290,32 @@ class Personalizer(BaseUpdates):
         uses if nothing was logged or trained in between, so the plan's σ and q are the ones
         the round runs at.
         """
-        privacy, training = self.policy.privacy, self.policy.training
-        if candidates is None:
-            self._drawn = (self._draw_key(), self._draw_round(None))
-            candidates = len(self._drawn[1][2])
-        plan = RoundPlan(
-            noise_multiplier=privacy.noise_multiplier or 1.0,
-            clip_norm=privacy.clip_norm,
-            expected_batch_size=training.expected_batch_size,
-            steps=training.steps,
-            learning_rate=training.learning_rate,
-            optimizer=training.optimizer,
-            max_tokens=training.max_tokens,
-            examples_per_unit=training.examples_per_unit,
-        )
-        if privacy.noise_multiplier is None:
-            # Calibrated against the per-unit filter rule (the Rényi filter's conversion runs
-            # at δ/|orders|; the Gaussian filter's is exact).
-            sigma = rule_of(privacy.filter).calibrate(
-                target_epsilon=float(privacy.round_epsilon or 0.5),
-                delta=privacy.delta,
-                sample_rate=plan.sample_rate(candidates),
-                steps=training.steps,
-            )
-            plan = RoundPlan(**{**plan.__dict__, "noise_multiplier": sigma})
-        return plan
-
-    def _draw_key(self) -> tuple[int, str]:
-        """What a drawn round depends on: the log's last record and the ledger's head."""
-        return self.log_.last_id(), self.ledger.head.hash
-
-    def _draw_round(self, seed: int | None) -> tuple[list[str], list[str], list[str], list[str]]:
-        """``(new, replayed, train, held_out)`` units of the next round (CSPRNG draws)."""
-        self._continual.refresh()
-        new_units, replayed = self._continual.candidates()
-        coins = RandomBytes(None if seed is None else seed + 1, purpose="holdout")
-        train_units, held_out = split_held_out([*new_units, *replayed], coins)
-        return new_units, replayed, train_units, held_out
+        return self.rounds.plan(candidates)
 
     def round_context(self) -> dict[str, Any]:
         """What the ledger records with a round: base, accountant, adapter, policy."""
-        active = self.active_adapter
-        return {
-            "base_fingerprint": self.base.fingerprint,
-            "accountant": self.policy.privacy.accountant,
-            "adapter_version": active.version if active else None,
-            "policy_digest": self.policy.digest(),
-        }
+        return self.rounds.context()
 
     def update(
-        self, *, progress: Progress | None = None, now: datetime | None = None, **test_only: Any
+        self,
+        *,
+        progress: Progress | None = None,
+        now: datetime | None = None,
+        noise: GaussianNoise | None = None,
+        sampler_seed: int | None = None,
     ) -> RoundReport:
         """One DP round; the new adapter is activated only if the gates pass.
 
         Holds the store's round lock (:class:`RoundInProgress` if another process has it). On
         any failure, or when a gate fails, the live model goes back to the previous adapter.
-        ``test_only`` passes ``noise=`` / ``sampler_seed=`` through for reproducible tests.
+
+        Args:
+            progress: called with ``(step, report)`` after each DP-SGD step.
+            now: the round's day for the trigger's count (default: the UTC clock).
+            noise: tests and simulations only: a seeded noise source (warns with
+                :class:`~personal.errors.SeededNoiseWarning`); ``None`` draws from the CSPRNG.
+            sampler_seed: tests and simulations only: seeds the sampling and hold-out coins;
+                ``None`` uses the CSPRNG.
 
         Raises:
             NoEligibleUnits, BudgetExhausted: nothing to train on (nothing charged).
@@ -411,220 +325,53 @@ class Personalizer(BaseUpdates):
             MigrationInterrupted: a migration must be finished first (nothing charged).
             DiskFull: the disk filled up; the message names the rounds already charged.
         """
-        with round_lock(self.store.path):
-            self._check_base()
-            with charges_on_disk_full(self.ledger):  # a true message: what was charged
-                return self._update(progress, now, test_only)
-
-    def _check_base(self) -> None:
-        """Refuse to train another base than the one the store's adapters are on."""
-        pending = self.pending_migration()
-        if pending is not None:
-            source, target = pending["from"], pending["to"]
-            raise MigrationInterrupted(
-                f"a migration of this store from {source['name']!r} to {target['name']!r} was "
-                f"interrupted; finish it before training: `personal migrate STORE --base "
-                f"{target['source']} --from {source['source']}` (nothing was charged)"
-            )
-        recorded = self.settings.get("base")
-        if recorded and recorded.get("fingerprint") != self.base.fingerprint:
-            raise StoreBaseMismatch(
-                f"this store's adapters are on base {recorded.get('name')!r} "
-                f"({str(recorded.get('fingerprint'))[:19]}), not {self.base.name!r} "
-                f"({self.base.fingerprint[:19]}): train with --base {recorded.get('source')}; "
-                f"to move the store to this base, run `personal migrate STORE --base "
-                f"{self.base.path}` (nothing was charged)"
-            )
-
-    def _update(
-        self,
-        progress: Progress | None,
-        now: datetime | None,
-        test_only: dict[str, Any],
-        max_budget_share: float | None = None,
-    ) -> RoundReport:
-        """The round; ``max_budget_share`` caps each unit's spend (a migration retrain)."""
-        model, tokenizer = self.base.model, self.base.tokenizer
-        previous = {k: mx.array(v) for k, v in get_adapter_weights(model).items()}
-        context = self.round_context()
-        continual = self._continual
-        seed = test_only.get("sampler_seed")
-        drawn, self._drawn = self._drawn, None
-        if seed is None and drawn is not None and drawn[0] == self._draw_key():
-            new_units, replayed, train_units, held_out = drawn[1]  # what round_plan() showed
-        else:
-            new_units, replayed, train_units, held_out = self._draw_round(seed)
-        if not new_units and not replayed:
-            raise NoEligibleUnits(
-                "no new interactions since the last round: log some first (nothing was charged)"
-            )
-        wanted = self.policy.training.min_new_units
-        if max_budget_share is None and len(new_units) < wanted:
-            # A public decision: the unit count is cleartext metadata (docs/privacy.md).
-            raise TooFewNewUnits(
-                f"{len(new_units)} new interactions since the last round, fewer than the "
-                f"policy's training.min_new_units = {wanted}: a round on so few would spend "
-                "their privacy budget on an update that is mostly noise, so it did not run "
-                "(nothing was charged). Log more interactions and train again"
-            )
-        plan = self.round_plan(len(train_units))
-        # Fail before anything is charged: the validation charge comes first and is never
-        # refunded, so a round that cannot train must not open it (a pure check on past charges).
-        self.ledger.select(plan.charge(len(train_units)), train_units, max_share=max_budget_share)
-        public, public_train = self._public_batches()
-        # The gate's reference: the active adapter (this round's step) or the bare base (the
-        # total drift; the base is frozen, so measuring it before the round is the same).
-        reference = self.policy.gates.general_reference
-        with lora_off(model) if reference == "base" else contextlib.nullcontext():
-            general_before = general_loss(model, public)
-        validation = self._open_validation(held_out, context, max_budget_share)
-        report: RoundReport | None = None
-        try:
-            # The training round stays open until the gates decide: its finish entry records
-            # their outcome and the adapter version it produced (the audit shows both).
-            report = run_round(
-                model, tokenizer, self.log_, self.ledger, plan, context=context,
-                progress=progress, candidates=train_units, max_budget_share=max_budget_share,
-                hooks=lambda eligible: continual.hooks(model, plan, eligible, public_train),
-                finish=False, **test_only,
-            )  # fmt: skip
-            general_after = general_loss(model, public)
-            gain = validation.measure(test_only.get("noise")) if validation else None
-        except BaseException:
-            set_adapter_weights(model, previous)
-            if validation:
-                validation.abort()
-            if report is not None:
-                self.ledger.finish_round(
-                    report.round_id, "aborted", {"completed_steps": plan.steps}
-                )
-            raise
-        gate = decide(
-            general_before=general_before,
-            general_after=general_after,
-            max_regression=self.policy.gates.max_general_regression,
-            personal_gain=gain,
-            min_gain=self.policy.gates.min_personal_gain,
-            held_out=len(validation.units) if validation else 0,
-            reference=reference,
-        )
-        if validation:
-            validation.finish(gate)
-        report.gates, report.replayed = gate.to_dict(), len(replayed)
-        outcome = {
-            "completed_steps": plan.steps,
-            "gate": "passed" if gate.passed else "refused",
-            "adapter_version": None,
-            "validation_round": validation.round_id if validation else None,
-        }
-        try:
-            if gate.passed:
-                report.adapter_version = self._save_and_activate(report, gate)
-                outcome["adapter_version"] = report.adapter_version
-            else:
-                set_adapter_weights(model, previous)  # the active adapter stays
-        except BaseException:
-            set_adapter_weights(model, previous)
-            self.ledger.finish_round(report.round_id, "aborted", {**outcome, "gate": "passed"})
-            raise
-        self.ledger.finish_round(report.round_id, "completed", outcome)
-        continual.after_round(model, new_units, gate.passed, public_train)
-        self._count_round(len(self.log_.units()), now)
-        return report
-
-    def _save_and_activate(
-        self, report: RoundReport | dict[str, Any], gate: GateResult, parent: int | None = None
-    ) -> int:
-        active = self.active_adapter
-        summary = report.public_summary() if isinstance(report, RoundReport) else report
-        version = self.registry.save(
-            get_adapter_weights(self.base.model),
-            base_fingerprint=self.base.fingerprint,
-            base_name=self.base.name,
-            lora=self.policy.training.lora.to_lora_config(),
-            parent=parent if parent is not None else (active.version if active else None),
-            policy_digest=self.policy.digest(),
-            ledger_head=self.ledger.head.hash,
-            training=summary,
-            gates=gate.to_dict(),
-        )
-        self.registry.activate(version, base_fingerprint=self.base.fingerprint)
-        return version
+        return self.rounds.run(progress=progress, now=now, noise=noise, sampler_seed=sampler_seed)
 
     def public_data(self) -> PublicData:
         """The public data for the live base (self-generated ones are made on first use)."""
-        return self.public_source.for_base(self.base)
+        return self.rounds.public_data()
 
-    def _public_batches(self) -> tuple[list[Any], list[Any]]:
-        """(held-out public batches for the gate, public batches for replay and Fisher)."""
-        if self._public is None:
-            tokenizer, data = self.base.tokenizer, self.public_data()
-            size = self.policy.continual.public_batch_size
-            self._public = (
-                public_batches(tokenizer, data.gate),
-                public_batches(tokenizer, data.train, batch_size=size),
-            )
-        return self._public
+    # --- base-model updates --------------------------------------------------------------------
 
-    def _open_validation(
-        self, held_out: list[str], context: dict[str, Any], max_share: float | None = None
-    ) -> Validation | None:
-        """Charge the held-out units for the personal metric, then score the old adapter."""
-        if not held_out:
-            return None
-        sigma = self._validation_sigma()
-        charge = Charge(purpose="validation", sample_rate=1.0, noise_multiplier=sigma, steps=1)
-        try:
-            selection = self.ledger.select(charge, held_out, max_share=max_share)
-            units = [str(u) for u in selection.eligible]
-        except BudgetExhausted:
-            return None
-        round_id = self.ledger.begin_round(charge, units, **{**context, "clip_norm": 1.0})
-        keep = self.policy.training.examples_per_unit
-        validation = Validation(self, round_id, units, sigma, keep)
-        try:
-            validation.before = unit_losses(
-                self.base.model, self.base.tokenizer, self.log_, units, keep
-            )
-        except BaseException:
-            validation.abort()
-            raise
-        return validation
+    def on_base_update(
+        self,
+        new_base: str | Path | BaseModel,
+        *,
+        strategy: str | None = None,
+        noise: GaussianNoise | None = None,
+        sampler_seed: int | None = None,
+    ) -> MigrationReport:
+        """Move to ``new_base`` (an OS update shipped it), carrying the personalization over.
 
-    def _validation_sigma(self) -> float:
-        return validation_noise_multiplier(self.policy)
+        The old adapter is never served on the new base: from the moment this is called the
+        new base answers bare, until a migrated adapter passes the gates.
 
-    def _load_active_adapter(self) -> None:
-        # Never an adapter of another base on this one: that is a migration (see on_base_update).
-        if self.active_adapter is not None:
-            self.registry.load_into(self.base)
+        Strategies (default: the policy's ``migration.strategy``):
+            ``distill``: the old base + active adapter teach a fresh LoRA on the new base on
+                the public data's migration prompts and its own generated text: no private
+                record is read, the ledger records a zero charge and why.
+            ``retrain``: a DP round over the store's units, charged as usual but each unit
+            spending at most ``migration.retrain_budget_share`` of its remaining budget.
+            ``both``: distill, then a DP retrain round.
+            ``drop``: start over with no adapter.
 
+        ``noise`` and ``sampler_seed`` reach the retrain round, as in :meth:`update` (tests
+        and simulations only).
 
-class Validation:
-    """An open, already charged ``validation`` round over held-out units."""
+        Raises:
+            RoundInProgress: another process is training this store.
+            ConfigError: an unknown strategy.
+            MigrationInterrupted: another migration was interrupted; the message says how to
+                finish it.
+            StoreBaseMismatch: this personalizer's base is not the store's.
+        """
+        return self.migrator.migrate(
+            new_base, strategy=strategy, noise=noise, sampler_seed=sampler_seed
+        )
 
-    def __init__(
-        self, owner: Personalizer, round_id: int, units: list[str], sigma: float, keep: int
-    ) -> None:
-        self.owner, self.round_id, self.units, self.sigma, self.keep = (
-            owner, round_id, units, sigma, keep,
-        )  # fmt: skip
-        self.before = np.zeros(len(units))
-
-    def measure(self, noise: GaussianNoise | None) -> float:
-        """The noised personal gain of the live (new) adapter over the old one."""
-        base = self.owner.base
-        after = unit_losses(base.model, base.tokenizer, self.owner.log_, self.units, self.keep)
-        return noised_gain(self.before, after, self.sigma, noise)
-
-    def finish(self, gate: GateResult) -> None:
-        """Close the round, recording the gate's decision (public and DP values only)."""
-        summary = {"passed": gate.passed, "personal_gain": gate.personal_gain}
-        self.owner.ledger.finish_round(self.round_id, "completed", summary)
-
-    def abort(self) -> None:
-        """Close the round as aborted (it stays charged)."""
-        self.owner.ledger.finish_round(self.round_id, "aborted")
+    def pending_migration(self) -> dict[str, Any] | None:
+        """The record of an interrupted migration (``None`` when the last one finished)."""
+        return pending_migration(self.settings)
 
 
 def _memory_k(memory: object, name: str) -> int:

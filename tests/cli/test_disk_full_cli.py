@@ -6,12 +6,12 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from personal import personalizer as personalizer_module
 from personal.errors import DiskFull
 from personal.privacy.ledger import Ledger
 from personal.store import InteractionLog, Passphrase, ScryptParams, Store
 from personal.store import keys as keys_module
 from personal.training.charged import charges_on_disk_full
+from personal.training.runner import RoundRunner
 
 import pytest
 from trained_store import PASS, POLICY, run
@@ -37,7 +37,7 @@ def _full(*args: object, **kwargs: object) -> None:
 def test_disk_full_after_charging_names_what_was_charged(
     store: Path, tiny_model_factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(personalizer_module.Personalizer, "_save_and_activate", _full)
+    monkeypatch.setattr(RoundRunner, "save_and_activate", _full)
     policy = store.parent / "policy.toml"
     result = run("train", store, "--base", tiny_model_factory("llama"), "--policy", policy)
     assert result.exit_code == 2, result.output

@@ -39,7 +39,7 @@ def test_a_round_survives_the_erasure_of_every_unit_it_draws(tmp_path, tiny_mode
             report = p.update(
                 progress=erase_everything, noise=GaussianNoise(seed=1), sampler_seed=2
             )
-        assert erased == [40] and len(p.log_) == 0
+        assert erased == [40] and len(p.interactions) == 0
         assert report.status == "completed" and len(report.train_loss) == 3
         gates = report.gates  # the erased held-out units count as no gain
         assert gates["held_out_units"] >= 1 and gates["personal_gain"] is not None, gates

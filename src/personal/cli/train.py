@@ -99,8 +99,8 @@ def train_command(
     base = base or _store_base(store, key)
     with Personalizer.open(store, base, policy_name, key, public_data=public_data) as personalizer:
         training = personalizer.policy.training
-        personalizer._check_base()  # another base, or a migration to finish: exit 2 first
-        due = personalizer.should_update() or not personalizer.log_.units()  # empty: exit 2
+        personalizer.rounds.check_base()  # another base, or a migration to finish: exit 2 first
+        due = personalizer.should_update() or not personalizer.interactions.units()  # empty: exit 2
         if not force and not due:
             click.echo(
                 f"not due: the policy {personalizer.policy.name!r} trains after "
@@ -111,8 +111,8 @@ def train_command(
             )
             click.get_current_context().exit(EXIT_NOT_DUE)
         plan = personalizer.round_plan()
-        drawn = personalizer._drawn  # the draw round_plan() made, which update() runs on
-        pool = len(drawn[1][2]) if drawn is not None else len(personalizer.log_.units())
+        drawn = personalizer.rounds.drawn  # the draw round_plan() made, which update() runs on
+        pool = len(drawn.train) if drawn is not None else len(personalizer.interactions.units())
         privacy = personalizer.policy.privacy
         rule = rule_of(personalizer.ledger.contract.filter)  # the rule the store is bound to
         charge = rule.curve(

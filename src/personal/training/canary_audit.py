@@ -141,7 +141,7 @@ def run_canary_audit(
             chosen = GradientCanaries.pick(p.base.model, units, rng)
             before = chosen.values(p.base.model)
             run_round(
-                p.base.model, p.base.tokenizer, p.log_, p.ledger, p.round_plan(),
+                p.base.model, p.base.tokenizer, p.interactions, p.ledger, p.round_plan(),
                 context=p.round_context(), noise=noise, sampler_seed=seed, canaries=chosen,
             )  # fmt: skip
             moved = before - chosen.values(p.base.model)  # descent: members move down
