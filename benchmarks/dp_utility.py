@@ -14,7 +14,8 @@ users, no OS update, and prints::
 * ``nondp``: the same policy without noise (not private; lifetime ε 100 so the ledger never
   stops it).
 * ``dp``: the default policy as shipped.
-* one arm per technique of the policy, each undoing it (``personal_sim.scenario.ABLATION_ARMS``).
+* one arm per technique of the policy, each undoing it (``personal_sim.scenario.ABLATION_ARMS``),
+  and candidate recipes measured against the shipped one (``CANDIDATE_ARMS``).
 
 ``mean_gain``: mean over users of the final relative drop of the held-out personal loss against
 the bare base. ``light_median_gain``: the median of it over the light users (at most
@@ -38,13 +39,13 @@ import personal  # noqa: F401  (before mlx: the fast BLAS)
 import numpy as np
 
 from personal_sim.runner import SimConfig, simulate
-from personal_sim.scenario import ABLATION_ARMS
+from personal_sim.scenario import ABLATION_ARMS, CANDIDATE_ARMS
 from personal_sim.summary import arm_user_summary
 
 #: Users logging at most this many interactions a day on average are "light" (the issue's).
 LIGHT_RATE = 10.0
 #: Output name -> simulator arm.
-ARM_NAMES = {"nondp": "non-dp", "dp": "dp", **{a: a for a in ABLATION_ARMS}}
+ARM_NAMES = {"nondp": "non-dp", "dp": "dp", **{a: a for a in (*ABLATION_ARMS, *CANDIDATE_ARMS)}}
 QUICK = {"users": 4, "days": 6, "held_out": 16, "arms": ("nondp", "dp")}  # >= 1 round
 
 

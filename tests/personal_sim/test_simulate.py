@@ -158,10 +158,10 @@ def test_invalid_configurations_are_refused():
         SimConfig(update_day=0)
     with pytest.raises(ConfigError, match="backend"):
         simulate(SimConfig(), backend="spark")
-    from personal_sim.scenario import ABLATION_ARMS, COMPARE_ARMS
+    from personal_sim.scenario import ABLATION_ARMS, CANDIDATE_ARMS, COMPARE_ARMS
 
     assert set(COMPARE_ARMS) == {"dp", "non-dp", "no-replay-ewc", "drop"}
-    assert set(ARMS) == {*COMPARE_ARMS, *ABLATION_ARMS}
+    assert set(ARMS) == {*COMPARE_ARMS, *ABLATION_ARMS, *CANDIDATE_ARMS}
 
 
 def test_ray_missing_gives_an_install_hint(monkeypatch):
