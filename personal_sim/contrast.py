@@ -11,7 +11,8 @@ Columns (means over users on the last day, as in :mod:`personal_sim.summary`):
   user's contact, address, artist or time (:mod:`personal_sim.slots`), bare base and served
   model (points against the bare base);
 * **general drift**: how far the served model's public-text loss sits above the bare base's;
-* **ε max**: the largest ε the ledger charged any unit (the non-DP arm adds no noise: ∞);
+* **ε max**: the largest ε the ledger charged any unit (the non-DP arm adds no noise: ∞; the
+  ``memory`` arm trains nothing: 0);
 * **rounds run (passed)**: rounds that trained, and how many adapters passed the gates;
 * **OS update**: the mean gain just before the update and just after the migration (or drop),
   with the migrated adapters that passed the gate.
@@ -27,7 +28,8 @@ COLUMNS = ("arm", "held-out loss gain [95% CI]", "slot accuracy", "general drift
            "ε max / budget", "rounds run (passed)", "OS update: gain before → after")  # fmt: skip
 BARE = "bare base"
 #: Row labels of the arms the demo runs (any other arm is shown by its name).
-LABELS = {"non-dp": "non-DP", "dp": "DP, distill at update", "drop": "DP, drop at update"}
+LABELS = {"non-dp": "non-DP", "dp": "DP, distill at update", "drop": "DP, drop at update",
+          "memory": "memory, no training", "dp+memory": "DP + memory"}  # fmt: skip
 
 
 def label(arm: str) -> str:
@@ -65,6 +67,8 @@ def _update(metrics: dict[str, Any], arm: str) -> str:
     if strategy is None:
         return "—"
     fate = "dropped" if strategy == "drop" else f"{s['migrations_accepted']}/{users} kept"
+    if not s.get("train", True):
+        fate = "no adapter"
     return f"{_pct(s['pre_update_gain'])} → {_pct(s['post_update_gain'])} ({fate})"
 
 
@@ -76,11 +80,14 @@ def contrast_rows(metrics: dict[str, Any]) -> list[list[str]]:
     for arm in metrics["config"]["arms"]:
         s = summary[arm]
         epsilon = f"{s['epsilon_max']:.2f} / {s['epsilon_budget']:g}"
+        rounds = f"{s['rounds']} ({s['passed']})"
         if arm == "non-dp":
             epsilon = "∞ (no noise)"
+        if not s.get("train", True):
+            epsilon, rounds = "0 (no training)", "—"
         rows.append([
             label(arm), _pct_ci(s, "final_gain"), _slots(s), _pct_ci(s, "final_general_drift"),
-            epsilon, f"{s['rounds']} ({s['passed']})", _update(metrics, arm),
+            epsilon, rounds, _update(metrics, arm),
         ])  # fmt: skip
     return rows
 
@@ -105,7 +112,8 @@ def _relative(gain: float) -> str:
 def conclusion(metrics: dict[str, Any]) -> str:
     """One plain-language line derived from the summary (no verdict in it is fixed text)."""
     summary, config = metrics["summary"], metrics["config"]
-    if not any(s["rounds"] for s in summary.values()):
+    memory = summary.get("memory")
+    if not any(s["rounds"] for s in summary.values()) and memory is None:
         waits = config["policy"]["training"]["min_new_units"]
         return (
             f"Conclusion: no round ran (no user logged the {waits} new interactions a round "
@@ -137,6 +145,17 @@ def conclusion(metrics: dict[str, Any]) -> str:
             f"slot accuracy {verb} ({_points(bare)} bare, {_points(served)} with "
             f"{'DP' if arm == 'dp' else label(arm)}; {asked} slot requests)"
         )
+    if memory is not None:
+        clause = (
+            "with memory alone (no training, ε 0) the held-out loss is "
+            f"{_relative(memory['final_gain'])} the bare base's"
+        )
+        if memory["final_slot_accuracy"] is not None:
+            clause += f", slot accuracy {_points(memory['final_slot_accuracy'])}"
+        both = summary.get("dp+memory")
+        if both is not None:
+            clause += f"; DP + memory {_relative(both['final_gain'])}"
+        parts.append(clause)
     drift = max(s["final_general_drift"] for s in summary.values())
     parts.append(f"general drift at most {_pct(drift)}")
     if dp is not None and "drop" in summary and dp["post_update_gain"] is not None:

@@ -207,22 +207,60 @@ def _num(value: float | None, fmt: str = "{:.2f}") -> str:
     return "—" if value is None else fmt.format(value)
 
 
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
 def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
     """The summary table: one row per arm."""
-    rows = [["arm", "final gain [95% CI]", "before update", "after migration", "general drift",
-             "ε max / budget", "rounds (passed)", "migrations kept", "s/round"]]  # fmt: skip
+    rows = [["arm", "final gain [95% CI]", "slot accuracy", "before update", "after migration",
+             "general drift", "ε max / budget", "rounds (passed)", "migrations kept",
+             "s/round"]]  # fmt: skip
     users = len(metrics["users"])
     for arm in metrics["config"]["arms"]:
         s = metrics["summary"][arm]
+        kept = f"{s['migrations_accepted']}/{users}" if s["post_update_gain"] is not None else "—"
         rows.append([
-            arm, _pct_ci(s, "final_gain"), _pct_ci(s, "pre_update_gain"),
-            _pct_ci(s, "post_update_gain"), _pct_ci(s, "final_general_drift"),
-            f"{s['epsilon_max']:.2f} / {s['epsilon_budget']:g}",
-            f"{s['rounds']} ({s['passed']})",
-            f"{s['migrations_accepted']}/{users}" if s["post_update_gain"] is not None else "—",
+            arm, _pct_ci(s, "final_gain"), _share(s.get("final_slot_accuracy")),
+            _pct_ci(s, "pre_update_gain"), _pct_ci(s, "post_update_gain"),
+            _pct_ci(s, "final_general_drift"), f"{s['epsilon_max']:.2f} / {s['epsilon_budget']:g}",
+            f"{s['rounds']} ({s['passed']})" if s.get("train", True) else "— (no training)",
+            kept if s.get("train", True) else "— (no adapter)",
             _num(s["round_seconds"], "{:.1f}"),
         ])  # fmt: skip
     return rows
+
+
+def _points(delta: float) -> str:
+    return f"{100 * delta:+.2f} pts"
+
+
+def goal_lines(metrics: dict[str, Any]) -> list[str]:
+    """Issue 18's ``--compare`` goals, computed from the summary (met or not, by how much):
+    ``memory``'s slot accuracy at least the ``non-dp`` adapter's, and ``dp+memory``'s mean
+    final loss gain above both ``dp``'s and ``memory``'s. Empty without those arms."""
+    summary, lines = metrics["summary"], []
+    memory, nondp = summary.get("memory"), summary.get("non-dp")
+    if memory is not None and nondp is not None:
+        ours, theirs = memory.get("final_slot_accuracy"), nondp.get("final_slot_accuracy")
+        goal = "goal: memory's slot accuracy >= the non-DP adapter's"
+        if ours is None or theirs is None:
+            lines.append(f"{goal}: not measured (no slot requests)")
+        else:
+            verdict = "met" if ours >= theirs else "NOT met"
+            lines.append(f"{goal}: {verdict}: memory {_share(ours)}, non-dp {_share(theirs)} "
+                         f"({_points(ours - theirs)})")  # fmt: skip
+    both, dp = summary.get("dp+memory"), summary.get("dp")
+    if both is not None and dp is not None and memory is not None:
+        gain = both["final_gain"]
+        over_dp, over_memory = gain - dp["final_gain"], gain - memory["final_gain"]
+        verdict = "met" if over_dp > 0 and over_memory > 0 else "NOT met"
+        lines.append(
+            f"goal: dp+memory's mean loss gain > dp's and memory's: {verdict}: dp+memory "
+            f"{_pct(gain)}, dp {_pct(dp['final_gain'])} ({_points(over_dp)}), memory "
+            f"{_pct(memory['final_gain'])} ({_points(over_memory)})"
+        )
+    return lines
 
 
 def text_table(rows: list[list[str]]) -> str:
@@ -234,8 +272,10 @@ def text_table(rows: list[list[str]]) -> str:
 
 
 def summary_table(metrics: dict[str, Any]) -> str:
-    """The summary as fixed-width text (what the CLI prints at the end)."""
-    return text_table(summary_rows(metrics))
+    """The summary as fixed-width text (what the CLI prints at the end), with the goal lines
+    of :func:`goal_lines` under it when the run has their arms."""
+    goals = goal_lines(metrics)
+    return text_table(summary_rows(metrics)) + ("\n\n" + "\n".join(goals) if goals else "")
 
 
 def user_rows(metrics: dict[str, Any]) -> list[list[str]]:
@@ -299,6 +339,14 @@ img{max-width:100%;border:1px solid #eee;margin:0.4em 0} code{background:#f5f5f5
 """
 
 
+def _goals_html(metrics: dict[str, Any]) -> str:
+    goals = goal_lines(metrics)
+    if not goals:
+        return ""
+    items = "".join(f"<li>{escape(line)}</li>" for line in goals)
+    return f"<h3>Goals (personal memory, issue 18)</h3><ul>{items}</ul>"
+
+
 def render_html(metrics: dict[str, Any], pngs: dict[str, bytes]) -> str:
     """The report page: every figure embedded, nothing fetched."""
     config, runtime = metrics["config"], metrics["runtime"]
@@ -326,10 +374,13 @@ backend <code>{escape(runtime["backend"])}</code> with {runtime["workers"]} work
 {runtime["seconds"]:.0f} s ({runtime["users_per_min"]:.2f} users/min).</p>
 <p class="note"><b>Not private:</b> {escape(metrics["privacy_note"])}</p>
 <h2>Arms</h2><ul>{arms}</ul>
-<h2>Summary</h2>{_html_table(summary_rows(metrics))}
+<h2>Summary</h2>{_html_table(summary_rows(metrics))}{_goals_html(metrics)}
 <p>Gain: relative drop of the held-out personal loss of the served model against the bare base
 serving that day (held-out examples are never logged). General drift: the same for the
-public-corpus loss (positive = forgetting). ε: the largest filter-ε over the user's units.</p>
+public-corpus loss (positive = forgetting). ε: the largest filter-ε over the user's units.
+Slot accuracy (last day): the share of held-out requests naming a personal slot whose greedy
+reply names the user's value. Arms with memory are measured with the interactions recalled
+for each held-out request before it; the bare base, memory-free.</p>
 <h2>Figures</h2>{figures}
 <h2>OS update: migration events</h2>{_html_table(_migration_rows(metrics))}
 <h2>Per user</h2>{_html_table(user_rows(metrics))}

@@ -5,6 +5,7 @@ Plain data that travels to worker processes; see :mod:`personal_sim.runner`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock
@@ -52,16 +53,30 @@ class Arm:
         description: one sentence for the report.
         dp: real (seeded) Gaussian noise; ``False`` releases gradients and gate metrics as is.
         overrides: policy overrides applied on top of the base policy.
+        memory: serve with personal memory: every measurement of the served model (held-out
+            loss, slot accuracy) puts the interactions the store recalls for each held-out
+            request before it as earlier turns (``Personalizer.memory_context``), as
+            ``generate(memory=True)`` does. The bare-base reference stays memory-free.
+        train: run the policy's rounds; ``False`` never trains (no round, ε 0): the arm serves
+            the base of the day (after the OS update, the new one), bare or with memory.
     """
 
     name: str
     description: str
     dp: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
+    memory: bool = False
+    train: bool = True
 
     def policy(self, base: Policy) -> Policy:
         """The arm's policy derived from the run's base policy."""
         return base.with_overrides(self.overrides) if self.overrides else base
+
+    def training(self) -> tuple[bool, bool, str]:
+        """What the arm's store goes through (noise, rounds, policy): arms that agree on it
+        get the same rounds and adapters, so a run trains them once and measures each arm
+        (with or without memory) on the same store."""
+        return self.dp, self.train, json.dumps(self.overrides, sort_keys=True)
 
 
 ARMS: dict[str, Arm] = {
@@ -134,10 +149,25 @@ ARMS: dict[str, Arm] = {
             "release, as much as σ 1.6 costs under the Rényi filter; docs/dp-utility.md)",
             overrides={"privacy.filter": "gaussian", "privacy.noise_multiplier": 1.35},
         ),
+        # Personal memory (docs/memory.md): retrieval from the log instead of, or beside, DP.
+        Arm(
+            "memory",
+            "no training at all (no round, ε 0): the base of the day served with personal "
+            "memory, the 3 logged interactions most relevant to each request as earlier turns",
+            memory=True,
+            train=False,
+        ),
+        Arm(
+            "dp+memory",
+            "the dp arm's rounds (the same adapters), served with personal memory",
+            memory=True,
+        ),
     )
 }
 DEFAULT_ARMS = ("dp",)
-COMPARE_ARMS = ("dp", "non-dp", "no-replay-ewc", "drop")
+COMPARE_ARMS = ("dp", "non-dp", "no-replay-ewc", "drop", "memory", "dp+memory")
+#: The arms served with personal memory (issue 18's goals compare them with dp and non-dp).
+MEMORY_ARMS = ("memory", "dp+memory")
 ABLATION_ARMS = ("dp-min16", "dp-sigma2.8", "dp-private-replay", "dp-no-distill", "dp-wide")
 #: Recipes measured against the shipped one before they may replace it.
 CANDIDATE_ARMS = ("dp-gaussian",)

@@ -8,6 +8,11 @@ usually want). The synthetic world knows it: the held-out interaction's slots. A
 name; it is *right* when the model's greedy reply names that same value (as a whole word).
 
     rate = slot_accuracy(model, tokenizer, held_out)   # {"slot_accuracy": 0.31, ...}
+    rate = slot_accuracy(model, tokenizer, held_out, histories=turns)   # with personal memory
+
+With ``histories`` (per request, the turns personal memory recalled for it) each greedy reply
+is generated with them before the request, and ``slot_recall`` counts the slot requests whose
+recalled turns name the right value at all (what the model could copy).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from personal.model.chat import History
 from personal.model.generate import greedy_replies
 
 from personal_sim.public_corpus import Interaction
@@ -42,30 +48,49 @@ def slot_target(it: Interaction) -> tuple[str, str] | None:
 
 
 def slot_accuracy(
-    model: Any, tokenizer: Any, held_out: Sequence[Interaction], max_tokens: int = REPLY_TOKENS
+    model: Any,
+    tokenizer: Any,
+    held_out: Sequence[Interaction],
+    max_tokens: int = REPLY_TOKENS,
+    *,
+    histories: Sequence[History] | None = None,
 ) -> dict[str, Any]:
     """The share of ``held_out``'s slot requests whose greedy reply names the right value.
 
     Returns ``{"slot_accuracy": share or None, "slot_requests": n, "slot_hits": hits,
     "by_slot": {slot: [hits, n]}}`` (``None`` when no request carries a personal slot).
+    ``histories``: per request of ``held_out``, earlier ``(prompt, response)`` turns generated
+    before it (recalled memory); the result then also has ``"slot_recall"``, the share of slot
+    requests whose turns name the right value (``None`` without slot requests).
     """
-    targets = [(it, slot_target(it)) for it in held_out]
-    asked = [(it, t) for it, t in targets if t is not None]
+    if histories is not None and len(histories) != len(held_out):
+        raise ValueError(f"{len(histories)} histories for {len(held_out)} requests")
+    turns = list(histories) if histories is not None else [()] * len(held_out)
+    targets = [(it, slot_target(it), h) for it, h in zip(held_out, turns, strict=True)]
+    asked = [(it, t, h) for it, t, h in targets if t is not None]
     by_slot: dict[str, list[int]] = {}
+    recall: dict[str, Any] = {} if histories is None else {"slot_recall": None}
     if not asked:
-        return {"slot_accuracy": None, "slot_requests": 0, "slot_hits": 0, "by_slot": by_slot}
-    prompts = [it.prompt for it, _ in asked]
-    replies = greedy_replies(model, tokenizer, prompts, max_tokens=max_tokens)
-    hits = 0
-    for (_, (slot, value)), (reply, _) in zip(asked, replies, strict=True):
+        return {"slot_accuracy": None, "slot_requests": 0, "slot_hits": 0, "by_slot": by_slot,
+                **recall}  # fmt: skip
+    prompts = [it.prompt for it, _, _ in asked]
+    replies = greedy_replies(
+        model, tokenizer, prompts, max_tokens=max_tokens, histories=[h for _, _, h in asked]
+    )
+    hits = recalled = 0
+    for (_, (slot, value), history), (reply, _) in zip(asked, replies, strict=True):
         right = _mentions(reply, value)
         hits += right
+        recalled += any(_mentions(f"{q} {a}", value) for q, a in history)
         counts = by_slot.setdefault(slot, [0, 0])
         counts[0] += right
         counts[1] += 1
+    if histories is not None:
+        recall["slot_recall"] = recalled / len(asked)
     return {
         "slot_accuracy": hits / len(asked),
         "slot_requests": len(asked),
         "slot_hits": hits,
         "by_slot": by_slot,
+        **recall,
     }

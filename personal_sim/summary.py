@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from personal_sim.scenario import SimConfig
+from personal_sim.scenario import ARMS, SimConfig
 
 #: Keys of the metrics that measure the machine, not the simulation (see :func:`comparable`).
 TIMING_KEYS = frozenset({"seconds", "wall_seconds", "peak_memory_bytes", "runtime"})
@@ -56,6 +56,10 @@ def arm_user_summary(config: SimConfig, arm: dict[str, Any]) -> dict[str, Any]:
         "final_general_drift": days[-1]["general_drift"],
         "final_slot_accuracy": days[-1].get("slot_accuracy"),
         "bare_slot_accuracy": days[-1].get("bare_slot_accuracy"),
+        # Memory arms: the share of held-out requests that recalled anything, and of slot
+        # requests whose recalled turns name the right value (None without memory).
+        "final_memory_share": days[-1].get("memory_share"),
+        "final_slot_recall": days[-1].get("slot_recall"),
         "pre_update_gain": pre["personal_gain"] if pre else None,
         "post_update_gain": migration["gain_after"] if migration else None,
         "epsilon": days[-1]["epsilon"],
@@ -93,7 +97,10 @@ def summarize(config: SimConfig, users: list[dict[str, Any]]) -> dict[str, Any]:
         if config.has_update and pre is not None:
             after = range(config.update_day, config.days)
             recovered = next((d for d in after if (gain_by_day[d] or 0) >= pre), None)
+        arm = ARMS.get(name)
         out[name] = {
+            "memory": bool(arm and arm.memory),
+            "train": arm.train if arm else True,
             "gain_by_day": gain_by_day,
             "general_drift_by_day": drift_by_day,
             "epsilon_max_by_day": eps_by_day,
@@ -102,6 +109,8 @@ def summarize(config: SimConfig, users: list[dict[str, Any]]) -> dict[str, Any]:
             "final_general_drift": _mean([s["final_general_drift"] for s in per_user]),
             "final_slot_accuracy": _mean([s["final_slot_accuracy"] for s in per_user]),
             "bare_slot_accuracy": _mean([s["bare_slot_accuracy"] for s in per_user]),
+            "final_memory_share": _mean([s["final_memory_share"] for s in per_user]),
+            "final_slot_recall": _mean([s["final_slot_recall"] for s in per_user]),
             "pre_update_gain": pre,
             "post_update_gain": _mean([s["post_update_gain"] for s in per_user]),
             "recovered_on_day": recovered,

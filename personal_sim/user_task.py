@@ -4,6 +4,14 @@ A task draws the user (:mod:`personal_sim.population`) and for every arm opens a
 store in a temporary directory, logs day by day, runs the day's round when the trigger fires,
 migrates on the update day and measures the served model against the bare base of the day.
 Only the library's public API is used.
+
+Arms that go through the same rounds (:meth:`Arm.training <personal_sim.scenario.Arm.training>`:
+``dp`` and ``dp+memory``) share one store: it trains once and each arm is measured on it, with
+or without personal memory. An arm with memory scores every held-out request with the turns
+``Personalizer.memory_context`` recalls for it from what the user logged so far (held-out
+requests are never logged), through the base's chat format (``ChatFormat.encode(...,
+history=turns)``), and generates its greedy replies with them; the bare base it is compared
+with is memory-free.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import personal  # noqa: F401  (before mlx: the fast BLAS)
 from personal.errors import BudgetExhausted, NoEligibleUnits, SeededNoiseWarning
 from personal.model.base import load_base
 from personal.model.batching import make_batch
+from personal.model.chat import History, chat_format
 from personal.model.evaluate import evaluate
 from personal.model.tokenizer import encode_interaction
 from personal.personalizer import Personalizer
@@ -53,8 +62,22 @@ def _public(base: Any, name: str, config: SimConfig) -> list[Any]:
     return _PUBLIC[key]
 
 
-def _batches(tokenizer: Any, examples: Sequence[Interaction], size: int = 32) -> list[Any]:
-    encoded = [encode_interaction(tokenizer, it.prompt, it.response) for it in examples]
+def _batches(
+    tokenizer: Any,
+    examples: Sequence[Interaction],
+    size: int = 32,
+    histories: Sequence[History] | None = None,
+) -> list[Any]:
+    """Evaluation batches of ``examples``; with ``histories`` (per example, recalled turns)
+    each reply is scored given its turns, rendered before the prompt."""
+    if histories is None:
+        encoded = [encode_interaction(tokenizer, it.prompt, it.response) for it in examples]
+    else:
+        fmt = chat_format(tokenizer)
+        encoded = [
+            fmt.encode(it.prompt, it.response, history=turns)
+            for it, turns in zip(examples, histories, strict=True)
+        ]
     return [
         make_batch([e for e, _ in encoded[i : i + size]], [s for _, s in encoded[i : i + size]])
         for i in range(0, len(encoded), size)
@@ -101,11 +124,29 @@ class _UserRun:
             }
         return self._bare[key]
 
-    def measure(self, p: Personalizer, name: str, day: int) -> dict[str, float]:
-        """The served model (base + active adapter) against the bare base on ``day``."""
-        personal_eval = evaluate(p.base.model, self.held_batches(name, p.base.tokenizer, day))
+    def recalled(self, p: Personalizer, day: int) -> list[list[tuple[str, str]]]:
+        """Per held-out request of ``day``, the turns personal memory recalls for it from
+        what ``p``'s store logged so far (what ``generate(prompt, memory=True)`` would use)."""
+        return [p.memory_context(it.prompt)[0] for it in self.held[day]]
+
+    def measure(
+        self, p: Personalizer, name: str, day: int, histories: Sequence[History] | None = None
+    ) -> dict[str, float]:
+        """The served model (base + active adapter) against the bare base on ``day``;
+        with ``histories`` (:meth:`recalled`), served with personal memory."""
+        if histories is None:
+            batches = self.held_batches(name, p.base.tokenizer, day)
+        else:
+            batches = _batches(p.base.tokenizer, self.held[day], histories=histories)
+        personal_eval = evaluate(p.base.model, batches)
         general = general_loss(p.base.model, _public(p.base, name, self.config))
         bare = self.bare(name, day)
+        recall = {}
+        if histories is not None:  # how much memory put before the held-out requests
+            recall = {
+                "memory_share": sum(bool(h) for h in histories) / len(histories),
+                "memory_turns": sum(len(h) for h in histories) / len(histories),
+            }
         return {
             "personal_loss": personal_eval.loss,
             "personal_accuracy": personal_eval.accuracy,
@@ -115,23 +156,29 @@ class _UserRun:
             "general_loss": general,
             "bare_general_loss": bare["general_loss"],
             "general_drift": general / bare["general_loss"] - 1.0,
+            **recall,
         }
 
-    def slots(self, p: Personalizer, name: str, day: int) -> dict[str, Any]:
-        """Slot accuracy of the served model and of the bare base on ``day``'s held-out
-        requests (:mod:`personal_sim.slots`)."""
+    def slots(
+        self, p: Personalizer, name: str, day: int, histories: Sequence[History] | None = None
+    ) -> dict[str, Any]:
+        """Slot accuracy of the served model (with ``histories``: with personal memory) and of
+        the bare base (memory-free) on ``day``'s held-out requests (:mod:`personal_sim.slots`).
+        """
         key = (name, day)
         if key not in self._bare_slots:
             base = _bare(name)
             self._bare_slots[key] = slot_accuracy(base.model, base.tokenizer, self.held[day])
-        served = slot_accuracy(p.base.model, p.base.tokenizer, self.held[day])
+        served = slot_accuracy(p.base.model, p.base.tokenizer, self.held[day], histories=histories)
         bare = self._bare_slots[key]
+        recall = {} if histories is None else {"slot_recall": served["slot_recall"]}
         return {
             "slot_accuracy": served["slot_accuracy"],
             "bare_slot_accuracy": bare["slot_accuracy"],
             "slot_requests": served["slot_requests"],
             "slot_by_slot": served["by_slot"],
             "bare_slot_by_slot": bare["by_slot"],
+            **recall,
         }
 
     def tick(self) -> None:
@@ -182,19 +229,29 @@ def _round(p: Personalizer, run: _UserRun, arm: Arm, day: int) -> dict[str, Any]
     }
 
 
-def _migrate(p: Personalizer, run: _UserRun, arm_policy: Policy, day: int) -> dict[str, Any]:
-    """The OS update: migrate, and measure the gain just before and just after it."""
+def _migrate(
+    p: Personalizer, run: _UserRun, arm_policy: Policy, day: int, arms: Sequence[Arm] = ()
+) -> dict[str, dict[str, Any]]:
+    """The OS update: migrate, and measure the gain just before and just after it, for each
+    of ``arms`` sharing the store (with memory for a memory arm); by arm name."""
     config = run.config
-    before = run.measure(p, config.base, day)
+    histories = run.recalled(p, day) if any(arm.memory for arm in arms) else None
+
+    def measured(base: str) -> dict[str, dict[str, float]]:
+        return {
+            arm.name: run.measure(p, base, day, histories if arm.memory else None) for arm in arms
+        }
+
+    before = measured(config.base)
     eps_before = p.ledger.epsilons()
     started = time.perf_counter()
     report = p.on_base_update(config.update_base, strategy=arm_policy.migration.strategy)
     wall = round(time.perf_counter() - started, 3)
-    after = run.measure(p, config.update_base, day)
+    after = measured(config.update_base)
     eps_after = p.ledger.epsilons()
     charged = max((v - eps_before.get(u, 0.0) for u, v in eps_after.items()), default=0.0)
     gates = report.gates or {}
-    return {
+    event = {
         "day": day,
         "strategy": report.strategy,
         "from": config.base,
@@ -209,57 +266,89 @@ def _migrate(p: Personalizer, run: _UserRun, arm_policy: Policy, day: int) -> di
         "token_level": report.token_level,
         "charged": report.charged,
         "epsilon_charged": max(0.0, charged),
-        "gain_before": before["personal_gain"],
-        "gain_after": after["personal_gain"],
-        "personal_loss_before": before["personal_loss"],
-        "personal_loss_after": after["personal_loss"],
         "seconds": report.seconds,
         "wall_seconds": wall,
+    }
+    return {
+        name: {
+            **event,
+            "gain_before": before[name]["personal_gain"],
+            "gain_after": after[name]["personal_gain"],
+            "personal_loss_before": before[name]["personal_loss"],
+            "personal_loss_after": after[name]["personal_loss"],
+        }
+        for name in before
+    }
+
+
+def _run_arms(run: _UserRun, arms: Sequence[Arm], home: Path) -> dict[str, dict[str, Any]]:
+    """``arms`` (the same :meth:`Arm.training`) on one store: rounds, migration and logging
+    once, each arm measured with or without memory; by arm name."""
+    config, lead = run.config, arms[0]
+    policy = lead.policy(config.base_policy())
+    budget = policy.privacy.lifetime_epsilon
+    days: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in arms}
+    migration: dict[str, dict[str, Any]] = {}
+    key = RawKey(os.urandom(32))
+    started = time.perf_counter()
+    public = simulation_public_data(config.public_data)  # passed in, like any app's
+    memory = any(arm.memory for arm in arms)
+    with Personalizer.open(
+        home, config.base, policy, key, create=True, seed=run.seed("replay"), public_data=public,
+        memory=memory,
+    ) as p:  # fmt: skip
+        logged = 0
+        for day in range(config.days):
+            if config.has_update and day == config.update_day:
+                migration = _migrate(p, run, policy, day, arms)
+            for ts, it in run.logs[day]:
+                p.log(it.prompt, it.response, ts=ts)
+            logged += len(run.logs[day])
+            round_ = _round(p, run, lead, day) if lead.train else None
+            active = p.active_adapter
+            histories = run.recalled(p, day) if memory else None
+            for arm in arms:
+                turns = histories if arm.memory else None
+                days[arm.name].append({
+                    "day": day,
+                    "base": config.base_on(day),
+                    "logged": len(run.logs[day]),
+                    "logged_total": logged,
+                    "round": round_,
+                    "active_version": active.version if active else None,
+                    "epsilon": _epsilon(p),
+                    "epsilon_budget": budget,
+                    **run.measure(p, config.base_on(day), day, turns),
+                })  # fmt: skip
+                if day == config.days - 1:  # greedy replies: on the last day only
+                    days[arm.name][-1].update(run.slots(p, config.base_on(day), day, turns))
+                run.tick()
+    seconds = round(time.perf_counter() - started, 3)
+    return {
+        arm.name: {
+            "arm": arm.name,
+            "policy_digest": policy.digest(),
+            "memory": arm.memory,
+            "train": arm.train,
+            "days": days[arm.name],
+            "migration": migration.get(arm.name),
+            "seconds": seconds,
+        }
+        for arm in arms
     }
 
 
 def _run_arm(run: _UserRun, arm: Arm, home: Path) -> dict[str, Any]:
-    config = run.config
-    policy = arm.policy(config.base_policy())
-    budget = policy.privacy.lifetime_epsilon
-    days: list[dict[str, Any]] = []
-    migration = None
-    key = RawKey(os.urandom(32))
-    started = time.perf_counter()
-    public = simulation_public_data(config.public_data)  # passed in, like any app's
-    with Personalizer.open(
-        home, config.base, policy, key, create=True, seed=run.seed("replay"), public_data=public
-    ) as p:
-        logged = 0
-        for day in range(config.days):
-            if config.has_update and day == config.update_day:
-                migration = _migrate(p, run, policy, day)
-            for ts, it in run.logs[day]:
-                p.log(it.prompt, it.response, ts=ts)
-            logged += len(run.logs[day])
-            round_ = _round(p, run, arm, day)
-            active = p.active_adapter
-            days.append({
-                "day": day,
-                "base": config.base_on(day),
-                "logged": len(run.logs[day]),
-                "logged_total": logged,
-                "round": round_,
-                "active_version": active.version if active else None,
-                "epsilon": _epsilon(p),
-                "epsilon_budget": budget,
-                **run.measure(p, config.base_on(day), day),
-            })  # fmt: skip
-            if day == config.days - 1:  # greedy replies: on the last day only
-                days[-1].update(run.slots(p, config.base_on(day), day))
-            run.tick()
-    return {
-        "arm": arm.name,
-        "policy_digest": policy.digest(),
-        "days": days,
-        "migration": migration,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    """One arm on its own store."""
+    return _run_arms(run, [arm], home)[arm.name]
+
+
+def _shared(arms: Sequence[Arm]) -> list[list[Arm]]:
+    """``arms`` grouped by :meth:`Arm.training` (in order of first appearance)."""
+    groups: dict[tuple[bool, bool, str], list[Arm]] = {}
+    for arm in arms:
+        groups.setdefault(arm.training(), []).append(arm)
+    return list(groups.values())
 
 
 def run_user(config: SimConfig, index: int, progress: Any = None) -> dict[str, Any]:
@@ -273,8 +362,8 @@ def run_user(config: SimConfig, index: int, progress: Any = None) -> dict[str, A
     with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="personal-sim-") as tmp:
         # Seeded noise is the point here (reproducible metrics); the report says it is not DP.
         warnings.simplefilter("ignore", SeededNoiseWarning)
-        for name in config.arms:
-            arms[name] = _run_arm(run, ARMS[name], Path(tmp) / name)
+        for group in _shared([ARMS[name] for name in config.arms]):
+            arms.update(_run_arms(run, group, Path(tmp) / group[0].name))
     used = [config.base, *([config.update_base] if config.has_update else [])]
     bases = {name: _bare(name).fingerprint for name in used}
     return {
@@ -283,6 +372,6 @@ def run_user(config: SimConfig, index: int, progress: Any = None) -> dict[str, A
         "logged": [len(log) for log in run.logs],
         "held_out_repeat_share": run.repeat_share,
         "base_fingerprints": bases,
-        "arms": arms,
+        "arms": {name: arms[name] for name in config.arms},
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -160,7 +160,7 @@ def test_invalid_configurations_are_refused():
         simulate(SimConfig(), backend="spark")
     from personal_sim.scenario import ABLATION_ARMS, CANDIDATE_ARMS, COMPARE_ARMS
 
-    assert set(COMPARE_ARMS) == {"dp", "non-dp", "no-replay-ewc", "drop"}
+    assert set(COMPARE_ARMS) == {"dp", "non-dp", "no-replay-ewc", "drop", "memory", "dp+memory"}
     assert set(ARMS) == {*COMPARE_ARMS, *ABLATION_ARMS, *CANDIDATE_ARMS}
 
 

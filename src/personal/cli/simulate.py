@@ -144,7 +144,8 @@ def register(group: click.Group) -> None:
 @click.option(
     "--compare",
     is_flag=True,
-    help="Run the arms side by side: DP vs non-DP, replay+EWC vs none, distill vs drop.",
+    help="Run the arms side by side: DP vs non-DP, replay+EWC vs none, distill vs drop, "
+    "personal memory alone and with DP.",
 )
 @click.option("--base", default="base-v1", show_default=True, help="Base model before the update.")
 @click.option(
