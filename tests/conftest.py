@@ -11,6 +11,13 @@ import pytest
 # Never reach for a model hub from tests, whatever the code under test does.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# personal.kernels are compiled once per machine into the user's cache (make install does it);
+# tests point $PERSONAL_CACHE_DIR at fresh directories, which must not mean a rebuild in every
+# test process (the simulator's workers, CLI subprocesses). Set before anything loads them.
+os.environ.setdefault(
+    "PERSONAL_KERNELS_DIR",
+    str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "personal" / "kernels"),
+)
 
 import personal  # noqa: F401  (loads the fast BLAS before anything imports mlx)
 

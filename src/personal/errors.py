@@ -21,6 +21,11 @@ class SlowBLASWarning(PersonalWarning):
     """MLX runs on the reference BLAS: training will be 10-40x slower than it should be."""
 
 
+class SlowKernelsWarning(PersonalWarning):
+    """The fast CPU kernels (:mod:`personal.kernels`) are unavailable: softmax, logsumexp and
+    sigmoid run on MLX's own CPU ops, about 1.4x slower training steps."""
+
+
 class SeededNoiseWarning(PersonalWarning):
     """A deterministic (seeded) noise or sampling source is in use: tests only, never private."""
 
@@ -43,6 +48,11 @@ class LifetimeContractFixed(PolicyError):
 
 class PublicDataError(ConfigError):
     """Public data (a JSONL file, a self-generated set) is malformed, empty or unusable."""
+
+
+class KernelBuildError(ConfigError):
+    """The fast CPU kernels could not be built here (no compiler, nanobind missing, a compiler
+    error); `personal` then runs MLX's own ops and says so with :class:`SlowKernelsWarning`."""
 
 
 # --- base models -----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ def test_info_json(tiny_model_factory):
 def test_info_quantized(tiny_model_factory):
     result = CliRunner().invoke(cli, ["info", str(tiny_model_factory("llama", quantize=True))])
     assert result.exit_code == 0 and "bits" in result.output
+    assert "kernels" in result.output  # personal.kernels: in use, or why not
 
 
 def test_info_missing_model_is_clean_error(tmp_path):

@@ -13,6 +13,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info_command(base: str, as_json: bool) -> None:
     """Describe BASE: a model directory or a bundled name (base-v1, base-v2)."""
+    from personal import kernels
     from personal.model.base import load_base
     from personal.runtime import blas_status
 
@@ -24,6 +25,7 @@ def info_command(base: str, as_json: bool) -> None:
     for key, value in data.items():
         click.echo(f"{key:>13}: {value if value is not None else '-'}")
     click.echo(f"{'blas':>13}: {blas_status().reason}")
+    click.echo(f"{'kernels':>13}: {kernels.status().reason}")
 
 
 @click.command("import-model")

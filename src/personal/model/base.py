@@ -25,6 +25,7 @@ from personal.errors import (
     TokenizerMismatch,
     UnsupportedArchitecture,
 )
+from personal.model.fastmath import accelerate
 from personal.model.fingerprint import fingerprint_directory
 from personal.model.mlx_typing import load_arrays
 from personal.runtime import device_name
@@ -279,7 +280,9 @@ def load_base(
             in-memory form.
 
     Returns:
-        A :class:`BaseModel` with the model in eval mode and its fingerprint.
+        A :class:`BaseModel` with the model in eval mode and its fingerprint. On a Linux CPU
+        its attention and SwiGLU run through :mod:`personal.kernels`
+        (:func:`personal.model.fastmath.accelerate`).
 
     Raises:
         ModelNotFound, IncompleteModel, CorruptWeights, UnsupportedArchitecture,
@@ -298,6 +301,8 @@ def load_base(
 
         model = dequantize_model(model)
     model.eval()
+    # Attention and SwiGLU through the fast CPU kernels (same function; see personal.kernels).
+    accelerate(model)
     provenance = None
     if (path / "provenance.json").is_file():
         provenance = json.loads((path / "provenance.json").read_text())

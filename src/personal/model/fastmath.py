@@ -1,98 +1,144 @@
-"""Element-wise maths that MLX's CPU kernels make slow, rewritten from fast primitives.
+"""The training maths routed through the fast CPU kernels (:mod:`personal.kernels`).
 
-On the CPU, MLX evaluates ``exp`` (and ``logsumexp``, ``softmax`` and ``sigmoid``, which use it)
-element by element at about 25 ns an element, 25× numpy's vectorised ``exp``; multiply-adds
-fuse and vectorise inside ``mx.compile``. The softmax of a cross-entropy over the vocabulary is
-a large such cost in a training step (``T · V`` exponentials per row, twice: forward and
-backward). :func:`fast_exp` computes ``exp`` as ``2ⁿ · eʳ`` with the exponent bits written
-directly and ``eʳ`` a degree-7 polynomial after a Cody-Waite reduction (relative error below
-2⁻²² on the float32 range, tested), and :func:`cross_entropy` uses it for the forward and a
-hand-written backward (``softmax − one_hot``), so nothing in the loss calls the slow kernel.
-Measured in docs/performance.md; results equal ``mlx.nn.losses.cross_entropy`` within float32
-tolerance.
+Three places spend most of a CPU training step in MLX's slow element-wise ``exp``: the softmax
+over the vocabulary in the loss, the attention softmax and SiLU in every block. Here:
+
+* :func:`cross_entropy`: ``logsumexp(logits) − logits[target]``, the loss every training path
+  uses (:mod:`personal.model.train`, :mod:`personal.privacy.dpsgd`), with the kernels'
+  ``logsumexp`` (its gradient is their ``softmax``).
+* :func:`accelerate`: points an mlx-lm model's attention and SwiGLU at :func:`attention` and
+  :func:`swiglu`, which compute the same functions with the kernels' ``softmax`` and ``sigmoid``.
+
+Where the kernels don't apply (not float32, not the CPU, not Linux, or unavailable) MLX's own
+ops run: the same values within float32 rounding, and the same gradients (tests/model).
 """
 
 from __future__ import annotations
 
-import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from personal import kernels
 
 import mlx.core as mx
 import mlx.nn as nn
-
-#: ``PERSONAL_FAST_MATH=1`` opts in to the fast cross-entropy. Off by default: measured on the
-#: reference step it made the whole step slower (DP 3.56 s vs 2.99 s) and raised peak memory
-#: (1.84 GB vs 1.35 GB), although the loss alone is 2-3x faster (docs/performance.md).
-FAST_ENV = "PERSONAL_FAST_MATH"
-
-_LOG2E = 1.4426950408889634
-# ln 2 split Cody-Waite style: n · _LN2_HI is exact in float32 for |n| < 2^9, so the reduced
-# argument keeps full precision even for large |x|.
-_LN2_HI, _LN2_LO = 0.693145751953125, 1.428606765330187e-06
-# Taylor coefficients of e^r, highest degree first (degree 7: error < 1e-8 on |r| <= ln2/2).
-_POLY = (1 / 5040, 1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1.0, 1.0)
-
-
-def fast_exp(x: mx.array) -> mx.array:
-    """``exp(x)`` in float32 from multiply-adds and exponent bits (fuses under ``mx.compile``).
-
-    ``x = n · ln 2 + r`` with ``|r| <= ln2 / 2``; ``e^r`` by a degree-7 polynomial, ``2^n``
-    written into the exponent bits. Inputs below ``-87.3`` give ``2^-126`` (about 1e-38)
-    instead of a subnormal or zero and inputs above ``88`` give about ``3e38`` instead of
-    infinity; a NaN stays NaN. Inside a softmax (the only use here) arguments are ``<= 0``
-    after the max is subtracted, so the clamp never changes a sum that matters.
-    """
-    x = mx.clip(x.astype(mx.float32), -87.33, 88.0)  # clip keeps a NaN a NaN
-    n = mx.floor(x * _LOG2E + 0.5)
-    r = (x - n * _LN2_HI) - n * _LN2_LO
-    p = mx.array(_POLY[0], dtype=mx.float32)
-    for c in _POLY[1:]:
-        p = p * r + c
-    return p * ((n.astype(mx.int32) + 127) << 23).view(mx.float32)  # e^r · 2^n
-
-
-def _cross_entropy_forward(logits: mx.array, targets: mx.array) -> tuple[mx.array, mx.array]:
-    peak = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
-    total = fast_exp(logits - peak).sum(axis=-1, keepdims=True)
-    lse = peak + mx.log(total)  # (..., 1)
-    picked = mx.take_along_axis(logits, targets[..., None], axis=-1)
-    return (lse - picked).squeeze(-1), lse
-
-
-@mx.custom_function
-def fast_cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
-    """Per-position cross-entropy with :func:`fast_exp` forward and a hand-written backward."""
-    return _cross_entropy_forward(logits, targets)[0]
-
-
-@fast_cross_entropy.vjp
-def _cross_entropy_vjp(
-    primals: tuple[mx.array, mx.array], cotangent: mx.array, output: mx.array
-) -> tuple[mx.array, mx.array]:
-    logits, targets = primals
-    _, lse = _cross_entropy_forward(logits, targets)
-    scale = cotangent[..., None]
-    grad = fast_exp(logits - lse) * scale  # softmax · g
-    index = targets[..., None]
-    picked = mx.take_along_axis(grad, index, axis=-1) - scale  # minus one_hot · g
-    grad = mx.put_along_axis(grad, index, picked, axis=-1)
-    return grad.astype(logits.dtype), mx.zeros_like(targets)
 
 
 def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     """Per-position cross-entropy ``logsumexp(logits) − logits[target]`` (no reduction).
 
-    The fast path has the same values and gradients as ``mlx.nn.losses.cross_entropy(...,
-    reduction="none")`` within float32 tolerance, with :func:`fast_exp` in place of ``exp``.
-
-    MLX's own unless ``PERSONAL_FAST_MATH=1`` is in the environment (read at trace time).
+    The same function as ``mlx.nn.losses.cross_entropy(..., reduction="none")``; float32 on the
+    CPU goes through :func:`personal.kernels.logsumexp`.
 
     Args:
-        logits: ``(..., V)`` float32 scores.
+        logits: ``(..., V)`` scores.
         targets: ``(...)`` integer class indices.
     """
-    if os.environ.get(FAST_ENV, "") in ("", "0"):
-        return nn.losses.cross_entropy(logits, targets, reduction="none")
-    loss = fast_cross_entropy(logits, targets)  # mx.custom_function's stub returns object
-    if not isinstance(loss, mx.array):
-        raise TypeError(f"fast_cross_entropy returned {type(loss).__name__}, not an array")
-    return loss
+    picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
+    return kernels.logsumexp(logits) - picked
+
+
+def swiglu(gate: mx.array, x: mx.array) -> mx.array:
+    """``silu(gate) · x`` (mlx-lm's ``swiglu``) with the kernels' sigmoid."""
+    return gate * kernels.sigmoid(gate) * x
+
+
+def _causal_mask(queries: int, keys: int) -> mx.array:
+    # Query i (the last `queries` of `keys` positions) sees keys 0 .. keys - queries + i, as
+    # mx.fast.scaled_dot_product_attention's "causal" (aligned to the bottom right).
+    rows = mx.arange(keys - queries, keys)[:, None]
+    return rows >= mx.arange(keys)[None, :]
+
+
+def _apply_mask(scores: mx.array, mask: mx.array, kv_heads: int, groups: int) -> mx.array:
+    """``scores`` (B, H_kv, groups, L, S) masked by ``mask`` broadcastable to (B, H, L, S)."""
+    mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape)) if mask.ndim < 4 else mask
+    if mask.shape[1] == 1 or groups == 1:
+        mask = mx.expand_dims(mask, 2)  # (B, 1 or H_kv, 1, L, S)
+    else:
+        mask = mask.reshape(mask.shape[0], kv_heads, groups, *mask.shape[2:])
+    if mask.dtype == mx.bool_:
+        return mx.where(mask, scores, mx.array(-mx.inf, dtype=scores.dtype))
+    return scores + mask
+
+
+def attention(
+    queries: mx.array,
+    keys: mx.array,
+    values: mx.array,
+    *,
+    scale: float,
+    mask: mx.array | str | None = None,
+) -> mx.array:
+    """Scaled dot-product attention, as ``mx.fast.scaled_dot_product_attention`` computes it
+    (grouped-query heads, a ``"causal"``, boolean or additive mask), with the kernels' softmax.
+
+    Shapes: queries ``(B, H, L, D)``, keys and values ``(B, H_kv, S, D)`` with ``H_kv`` dividing
+    ``H``; returns ``(B, H, L, D)``.
+    """
+    batch, heads, length, dim = queries.shape
+    kv_heads, keys_length = keys.shape[1], keys.shape[2]
+    groups = heads // kv_heads
+    # Grouped heads share their key/value head: (B, H_kv, groups, L, D) against (B, H_kv, 1, S, D).
+    q = (queries * scale).reshape(batch, kv_heads, groups, length, dim)
+    scores = q @ mx.expand_dims(keys, 2).swapaxes(-1, -2)  # (B, H_kv, groups, L, S)
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f"unknown attention mask {mask!r}")
+        mask = _causal_mask(length, keys_length)
+    if mask is not None:
+        scores = _apply_mask(scores, mask, kv_heads, groups)
+    weights = kernels.softmax(scores)
+    out = weights @ mx.expand_dims(values, 2)  # (B, H_kv, groups, L, D)
+    return out.reshape(batch, heads, length, values.shape[-1])
+
+
+def _fast_sdpa(original: Callable[..., mx.array]) -> Callable[..., mx.array]:
+    """mlx-lm's ``scaled_dot_product_attention(q, k, v, cache, scale, mask, sinks=None)`` with
+    :func:`attention` where it applies; quantized caches and attention sinks keep ``original``."""
+
+    def scaled_dot_product_attention(
+        queries: mx.array,
+        keys: mx.array,
+        values: mx.array,
+        cache: Any,
+        scale: float,
+        mask: mx.array | str | None,
+        sinks: mx.array | None = None,
+    ) -> mx.array:
+        if sinks is not None or hasattr(cache, "bits") or not kernels.applies(queries):
+            return original(queries, keys, values, cache, scale=scale, mask=mask, sinks=sinks)
+        return attention(queries, keys, values, scale=scale, mask=mask)
+
+    scaled_dot_product_attention._personal_original = original  # type: ignore[attr-defined]
+    return scaled_dot_product_attention
+
+
+def _fast_swiglu(original: Callable[..., mx.array]) -> Callable[..., mx.array]:
+    def fast(gate: mx.array, x: mx.array) -> mx.array:
+        return swiglu(gate, x) if kernels.applies(gate) else original(gate, x)
+
+    fast._personal_original = original  # type: ignore[attr-defined]
+    return fast
+
+
+def accelerate(model: nn.Module) -> bool:
+    """Route ``model``'s attention and SwiGLU through the fast kernels; True if they apply.
+
+    mlx-lm's model modules call the functions ``scaled_dot_product_attention`` and ``swiglu``
+    by their module-level names, so those names are rebound, once per architecture module and
+    process, to wrappers that use the kernels for float32 CPU arrays and the original function
+    for anything else. The functions computed are unchanged (float32 rounding aside), so other
+    models of the same architecture in the process are unaffected in what they compute.
+    """
+    if not kernels.status().available:
+        return False
+    module = sys.modules.get(type(model).__module__)
+    if module is None:
+        return False
+    for name, wrap in (("scaled_dot_product_attention", _fast_sdpa), ("swiglu", _fast_swiglu)):
+        current = getattr(module, name, None)
+        if callable(current) and not hasattr(current, "_personal_original"):
+            setattr(module, name, wrap(current))
+    return True
