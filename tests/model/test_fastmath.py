@@ -120,6 +120,8 @@ def test_per_example_dp_gradients_are_the_same_with_and_without_the_kernels(
     assert hasattr(sdpa, "_personal_original")
     accelerate(model)  # idempotent: wraps once
     assert module.scaled_dot_product_attention is sdpa
+    if arch == "mixtral":  # MoE experts: switch_layers' SwiGLU too
+        assert hasattr(sys.modules["mlx_lm.models.switch_layers"].swiglu, "_personal_original")
     inject_lora(model, LoRAConfig(rank=2))
     perturb_lora_b(model)
     rng = np.random.default_rng(0)

@@ -126,19 +126,21 @@ def _fast_swiglu(original: Callable[..., mx.array]) -> Callable[..., mx.array]:
 def accelerate(model: nn.Module) -> bool:
     """Route ``model``'s attention and SwiGLU through the fast kernels; True if they apply.
 
-    mlx-lm's model modules call the functions ``scaled_dot_product_attention`` and ``swiglu``
-    by their module-level names, so those names are rebound, once per architecture module and
-    process, to wrappers that use the kernels for float32 CPU arrays and the original function
-    for anything else. The functions computed are unchanged (float32 rounding aside), so other
-    models of the same architecture in the process are unaffected in what they compute.
+    mlx-lm's model modules (and ``switch_layers``, for MoE experts) call the functions
+    ``scaled_dot_product_attention`` and ``swiglu`` by their module-level names, so in every
+    ``mlx_lm.models`` module that ``model``'s layers come from, those names are rebound (once
+    per module and process) to wrappers that use the kernels for float32 CPU arrays and the
+    original function for anything else. The functions computed are unchanged (float32
+    rounding aside), so other models of the same architecture in the process compute what
+    they did before.
     """
     if not kernels.status().available:
         return False
-    module = sys.modules.get(type(model).__module__)
-    if module is None:
-        return False
-    for name, wrap in (("scaled_dot_product_attention", _fast_sdpa), ("swiglu", _fast_swiglu)):
-        current = getattr(module, name, None)
-        if callable(current) and not hasattr(current, "_personal_original"):
-            setattr(module, name, wrap(current))
+    names = {type(model).__module__} | {type(m).__module__ for _, m in model.named_modules()}
+    for module_name in sorted(n for n in names if n.startswith("mlx_lm.models.")):
+        module = sys.modules.get(module_name)
+        for name, wrap in (("scaled_dot_product_attention", _fast_sdpa), ("swiglu", _fast_swiglu)):
+            current = getattr(module, name, None)
+            if callable(current) and not hasattr(current, "_personal_original"):
+                setattr(module, name, wrap(current))
     return True
