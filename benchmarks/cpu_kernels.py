@@ -14,7 +14,10 @@ Each pair is traced twice (``personal.kernels.use(True/False)``), compiled, and 
 interleaved; the JSON gives both medians and the speed-up. The whole-step effect is
 ``dp_step.py --kernels-baseline``.
 
-    python benchmarks/kernels.py --json
+    python benchmarks/cpu_kernels.py --json
+
+(Not named ``kernels.py``: run from this directory, that would shadow the Hugging Face
+``kernels`` package that transformers imports.)
 """
 
 from __future__ import annotations
