@@ -13,7 +13,7 @@ from personal.store import RawKey
 
 import numpy as np
 import pytest
-from round_policies import tiny_round_policy
+from round_policies import TINY_PUBLIC, tiny_round_policy
 
 KEY = RawKey(bytes(range(32)))
 TEXTS = [f"call {name} at {hour}" for name in ("Ana", "Bo", "Cy") for hour in ("6", "7", "noon")]
@@ -33,7 +33,9 @@ def other_vocab_base(tmp_path_factory):
 
 
 def _trained(tmp_path, base, policy):
-    p = Personalizer.open(tmp_path / "s", base, policy, KEY, create=True)
+    """A store with one accepted round. TINY_PUBLIC: migration on the self-generated default
+    is tested in tests/cli/test_train_audit_cli.py and tests/test_personalizer_public.py."""
+    p = Personalizer.open(tmp_path / "s", base, policy, KEY, create=True, public_data=TINY_PUBLIC)
     for i in range(6):
         p.log(f"call Ana at {i}", f"Calling Ana at {i}.")
     with warnings.catch_warnings():

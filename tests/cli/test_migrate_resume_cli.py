@@ -10,13 +10,19 @@ from personal.cli import cli
 import pytest
 from click.testing import CliRunner
 from test_train_audit_cli import PASS
-from trained_store import build
+from trained_store import build, copy
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model_factory):
+    """One trained store for the module (a training round each costs seconds)."""
+    return build(tmp_path_factory.mktemp("trained"), tiny_model_factory("llama"))
 
 
 @pytest.fixture
-def trained(tmp_path, monkeypatch, tiny_model_factory):
+def trained(built, tmp_path, monkeypatch):
     monkeypatch.setenv("PERSONAL_PASSPHRASE", PASS)
-    return build(tmp_path, tiny_model_factory("llama"))
+    return copy(built, tmp_path)
 
 
 def _run(*args):

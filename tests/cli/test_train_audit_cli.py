@@ -48,6 +48,23 @@ def store(tmp_path, monkeypatch):
     return path
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model_factory):
+    """The ``store`` fixture's store after ``train --policy policy.toml``, built once."""
+    from trained_store import build  # it imports PASS and POLICY from here
+
+    return build(tmp_path_factory.mktemp("trained"), str(tiny_model_factory("llama")))
+
+
+@pytest.fixture
+def trained(built, tmp_path, monkeypatch):
+    """A fresh copy of ``built`` (test_train_then_audit_passes checks that first round)."""
+    from trained_store import copy
+
+    monkeypatch.setenv("PERSONAL_PASSPHRASE", PASS)
+    return copy(built, tmp_path)
+
+
 def _run(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
@@ -82,12 +99,10 @@ def test_train_then_audit_passes(store, tiny_model_factory, tmp_path):
     )
 
 
-def test_audit_fails_on_a_rolled_back_ledger(store, tiny_model_factory, tmp_path):
+def test_audit_fails_on_a_rolled_back_ledger(trained, tiny_model_factory, tmp_path):
     import shutil
 
-    base = str(tiny_model_factory("llama"))
-    policy = str(tmp_path / "policy.toml")
-    assert _run("train", str(store), "--base", base, "--policy", policy).exit_code == 0
+    store, base = trained, str(tiny_model_factory("llama"))
     backup = tmp_path / "backup"
     with InteractionLog.open(store, Passphrase(PASS)) as log:
         log.store.checkpoint()
@@ -106,19 +121,16 @@ def test_audit_fails_on_a_rolled_back_ledger(store, tiny_model_factory, tmp_path
     assert refused.exit_code == 2 and "error:" in refused.output
 
 
-def test_a_policy_cannot_raise_the_lifetime_budget(store, tiny_model_factory, tmp_path):
-    base = str(tiny_model_factory("llama"))
-    assert _run("train", str(store), "--base", base, "--policy", str(tmp_path / "policy.toml"))
+def test_a_policy_cannot_raise_the_lifetime_budget(trained, tiny_model_factory, tmp_path):
+    store, base = trained, str(tiny_model_factory("llama"))
     bigger = tmp_path / "bigger.toml"
     bigger.write_text(POLICY.replace("lifetime_epsilon = 6.0", "lifetime_epsilon = 60.0"))
     result = CliRunner().invoke(cli, ["train", str(store), "--base", base, "--policy", str(bigger)])
     assert result.exit_code == 2 and "lifetime" in result.output
 
 
-def test_migrate_to_a_new_base(store, tiny_model_factory, tmp_path):
-    base = str(tiny_model_factory("llama"))
-    policy = str(tmp_path / "policy.toml")
-    assert _run("train", str(store), "--base", base, "--policy", policy).exit_code == 0
+def test_migrate_to_a_new_base(trained, tiny_model_factory):
+    store = trained
     new = str(tiny_model_factory("llama", seed=1))
     result = _run("migrate", str(store), "--base", new, "--strategy", "distill", "--json")
     assert result.exit_code == 0, result.output

@@ -6,6 +6,7 @@ import json
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from personal.cli.simulate import register
 from personal.errors import ConfigError
@@ -92,6 +93,10 @@ def test_end_to_end_run_writes_the_report(cli_run):
                ("personal_gain", "general_drift", "epsilon", "os_update"))  # fmt: skip
 
 
+# A Ray cluster started and a user simulated again: ~30 s on 2 shared cores (the slowest test).
+# Fast coverage: the same run_user through the local backend (test_end_to_end_run_writes_the_
+# report) and run_ray's driver on a stand-in Ray (test_ray_backend_runs_every_user_as_a_task).
+@pytest.mark.slow
 def test_ray_backend_matches_the_local_backend(cli_run, tmp_path):
     """User 0 on a local Ray cluster gives the local backend's metrics for the same seed."""
     pytest.importorskip("ray")
@@ -100,6 +105,62 @@ def test_ray_backend_matches_the_local_backend(cli_run, tmp_path):
     ray_metrics = json.loads(json.dumps(simulate(config, backend="ray", workers=1)))
     assert ray_metrics["runtime"]["backend"] == "ray"
     _assert_close(comparable(ray_metrics["users"][0]), comparable(local["users"][0]))
+
+
+class _StandInRay:
+    """What run_ray uses of Ray, run in this process: tasks are calls, refs their results."""
+
+    def __init__(self, initialized: bool = False) -> None:
+        self.initialized, self.calls, self.results = initialized, [], []
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def init(self, **options) -> None:
+        self.calls.append(("init", options))
+        self.initialized = True
+
+    def shutdown(self) -> None:
+        self.calls.append(("shutdown", {}))
+        self.initialized = False
+
+    def remote(self, num_cpus: int):
+        self.calls.append(("remote", {"num_cpus": num_cpus}))
+        return lambda fn: SimpleNamespace(remote=lambda *args: self._submit(fn(*args)))
+
+    def _submit(self, result) -> int:
+        self.results.append(result)
+        return len(self.results) - 1  # the "object ref"
+
+    def wait(self, refs, num_returns: int, timeout: float):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref: int):
+        return self.results[ref]
+
+
+@pytest.mark.parametrize("joined", [False, True])
+def test_ray_backend_runs_every_user_as_a_task(monkeypatch, joined):
+    """run_ray's driver: every user one task (heaviest first), results by user, and only a
+    cluster it started is shut down (the real cluster: the slow test above)."""
+    from personal_sim import backends
+
+    ray = _StandInRay(initialized=joined)
+    ran = []
+    monkeypatch.setattr(backends, "_import_ray", lambda: ray)
+    monkeypatch.setattr(backends, "_ray_user", lambda _, i, queue: ran.append(i) or {"user": i})
+    config = SimConfig(users=4, seed=0)
+    assert backends.run_ray(config, workers=2) == [{"user": i} for i in range(4)]
+    assert ran == backends._order(config) and sorted(ran) == [0, 1, 2, 3]
+    names = [name for name, _ in ray.calls]
+    if joined:
+        assert names == ["remote"] and ray.initialized  # a joined cluster is left running
+    else:
+        assert names == ["init", "remote", "shutdown"] and not ray.initialized
+        options = ray.calls[0][1]
+        assert options["num_cpus"] == 2
+        assert options["runtime_env"] == {"env_vars": backends.WORKER_ENV}
+    assert ray.calls[names.index("remote")][1] == {"num_cpus": 1}
 
 
 def _assert_close(a, b, path="metrics"):

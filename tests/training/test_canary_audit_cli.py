@@ -10,7 +10,7 @@ import sys
 import time
 
 from personal.cli import cli
-from personal.store import InteractionLog, Passphrase, Store, workdir
+from personal.store import InteractionLog, Passphrase, ScryptParams, Store, workdir
 
 import pytest
 from click.testing import CliRunner
@@ -39,7 +39,8 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("PERSONAL_PASSPHRASE", PASS)
     (tmp_path / "policy.toml").write_text(POLICY)
     path = tmp_path / "store"
-    with InteractionLog.create(path, Passphrase(PASS), synchronous="NORMAL") as log:
+    cheap = ScryptParams(log_n=4, r=1, p=1)  # recorded in the store: every open is cheap
+    with InteractionLog.create(path, Passphrase(PASS, cheap), synchronous="NORMAL") as log:
         log.unit_by = "day"
         for i in range(6):
             log.append(f"set an alarm for {i}", f"Alarm set for {i}.")

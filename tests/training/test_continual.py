@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from round_policies import tiny_round_policy
+from round_policies import TINY_PUBLIC, tiny_round_policy
 
 KEY = RawKey(bytes(range(32)))
 
@@ -49,7 +49,9 @@ def _update(p):
 @pytest.mark.parametrize("fisher", ["public", "dp_gradients"])
 def test_rounds_replay_old_units_and_anchor_ewc(tmp_path, tiny_model_factory, fisher):
     policy = _policy(**{"continual.fisher_source": fisher})
-    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
+    with Personalizer.open(
+        tmp_path / "s", tiny_model_factory(), policy, KEY, create=True, public_data=TINY_PUBLIC
+    ) as p:
         for i in range(8):
             p.log(f"play song {i}", f"Playing song {i}.")
         first = _update(p)
