@@ -7,6 +7,12 @@ like the store, it travels and is deleted with the store, and :func:`clean` -- r
 :meth:`Store.open <personal.store.Store.open>` -- removes what a killed process left, before
 anything else (an erasure, say) happens. A live operation holds an ``flock`` on its directory's
 lock file, so a concurrent open never removes a scratch directory still in use.
+
+Why not :func:`personal.filesafety.locked`: that lock file is permanent (removing it would let
+a waiter lock an unlinked file). Here each scratch directory has its own lock file, created
+exclusively before the directory and removed with it, and :func:`clean` must test a lock
+without creating one (an absent lock file means its holder is gone). Different lifetimes,
+so a different (small) helper; the ``flock`` semantics are the same.
 """
 
 from __future__ import annotations
