@@ -13,7 +13,7 @@ from personal.errors import SeededNoiseWarning
 from personal.personalizer import Personalizer
 from personal.policy import load_policy
 from personal.privacy.noise import GaussianNoise
-from personal.store import Passphrase
+from personal.store import Passphrase, ScryptParams
 
 import mlx.core as mx
 import numpy as np
@@ -23,14 +23,17 @@ from click.testing import CliRunner
 PASS = "correct horse battery staple"
 
 
-@pytest.fixture
-def trained(tmp_path, tiny_model_factory):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_factory):
+    """One trained store for the module: the tests only read it (generate, export)."""
+    tmp_path = tmp_path_factory.mktemp("trained")
+    key = Passphrase(PASS, ScryptParams(log_n=4, r=1, p=1))  # recorded: every open is cheap
     base = tiny_model_factory()
     policy = load_policy("research").with_overrides(
         {"store.synchronous": "NORMAL", "training.steps": 2, "gates.min_personal_gain": -1.0,
          "gates.max_general_regression": 1.0, "training.lora.num_layers": 1}
     )  # fmt: skip
-    with Personalizer.open(tmp_path / "s", base, policy, Passphrase(PASS), create=True) as p:
+    with Personalizer.open(tmp_path / "s", base, policy, key, create=True) as p:
         for i in range(24):
             p.log(f"text Ana that I'm {i} minutes late", f"Sent to Ana: {i} late.")
         with warnings.catch_warnings():

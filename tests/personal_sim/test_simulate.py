@@ -43,14 +43,23 @@ def _cli() -> click.Group:
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
-    """A 2-user, 3-day run end to end through the CLI (local backend, 2 workers)."""
+    """A 2-user, 3-day run end to end through the CLI (local backend, 2 workers).
+
+    With a small --public-data file (10 gate examples, 30 migration prompts): the corpus's 128
+    and 64 took half of each user's time. The corpus in rounds, migration and measures is run
+    by tests/personal_sim/test_memory_arms.py and test_demo.py."""
     tmp = tmp_path_factory.mktemp("simulate")
     policy = tmp / "tiny.toml"
     policy.write_text(TINY.to_toml())
+    public = tmp / "public.jsonl"
+    public.write_text("".join(
+        json.dumps({"prompt": f"What is {i} plus {i}?", "response": f"It is {2 * i}."}) + "\n"
+        for i in range(40)
+    ))  # fmt: skip
     out = tmp / "out"
     options = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_RUN.items()]
     args = ["simulate", "--policy", str(policy), "--out", str(out), "--workers", "2",
-            "--no-progress", *options]  # fmt: skip
+            "--public-data", str(public), "--no-progress", *options]  # fmt: skip
     started = time.perf_counter()
     result = CliRunner().invoke(_cli(), args, catch_exceptions=False)
     return result, out, time.perf_counter() - started
@@ -64,6 +73,7 @@ def test_end_to_end_run_writes_the_report(cli_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["seeded_noise"] is True and metrics["privacy_note"] == SEEDED_NOISE_NOTE
     assert metrics["config"]["arms"] == ["dp"] and metrics["runtime"]["backend"] == "local"
+    assert metrics["config"]["public_data"] == str(out.parent / "public.jsonl")
     assert [u["user"] for u in metrics["users"]] == [0, 1]
     for user in metrics["users"]:
         arm = user["arms"]["dp"]
@@ -101,7 +111,8 @@ def test_ray_backend_matches_the_local_backend(cli_run, tmp_path):
     """User 0 on a local Ray cluster gives the local backend's metrics for the same seed."""
     pytest.importorskip("ray")
     local = json.loads((cli_run[1] / "metrics.json").read_text())
-    config = SimConfig(**{**TINY_RUN, "users": 1}, policy=TINY.to_dict())
+    public = local["config"]["public_data"]
+    config = SimConfig(**{**TINY_RUN, "users": 1}, policy=TINY.to_dict(), public_data=public)
     ray_metrics = json.loads(json.dumps(simulate(config, backend="ray", workers=1)))
     assert ray_metrics["runtime"]["backend"] == "ray"
     _assert_close(comparable(ray_metrics["users"][0]), comparable(local["users"][0]))
