@@ -15,12 +15,15 @@ from personal.store import Passphrase
 
 import pytest
 from click.testing import CliRunner
+from round_policies import TINY_PUBLIC
 
 PASS = "correct horse battery staple"
 
 
 def _train(path, base, policy: Policy, n: int = 40, rounds: int = 1) -> None:
-    with Personalizer.open(path, base, policy, Passphrase(PASS), create=True) as p:
+    """Rounds on the public data passed in (TINY_PUBLIC: the audit does not depend on it)."""
+    key = Passphrase(PASS)
+    with Personalizer.open(path, base, policy, key, create=True, public_data=TINY_PUBLIC) as p:
         for r in range(rounds):
             for i in range(n):
                 p.log(f"text Ana that I'm {r * n + i} minutes late", f"Sent to Ana: {i} late.")

@@ -144,20 +144,23 @@ def test_each_round_goes_on_with_the_public_text_the_last_one_stopped_at(
         return batch
 
     monkeypatch.setattr(PublicStream, "next", spy)
-    policy = _policy(**{"continual.public_batch_size": 16})
+    size = 6  # TINY_PUBLIC's 18 training examples: 3 full batches
+    policy = _policy(**{"continual.public_batch_size": size})
     base = tiny_model_factory()
     ends = []
     for r in range(2):
-        with Personalizer.open(tmp_path / "s", base, policy, KEY, create=r == 0) as p:
+        with Personalizer.open(
+            tmp_path / "s", base, policy, KEY, create=r == 0, public_data=TINY_PUBLIC
+        ) as p:
             for i in range(6):
                 p.log(f"play song {r}-{i}", f"Playing song {r}-{i}.")
             _update(p)
             ends.append(StoreSettings(p.store).get(PUBLIC_CURSOR_KEY))
-    batches = 256 // 16
+    batches = len(TINY_PUBLIC.train) // size
     first = [pos for pos, _ in drawn[: len(drawn) // 2]]
     second = [pos for pos, _ in drawn[len(drawn) // 2 :]]
     assert len(first) % batches != 0  # else a stream restarted each round would pass as well
     assert first == [i % batches for i in range(len(first))]
     assert second == [(len(first) + i) % batches for i in range(len(second))]
     assert ends == [len(first) % batches, len(drawn) % batches]
-    assert {rows for _, rows in drawn} == {16}
+    assert {rows for _, rows in drawn} == {size}
