@@ -83,6 +83,7 @@ def personalization(args: argparse.Namespace) -> dict[str, Any]:
             users=args.users, days=args.days, update_day=args.update_day, seed=args.seed,
             arms=ARMS, held_out=args.held_out, public_eval=args.public_eval,
             base=MODEL, update_base=f"{MODEL}-v2", public_data=self_generated_jsonl(Path(tmp)),
+            min_rate=args.min_rate,
         )  # fmt: skip
         metrics = simulate(config, workers=args.workers)
     summary = metrics["summary"]
@@ -103,6 +104,7 @@ def personalization(args: argparse.Namespace) -> dict[str, Any]:
         "users": args.users,
         "days": args.days,
         "update_day": args.update_day,
+        "min_rate": args.min_rate,
         "policy_digest": metrics["config"]["policy_digest"],
         "arms": arms,
         "dp_share_of_nondp_gain": _ratio(arms["dp"]["pre_update_gain"],
@@ -119,6 +121,10 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=24)
     parser.add_argument("--public-eval", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--min-rate", type=float, default=0.0,
+        help="only users logging at least this many interactions a day (rounds need 64 units)",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="simulator workers (RAM-bound)")
     parser.add_argument("--skip-steps", action="store_true")
     parser.add_argument("--skip-quantized", action="store_true", help="the 4-bit step: ~2 min")
