@@ -10,14 +10,17 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-# An optimised BLAS for MLX on Linux (see src/personal/runtime.py) and a C++ compiler for
-# personal.kernels (src/personal/kernels/build.py). Debian/Ubuntu only; elsewhere personal
-# warns at import and runs on MLX's slow reference BLAS and its own element-wise ops.
+# An optimised BLAS for MLX on Linux (see src/personal/runtime.py), and a C++ compiler and the
+# Python headers for personal.kernels (src/personal/kernels/build.py). Debian/Ubuntu only;
+# elsewhere personal warns at import and runs on MLX's slow reference BLAS and its own
+# element-wise ops.
 system-deps:
 	@if [ "$$(uname -s)" = Linux ]; then \
 	  PKGS=""; \
 	  ldconfig -p | grep -q 'libopenblas.so.0' || PKGS="$$PKGS libopenblas0-pthread"; \
 	  command -v g++ >/dev/null || PKGS="$$PKGS g++"; \
+	  $(PYTHON) -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	    || PKGS="$$PKGS python3-dev"; \
 	  if [ -n "$$PKGS" ] && command -v apt-get >/dev/null; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && \
