@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps test test-slow test-all lint typecheck demo bench bench-long build-models real-v2 clean
+.PHONY: install system-deps test test-slow test-all lint typecheck demo bench bench-long build-models population-adapters real-v2 clean
 
 install: $(STAMP)
 
@@ -79,6 +79,11 @@ bench-long: install
 # Rebuild the bundled base models (not needed by tests or the demo: they ship in the package).
 build-models: install
 	$(BIN)/python -m personal_sim.build_base_models --out src/personal/models
+
+# Rebuild the bundled bases' public population adapters (the training.warm_start = "population"
+# warm start; seeded, so the same bytes): src/personal/models/*/population/ (~15 min on 2 cores).
+population-adapters: install
+	$(BIN)/python -m personal_sim.build_population_adapter --out src/personal/models
 
 # A real OS update: smollm2-135m-instruct-v2, depth-pruned and re-distilled from SmolLM2 on
 # self-generated public text, built into the cache (~15 min on 2 cores; never committed).

@@ -47,6 +47,9 @@ FIRST_HOUR, LAST_HOUR = 7, 23
 WEEKEND_FACTOR = 0.75
 #: Slots whose favourites drift to new ones over the timeline (music taste).
 DRIFTING_SLOTS = ("artist", "genre")
+#: The public population: its users train the bundled bases' population adapters
+#: (:mod:`personal_sim.build_population_adapter`), so no simulation evaluates this seed.
+PUBLIC_SEED = 17_000_017
 
 
 def _poisson(rng: random.Random, mean: float) -> int:

@@ -19,7 +19,7 @@ from personal.privacy.noise import GaussianNoise
 import mlx.core as mx
 import numpy as np
 
-from personal_sim.population import MAX_RATE, START, User
+from personal_sim.population import MAX_RATE, PUBLIC_SEED, START, User
 
 #: The bundled policy a simulation runs unless told otherwise: what it measures is what ships
 #: (no hidden overrides; an arm's overrides are its documented ablation).
@@ -149,6 +149,19 @@ ARMS: dict[str, Arm] = {
             "release, as much as σ 1.6 costs under the Rényi filter; docs/dp-utility.md)",
             overrides={"privacy.filter": "gaussian", "privacy.noise_multiplier": 1.35},
         ),
+        # The public population warm start (docs/dp-utility.md): public, so it charges nothing.
+        Arm(
+            "dp-warm",
+            "DP starting from the base's public population adapter (training.warm_start = "
+            '"population"): served from day 0, the first round starts from its weights',
+            overrides={"training.warm_start": "population"},
+        ),
+        Arm(
+            "warm-only",
+            "no training at all (no round, ε 0): the base's public population adapter served",
+            overrides={"training.warm_start": "population"},
+            train=False,
+        ),
         # Personal memory (docs/memory.md): retrieval from the log instead of, or beside, DP.
         Arm(
             "memory",
@@ -170,7 +183,7 @@ COMPARE_ARMS = ("dp", "non-dp", "no-replay-ewc", "drop", "memory", "dp+memory")
 MEMORY_ARMS = ("memory", "dp+memory")
 ABLATION_ARMS = ("dp-min16", "dp-sigma2.8", "dp-private-replay", "dp-no-distill", "dp-wide")
 #: Recipes measured against the shipped one before they may replace it.
-CANDIDATE_ARMS = ("dp-gaussian",)
+CANDIDATE_ARMS = ("dp-gaussian", "dp-warm", "warm-only")
 
 
 class PassThroughNoise(GaussianNoise):
@@ -237,6 +250,11 @@ class SimConfig:
             problems.append(f"arms must be among {', '.join(ARMS)}, not {list(self.arms)}")
         if self.held_out < 1 or self.public_eval < 1:
             problems.append("held_out and public_eval must be >= 1")
+        if self.seed == PUBLIC_SEED:
+            problems.append(
+                f"seed {PUBLIC_SEED} is the public population the population adapters were "
+                "trained on: evaluate another seed"
+            )
         if not 0 <= self.min_rate <= MAX_RATE:
             problems.append(f"min_rate must be in [0, {MAX_RATE:g}], not {self.min_rate}")
         if problems:

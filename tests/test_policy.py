@@ -54,6 +54,7 @@ OTHER = {
     "training.expected_batch_size": 12.5,
     "training.max_tokens": 128,
     "training.examples_per_unit": 1,
+    "training.warm_start": "population",
     "training.lora.rank": 4,
     "training.lora.scale": 2.0,
     "training.lora.dropout": 0.1,
@@ -100,6 +101,7 @@ BAD = {
     "training.expected_batch_size": ("16", 0.5),
     "training.max_tokens": (128.0, 4),
     "training.examples_per_unit": (False, 0),
+    "training.warm_start": (True, "public"),
     "training.lora.rank": (8.5, 0),
     "training.lora.scale": ("20", 0),
     "training.lora.dropout": (None, 1.0),
@@ -310,6 +312,17 @@ def test_digest_known_answer():
     """The canonical form is part of the ledger format: changing it must be deliberate."""
     canonical = json.dumps(Policy().to_dict(), sort_keys=True, separators=(",", ":"))
     assert Policy().digest() == "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_warm_start_none_is_left_out_of_the_digest():
+    """Policies written before training.warm_start keep their digest; "population" changes it."""
+    assert Policy().training.warm_start == "none"
+    assert "warm_start" not in Policy().to_dict()["training"]
+    warm = Policy().with_overrides({"training.warm_start": "population"})
+    assert warm.to_dict()["training"]["warm_start"] == "population"
+    assert warm.digest() != Policy().digest()
+    message = _error(_with("training.warm_start", "pretrained"))
+    assert "training.warm_start" in message and '"none", "population"' in message
 
 
 # --- construction and overrides ----------------------------------------------------------------

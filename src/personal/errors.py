@@ -30,6 +30,11 @@ class SeededNoiseWarning(PersonalWarning):
     """A deterministic (seeded) noise or sampling source is in use: tests only, never private."""
 
 
+class NoPopulationAdapterWarning(PersonalWarning):
+    """The policy asks for ``training.warm_start = "population"`` but the base ships no
+    population adapter: the store starts cold (a zero adapter), as with ``"none"``."""
+
+
 # --- configuration ---------------------------------------------------------------------------
 
 
@@ -120,6 +125,11 @@ class NoLoRALayers(AdapterError):
 
 class AdapterBaseMismatch(AdapterMismatch):
     """The adapter was trained on another base model (its base fingerprint differs)."""
+
+
+class PopulationAdapterMismatch(AdapterBaseMismatch):
+    """A base's public population adapter was built for another base (fingerprint) or another
+    LoRA shape than the policy's ``training.lora``: it cannot be the warm start."""
 
 
 class AdapterNotFound(AdapterError):

@@ -26,6 +26,7 @@ from typing import Any
 
 from personal.adapters.artifact import Manifest
 from personal.adapters.migrate import MigrationReport
+from personal.adapters.population import PopulationAdapter
 from personal.adapters.registry import AdapterRegistry
 from personal.errors import ConfigError, InvalidInteraction, UnitOfPrivacyMismatch
 from personal.memory import DEFAULT_K, Memory, Recalled, memory_turns
@@ -132,6 +133,8 @@ class Personalizer:
             PublicDataError: ``public_data`` is a malformed file (nothing was opened).
             LifetimeContractFixed: the policy would change the lifetime contract the store's
                 ledger binds (ε, δ, unit, accountant) after a round was recorded.
+            PopulationAdapterMismatch: the policy's ``training.warm_start = "population"``,
+                and the base's population adapter was built for another base or LoRA shape.
             WrongKey, StoreNotFound, LedgerRollback, ...: see the store and ledger.
         """
         path = Path(store).expanduser()
@@ -270,8 +273,17 @@ class Personalizer:
 
     @property
     def active_adapter(self) -> Manifest | None:
-        """The active adapter's manifest, or ``None`` (serving the bare base)."""
+        """The active adapter's manifest, or ``None`` (serving the bare base, or the warm
+        start: :attr:`warm_start`)."""
         return self.rounds.active_adapter
+
+    @property
+    def warm_start(self) -> PopulationAdapter | None:
+        """The base's public population adapter, served while :attr:`active_adapter` is
+        ``None`` and the start of the first round, under ``training.warm_start =
+        "population"`` (``None``: not asked for, or the base ships none). Public: it charges
+        nothing (docs/privacy.md)."""
+        return self.rounds.warm_start
 
     # --- training ------------------------------------------------------------------------------
 
@@ -344,7 +356,9 @@ class Personalizer:
         """Move to ``new_base`` (an OS update shipped it), carrying the personalization over.
 
         The old adapter is never served on the new base: from the moment this is called the
-        new base answers bare, until a migrated adapter passes the gates.
+        new base answers bare (or with its own population adapter under ``training.warm_start
+        = "population"``, which is then where a distilled or retrained adapter starts), until
+        a migrated adapter passes the gates.
 
         Strategies (default: the policy's ``migration.strategy``):
             ``distill``: the old base + active adapter teach a fresh LoRA on the new base on

@@ -25,6 +25,7 @@ from personal.adapters.migrate import (
     distill_migration,
     timed,
 )
+from personal.adapters.population import warm_start_for
 from personal.adapters.registry import AdapterRegistry
 from personal.errors import (
     BudgetExhausted,
@@ -138,14 +139,18 @@ class Migrator:
         if new.fingerprint == old.fingerprint:
             report.new_version = report.old_version  # same base: nothing to migrate
             return report
+        # The new base's public warm start (if the policy asks for one): checked before
+        # anything moves, and the starting point of the distilled or retrained adapter.
+        warm = warm_start_for(self.policy, new)
         record = {
             "state": "pending", "strategy": strategy, "from_version": report.old_version,
             "from": _describe(old), "to": _describe(new),
         }  # fmt: skip
         self.settings.set(MIGRATION_KEY, record)  # durable before the old adapter goes
         inject_lora(new.model, self.policy.training.lora.to_lora_config())
-        self.registry.deactivate()  # the new base serves bare until a migrated adapter passes
-        self.rounds.rebase(new)
+        # The new base serves bare (or its population adapter) until a migrated adapter passes.
+        self.registry.deactivate()
+        self.rounds.rebase(new, warm)
         self.settings.set(
             "base", {"fingerprint": new.fingerprint, "name": new.name, "source": str(new.path)}
         )

@@ -14,8 +14,11 @@
 5. **Save and activate** the new adapter if the gates pass (else the previous one stays live),
    close the ledger's rounds with the outcome, and **count** the round for the trigger.
 
-It also owns the live base (a migration moves it with :meth:`RoundRunner.rebase`) and the
-public data the gates and the continual hooks read.
+It also owns the live base (a migration moves it with :meth:`RoundRunner.rebase`), the
+public data the gates and the continual hooks read, and the **warm start**: under
+``training.warm_start = "population"`` the base's public population adapter
+(:mod:`personal.adapters.population`) is served while no adapter is active, so the first round
+starts from its weights instead of a zero adapter (public: nothing is charged for it).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from personal.adapters.artifact import Manifest
+from personal.adapters.population import PopulationAdapter, warm_start_for
 from personal.adapters.registry import AdapterRegistry
 from personal.errors import BudgetExhausted, NoEligibleUnits, TooFewNewUnits
 from personal.model.base import BaseModel
@@ -100,6 +104,7 @@ class RoundRunner:
         self.continual, self.public = continual, public
         self._public: tuple[list[Batch], list[Batch]] | None = None
         self._drawn: tuple[tuple[int, str], Draw] | None = None
+        self._warm: PopulationAdapter | None = None
 
     # --- the live base and what depends on it ---------------------------------------------------
 
@@ -111,16 +116,34 @@ class RoundRunner:
             return None
         return manifest
 
+    @property
+    def warm_start(self) -> PopulationAdapter | None:
+        """The public population adapter served while no adapter is active (``None``: the
+        policy's ``training.warm_start`` is ``"none"``, or the base ships none)."""
+        return self._warm
+
     def load_active(self) -> None:
-        """Hot-swap the active adapter into the live base, if it was trained on it."""
+        """Hot-swap the active adapter into the live base, if it was trained on it; else the
+        warm start, if the policy asks for one.
+
+        Raises:
+            PopulationAdapterMismatch: the base's population adapter does not fit it.
+        """
+        self._warm = warm_start_for(self.policy, self.base)
         # Never an adapter of another base on this one: that is a migration (Migrator).
         if self.active_adapter is not None:
             self.registry.load_into(self.base)
+        elif self._warm is not None:
+            set_adapter_weights(self.base.model, self._warm.weights)
 
-    def rebase(self, new: BaseModel) -> None:
-        """Serve ``new`` (LoRA injected): forget the old base's public batches and EWC anchor."""
-        self.base, self._public = new, None
+    def rebase(self, new: BaseModel, warm: PopulationAdapter | None) -> None:
+        """Serve ``new`` (LoRA injected, no adapter active): forget the old base's public
+        batches and EWC anchor; ``new`` starts from ``warm``, its warm start
+        (:func:`~personal.adapters.population.warm_start_for`), if any."""
+        self.base, self._public, self._warm = new, None, warm
         self.continual.reset_ewc()
+        if warm is not None:
+            set_adapter_weights(new.model, warm.weights)
 
     def public_data(self) -> PublicData:
         """The public data for the live base (self-generated ones are made on first use)."""
@@ -143,6 +166,8 @@ class RoundRunner:
         """Save the live adapter as the registry's next version and activate it."""
         active = self.active_adapter
         summary = report.public_summary() if isinstance(report, RoundReport) else report
+        if active is None and self._warm is not None:  # this lineage began at the warm start
+            summary = {**summary, "warm_start": self._warm.describe()}
         version = self.registry.save(
             get_adapter_weights(self.base.model),
             base_fingerprint=self.base.fingerprint,
