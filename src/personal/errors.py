@@ -23,7 +23,7 @@ class SlowBLASWarning(PersonalWarning):
 
 class SlowKernelsWarning(PersonalWarning):
     """The fast CPU kernels (:mod:`personal.kernels`) are unavailable: softmax, logsumexp and
-    sigmoid run on MLX's own CPU ops, about 1.4x slower training steps."""
+    sigmoid run on MLX's own CPU ops: training steps about 1.6x slower (docs/performance.md)."""
 
 
 class SeededNoiseWarning(PersonalWarning):

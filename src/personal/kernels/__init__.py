@@ -95,7 +95,8 @@ def status() -> KernelStatus:
         if not _status.available and not _disabled() and sys.platform.startswith("linux"):
             warnings.warn(
                 f"personal.kernels unavailable: {_status.reason}. Training runs on MLX's own "
-                f"CPU ops, about 1.4x slower. Set {ENV_VAR}=0 to silence this.",
+                f"CPU ops, about 1.6x slower (docs/performance.md). Set {ENV_VAR}=0 to "
+                "silence this.",
                 SlowKernelsWarning,
                 stacklevel=3,
             )
