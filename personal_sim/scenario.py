@@ -58,7 +58,8 @@ class Arm:
             request before it as earlier turns (``Personalizer.memory_context``), as
             ``generate(memory=True)`` does. The bare-base reference stays memory-free.
         train: run the policy's rounds; ``False`` never trains (no round, ε 0): the arm serves
-            the base of the day (after the OS update, the new one), bare or with memory.
+            the base of the day (after the OS update, the new one), bare, with its population
+            adapter (``training.warm_start``) or with memory.
     """
 
     name: str
@@ -142,6 +143,12 @@ ARMS: dict[str, Arm] = {
                 "training.lora.num_layers": "all",
             },
         ),
+        Arm(
+            "dp-cold",
+            'DP without the public population warm start (training.warm_start = "none"): '
+            "the bare base is served until the first round, which starts from a zero adapter",
+            overrides={"training.warm_start": "none"},
+        ),
         # A candidate recipe, measured against "dp" before it may become the default.
         Arm(
             "dp-gaussian",
@@ -153,7 +160,8 @@ ARMS: dict[str, Arm] = {
         Arm(
             "dp-warm",
             "DP starting from the base's public population adapter (training.warm_start = "
-            '"population"): served from day 0, the first round starts from its weights',
+            '"population", the default since measured: the same as dp under it): served from '
+            "day 0, the first round starts from its weights",
             overrides={"training.warm_start": "population"},
         ),
         Arm(
@@ -165,8 +173,10 @@ ARMS: dict[str, Arm] = {
         # Personal memory (docs/memory.md): retrieval from the log instead of, or beside, DP.
         Arm(
             "memory",
-            "no training at all (no round, ε 0): the base of the day served with personal "
-            "memory, the 3 logged interactions most relevant to each request as earlier turns",
+            "no training at all (no round, ε 0): the bare base of the day (no warm start) "
+            "served with personal memory, the 3 logged interactions most relevant to each "
+            "request as earlier turns",
+            overrides={"training.warm_start": "none"},
             memory=True,
             train=False,
         ),
@@ -181,7 +191,14 @@ DEFAULT_ARMS = ("dp",)
 COMPARE_ARMS = ("dp", "non-dp", "no-replay-ewc", "drop", "memory", "dp+memory")
 #: The arms served with personal memory (issue 18's goals compare them with dp and non-dp).
 MEMORY_ARMS = ("memory", "dp+memory")
-ABLATION_ARMS = ("dp-min16", "dp-sigma2.8", "dp-private-replay", "dp-no-distill", "dp-wide")
+ABLATION_ARMS = (
+    "dp-min16",
+    "dp-sigma2.8",
+    "dp-private-replay",
+    "dp-no-distill",
+    "dp-wide",
+    "dp-cold",
+)
 #: Recipes measured against the shipped one before they may replace it.
 CANDIDATE_ARMS = ("dp-gaussian", "dp-warm", "warm-only")
 

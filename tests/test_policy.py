@@ -54,7 +54,7 @@ OTHER = {
     "training.expected_batch_size": 12.5,
     "training.max_tokens": 128,
     "training.examples_per_unit": 1,
-    "training.warm_start": "population",
+    "training.warm_start": "none",
     "training.lora.rank": 4,
     "training.lora.scale": 2.0,
     "training.lora.dropout": 0.1,
@@ -314,13 +314,15 @@ def test_digest_known_answer():
     assert Policy().digest() == "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def test_warm_start_none_is_left_out_of_the_digest():
-    """Policies written before training.warm_start keep their digest; "population" changes it."""
-    assert Policy().training.warm_start == "none"
-    assert "warm_start" not in Policy().to_dict()["training"]
-    warm = Policy().with_overrides({"training.warm_start": "population"})
-    assert warm.to_dict()["training"]["warm_start"] == "population"
-    assert warm.digest() != Policy().digest()
+def test_warm_start_defaults_to_the_population_adapter():
+    """The default policy starts from the public population adapter (docs/dp-utility.md); the
+    key is always in the digest, and research and strict keep a cold start."""
+    assert Policy().training.warm_start == "population"
+    assert load_policy("default").training.warm_start == "population"
+    assert {load_policy(n).training.warm_start for n in ("research", "strict")} == {"none"}
+    cold = Policy().with_overrides({"training.warm_start": "none"})
+    assert cold.to_dict()["training"]["warm_start"] == "none"
+    assert Policy.from_dict(cold.to_dict()) == cold and cold.digest() != Policy().digest()
     message = _error(_with("training.warm_start", "pretrained"))
     assert "training.warm_start" in message and '"none", "population"' in message
 

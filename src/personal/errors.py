@@ -30,11 +30,6 @@ class SeededNoiseWarning(PersonalWarning):
     """A deterministic (seeded) noise or sampling source is in use: tests only, never private."""
 
 
-class NoPopulationAdapterWarning(PersonalWarning):
-    """The policy asks for ``training.warm_start = "population"`` but the base ships no
-    population adapter: the store starts cold (a zero adapter), as with ``"none"``."""
-
-
 # --- configuration ---------------------------------------------------------------------------
 
 

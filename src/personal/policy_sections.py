@@ -129,10 +129,10 @@ class TrainingPolicy(_Validated):
         examples_per_unit: most recent examples a unit contributes per step, in [1, 1024]
             (the unit is clipped as one whatever this is).
         warm_start: what a store with no active adapter serves and its first round starts
-            from: ``"none"`` (a zero adapter: the bare base) or ``"population"`` (the base's
-            public population adapter, trained only on public synthetic users, so it charges
-            nothing; :mod:`personal.adapters.population`). Left out of :meth:`to_dict` when
-            ``"none"``, so policies written before the key keep their digest.
+            from: ``"population"`` (default: the base's public population adapter, trained
+            only on public synthetic users, so it charges nothing;
+            :mod:`personal.adapters.population`; measured in docs/dp-utility.md) or ``"none"``
+            (a zero adapter: the bare base).
         lora: the adapter (``[training.lora]``).
     """
 
@@ -146,7 +146,7 @@ class TrainingPolicy(_Validated):
     expected_batch_size: float = _spec(_Number(float, 1.0, 65536.0), 4096.0)
     max_tokens: int = _spec(_Number(int, 8, 32768), 64)
     examples_per_unit: int = _spec(_Number(int, 1, 1024), 4)
-    warm_start: str = _spec(_Choice(("none", "population"), implicit="none"), "none")
+    warm_start: str = _spec(_Choice(("none", "population")), "population")
     lora: LoRAPolicy = field(default_factory=LoRAPolicy)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from personal_sim.build_population_adapter import build
 from personal_sim.population import PUBLIC_SEED
-from personal_sim.scenario import ARMS, CANDIDATE_ARMS, SimConfig
+from personal_sim.scenario import ABLATION_ARMS, ARMS, CANDIDATE_ARMS, SimConfig, default_policy
 
 TINY_BUILD = {"steps": 2, "users": 1, "days": 2, "batch_size": 4, "eval_every": 2}
 
@@ -43,3 +43,7 @@ def test_the_warm_start_arms():
     assert warm.overrides == {"training.warm_start": "population"} and warm.dp and warm.train
     assert only.overrides == warm.overrides and not only.train
     assert warm.training() != only.training()  # separate stores
+    # The shipped default starts warm; the ablation arm undoes it.
+    assert default_policy().training.warm_start == "population"
+    assert "dp-cold" in ABLATION_ARMS
+    assert ARMS["dp-cold"].overrides == {"training.warm_start": "none"}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,6 @@ from personal.adapters.artifact import check_weights
 from personal.errors import (
     AdapterCorrupt,
     AdapterFormatTooNew,
-    NoPopulationAdapterWarning,
     PopulationAdapterMismatch,
 )
 from personal.filesafety import atomic_write_bytes
@@ -211,8 +209,9 @@ def warm_start_for(policy: Policy, base: BaseModel) -> PopulationAdapter | None:
     """The adapter a store under ``policy`` serves on ``base`` while none is active.
 
     ``None`` under ``training.warm_start = "none"``, and when the base ships no population
-    adapter (the documented fallback: a cold start, with a
-    :class:`~personal.errors.NoPopulationAdapterWarning`).
+    adapter (the documented fallback: a cold start, as with ``"none"``; a base imported from a
+    GGUF file, say, ships none unless one is built for it). :attr:`Personalizer.warm_start
+    <personal.personalizer.Personalizer.warm_start>` tells which.
 
     Raises:
         PopulationAdapterMismatch: the base's population adapter does not fit it or the
@@ -220,13 +219,4 @@ def warm_start_for(policy: Policy, base: BaseModel) -> PopulationAdapter | None:
     """
     if policy.training.warm_start != "population":
         return None
-    adapter = population_adapter_for(base, policy.training.lora.to_lora_config())
-    if adapter is None:
-        warnings.warn(
-            f'training.warm_start = "population", but base {base.name!r} ships no population '
-            f"adapter ({population_dir(base.path)}): the store starts from a zero adapter, as "
-            'with "none"',
-            NoPopulationAdapterWarning,
-            stacklevel=3,
-        )
-    return adapter
+    return population_adapter_for(base, policy.training.lora.to_lora_config())
