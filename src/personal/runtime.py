@@ -70,7 +70,8 @@ class BLASStatus:
 _status: BLASStatus | None = None
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -138,7 +139,7 @@ def configure_blas(*, warn: bool = True) -> BLASStatus:
 def _load_fast_blas(explicit: str | None) -> BLASStatus:
     coretype = os.environ.get("OPENBLAS_CORETYPE")
     if coretype is None and platform.machine() in ("x86_64", "AMD64"):
-        coretype = openblas_coretype(_cpu_flags())
+        coretype = openblas_coretype(cpu_flags())
         if coretype is not None:
             # Read by OpenBLAS when it is loaded, so it must be set first.
             os.environ["OPENBLAS_CORETYPE"] = coretype

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from personal.errors import KernelBuildError
 from personal.filesafety import fsync_dir, locked
+from personal.runtime import cpu_flags
 
 SOURCE = Path(__file__).with_name("fastkernels.cpp")
 MODULE = "_fastkernels"
@@ -56,16 +57,9 @@ def compiler() -> str | None:
     return None
 
 
-def _cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags = sorted(f for f in line.split(":", 1)[1].split() if f.startswith(_FLAG_PREFIXES))
-            return platform.machine() + ":" + ",".join(flags)
-    return platform.machine()
+def _cpu_key() -> str:
+    flags = sorted(f for f in cpu_flags() if f.startswith(_FLAG_PREFIXES))
+    return platform.machine() + ":" + ",".join(flags)
 
 
 def _compiler_version(cxx: str) -> str:
@@ -97,7 +91,7 @@ def build_key(cxx: str) -> str:
         metadata.version("nanobind"),
         sysconfig.get_config_var("EXT_SUFFIX") or "",
         _compiler_version(cxx),
-        _cpu_flags(),
+        _cpu_key(),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
