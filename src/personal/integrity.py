@@ -112,8 +112,8 @@ def _check_memory(log: InteractionLog, report: VerifyReport) -> None:
 def _verify_ledger(store: Store) -> tuple[list[str], list[str]]:
     """The ledger's problems and notes; a ledger too damaged to open is still verified entry
     by entry (from the database alone, without its loaded state), so every problem is listed."""
-    from personal.privacy.anchor import as_anchor
     from personal.privacy.ledger import Ledger
+    from personal.privacy.ledger.anchor import as_anchor
 
     refused: PersonalError | None = None
     try:

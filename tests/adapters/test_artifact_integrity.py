@@ -12,7 +12,7 @@ from personal.adapters import AdapterRegistry
 from personal.adapters.artifact import MANIFEST_NAME, WEIGHTS_NAME
 from personal.adapters.codec import decode, encode
 from personal.errors import AdapterCorrupt
-from personal.privacy.chain import encode_body
+from personal.privacy.ledger.chain import encode_body
 
 import mlx.core as mx
 import numpy as np

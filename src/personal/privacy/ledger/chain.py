@@ -1,7 +1,8 @@
 """The privacy ledger's on-disk format: tables, entries, the hash chain and the unit snapshot.
 
 Pure encoding and hashing; the protocol (who appends what, when) is in
-:mod:`personal.privacy.ledger`, the anchor outside the database in :mod:`personal.privacy.anchor`.
+:mod:`personal.privacy.ledger.core`, the anchor outside the database in
+:mod:`personal.privacy.ledger.anchor`.
 
 One row of ``ledger_entries`` is one entry of the chain::
 

@@ -12,12 +12,12 @@ from personal.errors import (
     PrivacyParameterError,
     UnitOfPrivacyMismatch,
 )
-from personal.privacy import anchor as anchor_module
-from personal.privacy.chain import DOMAIN, ENTRIES, MIGRATIONS, encode_body, entry_fields
 from personal.privacy.contract import Contract, fits_unit
 from personal.privacy.filter import Charge, RenyiFilter
 from personal.privacy.gdp import gaussian_epsilon
 from personal.privacy.ledger import Ledger
+from personal.privacy.ledger import anchor as anchor_module
+from personal.privacy.ledger.chain import DOMAIN, ENTRIES, MIGRATIONS, encode_body, entry_fields
 from personal.privacy.rdp import filter_epsilon
 from personal.privacy.rules import GAUSSIAN, RENYI
 from personal.store import RawKey, Store

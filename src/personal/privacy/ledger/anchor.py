@@ -35,7 +35,7 @@ from personal.errors import (
     WrongKey,
 )
 from personal.filesafety import atomic_write_bytes, locked
-from personal.privacy.chain import DOMAIN, LedgerHead
+from personal.privacy.ledger.chain import DOMAIN, LedgerHead
 from personal.store import Store
 from personal.store.crypto import Sealed
 from personal.store.db import utcnow

@@ -22,9 +22,10 @@ touches private data before its charge is durable.
 Zero-cost events that must still be on the record (a migration by distillation on public
 prompts, which is post-processing) are appended with :meth:`Ledger.record_uncharged`.
 
-Entry format and hash chain: :mod:`personal.privacy.chain`; the anchor that detects a restored
-older database: :mod:`personal.privacy.anchor`; full verification and re-anchoring:
-:mod:`personal.privacy.ledger_verify`; the reviewer's description: docs/privacy.md ("Ledger").
+Entry format and hash chain: :mod:`personal.privacy.ledger.chain`; the anchor that detects a
+restored older database: :mod:`personal.privacy.ledger.anchor`; full verification and
+re-anchoring: :mod:`personal.privacy.ledger.verify`; the reviewer's description: docs/privacy.md
+("Ledger").
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ from personal.errors import (
     RoundNotOpen,
     UnitOverBudget,
 )
-from personal.privacy import anchor as anc
 from personal.privacy.accountant import check_mechanism
-from personal.privacy.chain import (
+from personal.privacy.contract import DEFAULTS, Contract, check_round
+from personal.privacy.contract import FORMAT as CONTRACT_FORMAT
+from personal.privacy.filter import PURPOSES, Charge, Selection
+from personal.privacy.ledger import anchor as anc
+from personal.privacy.ledger.chain import (
     DOMAIN,
     ENTRIES,
     MIGRATIONS,
@@ -59,11 +63,8 @@ from personal.privacy.chain import (
     rounds_of,
     units_digest,
 )
-from personal.privacy.contract import DEFAULTS, Contract, check_round
-from personal.privacy.contract import FORMAT as CONTRACT_FORMAT
-from personal.privacy.filter import PURPOSES, Charge, Selection
-from personal.privacy.journal import Journal
-from personal.privacy.ledger_verify import LedgerReport, reanchor, verify_ledger
+from personal.privacy.ledger.journal import Journal
+from personal.privacy.ledger.verify import LedgerReport, reanchor, verify_ledger
 from personal.privacy.rules import FilterRule, rule_of
 from personal.store import Store
 from personal.store.settings import sealed_policy_contract

@@ -17,8 +17,8 @@ import textwrap
 from pathlib import Path
 
 from personal.filesafety import leftover_temps
-from personal.privacy import anchor as anchor_module
 from personal.privacy.ledger import Ledger
+from personal.privacy.ledger import anchor as anchor_module
 from personal.store import RawKey, Store
 
 import pytest

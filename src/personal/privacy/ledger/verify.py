@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from personal.errors import LedgerIntegrityError, PrivacyParameterError
-from personal.privacy import anchor as anc
-from personal.privacy.chain import (
+from personal.privacy.contract import DEFAULTS, Contract, bound_fields, complete, misfits
+from personal.privacy.ledger import anchor as anc
+from personal.privacy.ledger.chain import (
     MIGRATIONS,
     LedgerHead,
     Row,
@@ -28,13 +29,12 @@ from personal.privacy.chain import (
     units_digest,
     units_of,
 )
-from personal.privacy.contract import DEFAULTS, Contract, bound_fields, complete, misfits
 from personal.privacy.rules import rule_of
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from personal.privacy.ledger import Ledger
+    from personal.privacy.ledger.core import Ledger
 
 _TOL = 1e-9  # relative slack for float sums when re-checking budgets
 

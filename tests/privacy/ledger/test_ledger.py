@@ -25,10 +25,10 @@ from personal.errors import (
     UnitOverBudget,
     WrongKey,
 )
-from personal.privacy import anchor as anchor_module
-from personal.privacy.chain import units_digest
 from personal.privacy.filter import Charge, RenyiFilter
 from personal.privacy.ledger import Ledger
+from personal.privacy.ledger import anchor as anchor_module
+from personal.privacy.ledger.chain import units_digest
 from personal.store import RawKey, Store
 
 import pytest
@@ -353,7 +353,7 @@ def test_deleting_or_reordering_entries_is_detected(template: Path, tmp_path: Pa
 
 def test_a_deleted_entry_with_recomputed_hashes_is_detected(template: Path, tmp_path: Path):
     """Hashes are unkeyed, so an attacker can relink the chain; the anchor and seals catch it."""
-    from personal.privacy.chain import ROW_COLUMNS, Row, row_hash
+    from personal.privacy.ledger.chain import ROW_COLUMNS, Row, row_hash
 
     path = _copy(template, str(tmp_path))
     with raw(path) as conn:
@@ -402,7 +402,7 @@ def test_the_unit_cache_is_only_a_cache(template: Path, tmp_path: Path) -> None:
         assert ledger.verify().ok
         # A validly sealed but wrong cache (a bug, never an attacker without the key): verify
         # rebuilds it from the chain.
-        from personal.privacy.chain import UnitTable
+        from personal.privacy.ledger.chain import UnitTable
 
         with ledger.store.atomic():
             ledger.save_table(ledger.head.seq, bytes.fromhex(ledger.head.hash), UnitTable())

@@ -4,7 +4,8 @@
 verified chain head and the per-unit RDP table in memory, catches up with entries other
 processes appended, compares the chain with its anchor (repairing a lag of one), and appends
 entries under the store's write lock so that the anchor never falls more than one entry behind.
-The format is in :mod:`personal.privacy.chain`, the anchor in :mod:`personal.privacy.anchor`.
+The format is in :mod:`personal.privacy.ledger.chain`, the anchor in
+:mod:`personal.privacy.ledger.anchor`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from personal.errors import (
     TamperDetected,
     WrongKey,
 )
-from personal.privacy import anchor as anc
-from personal.privacy.chain import (
+from personal.privacy.contract import DEFAULTS, Contract, bound_fields, complete, fold
+from personal.privacy.contract import FORMAT as CONTRACT_FORMAT
+from personal.privacy.ledger import anchor as anc
+from personal.privacy.ledger.chain import (
     DOMAIN,
     ENTRIES,
     READ_COLUMNS,
@@ -44,8 +47,6 @@ from personal.privacy.chain import (
     genesis_hash,
     units_of,
 )
-from personal.privacy.contract import DEFAULTS, Contract, bound_fields, complete, fold
-from personal.privacy.contract import FORMAT as CONTRACT_FORMAT
 from personal.privacy.rules import rule_of
 from personal.store import Store
 from personal.store.crypto import Sealed
@@ -117,7 +118,7 @@ class Journal:
         return LedgerHead(int(row[0]), bytes(row[1]).hex())
 
     def compare_anchor(self, head: LedgerHead) -> tuple[LedgerHead | None, int]:
-        """See :func:`personal.privacy.anchor.compare`."""
+        """See :func:`personal.privacy.ledger.anchor.compare`."""
         return anc.compare(self.store, self.anchor, head, self.hash_at)
 
     def anchor_head(self, head: LedgerHead, *, force: bool = False) -> None:
