@@ -10,7 +10,7 @@ from personal.privacy.audit import (
     histogram_edges,
     replay_charges,
 )
-from personal.privacy.audit_html import render_html
+from personal.privacy.audit.page import render_html
 from personal.privacy.rdp import filter_epsilon, sgm_rdp
 
 import pytest

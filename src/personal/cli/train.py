@@ -202,7 +202,7 @@ def audit_command(
     """Report STORE's privacy ledger; exit 1 if it fails verification or a unit is over budget."""
     from personal.policy import Policy, load_policy
     from personal.privacy.audit import Audit, build_audit
-    from personal.privacy.audit_html import render_html
+    from personal.privacy.audit.page import render_html
     from personal.privacy.contract import Contract
     from personal.privacy.ledger import Ledger
     from personal.store.settings import StoreSettings

@@ -6,7 +6,7 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from personal.privacy.audit import Audit
+from personal.privacy.audit.schema import TRAINING_PURPOSES, Audit
 from personal.report.svg import format_number, histogram, line_chart
 
 _STYLE = """
@@ -106,7 +106,7 @@ def render_html(audit: Audit, *, title: str = "Privacy audit") -> str:
         row = dict(r)
         row["time"] = str(r["time"]).replace("T", " ")[:19]
         row["policy_digest"] = str(r.get("policy_digest") or "")[:19]
-        if r["purpose"] in ("training", "replay", "fisher") and "gate" in r:
+        if r["purpose"] in TRAINING_PURPOSES and "gate" in r:
             row["adapter_produced"] = r.get("adapter_produced") or "none"
         rows.append(row)
     return f"""<!DOCTYPE html>
