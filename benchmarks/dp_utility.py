@@ -16,6 +16,8 @@ users, no OS update, and prints::
 * ``dp``: the default policy as shipped.
 * one arm per technique of the policy, each undoing it (``personal_sim.scenario.ABLATION_ARMS``),
   and candidate recipes measured against the shipped one (``CANDIDATE_ARMS``).
+* ``memory`` and ``dp+memory`` (``MEMORY_ARMS``): personal memory's token cache alone (no
+  training, ε 0) and served with the ``dp`` arm's adapters (docs/memory.md).
 
 ``mean_gain``: mean over users of the final relative drop of the held-out personal loss against
 the bare base. ``light_median_gain``: the median of it over the light users (at most
@@ -39,13 +41,17 @@ import personal  # noqa: F401  (before mlx: the fast BLAS)
 import numpy as np
 
 from personal_sim.runner import SimConfig, simulate
-from personal_sim.scenario import ABLATION_ARMS, CANDIDATE_ARMS
+from personal_sim.scenario import ABLATION_ARMS, CANDIDATE_ARMS, MEMORY_ARMS
 from personal_sim.summary import arm_user_summary
 
 #: Users logging at most this many interactions a day on average are "light" (the issue's).
 LIGHT_RATE = 10.0
 #: Output name -> simulator arm.
-ARM_NAMES = {"nondp": "non-dp", "dp": "dp", **{a: a for a in (*ABLATION_ARMS, *CANDIDATE_ARMS)}}
+ARM_NAMES = {
+    "nondp": "non-dp",
+    "dp": "dp",
+    **{a: a for a in (*ABLATION_ARMS, *CANDIDATE_ARMS, *MEMORY_ARMS)},
+}
 QUICK = {"users": 4, "days": 6, "held_out": 16, "arms": ("nondp", "dp")}  # >= 1 round
 
 
@@ -126,7 +132,17 @@ def goals(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "no_unit_over_budget": {
             "value": dp["epsilon_max"], "met": dp["epsilon_max"] <= dp["epsilon_budget"] + 1e-9
         },
+        **_served_with_memory(arms),
     }  # fmt: skip
+
+
+def _served_with_memory(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The slot goal for what an app serves with memory on: the dp adapters and memory."""
+    both, base = arms.get("dp+memory"), arms["base"]
+    if both is None or both["slot_accuracy"] is None or base["slot_accuracy"] is None:
+        return {}
+    points = (both["slot_accuracy"] - base["slot_accuracy"]) * 100
+    return {"dp_memory_slot_accuracy_10_points_above_base": {"value": points, "met": points >= 10}}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

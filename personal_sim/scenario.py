@@ -54,9 +54,12 @@ class Arm:
         dp: real (seeded) Gaussian noise; ``False`` releases gradients and gate metrics as is.
         overrides: policy overrides applied on top of the base policy.
         memory: serve with personal memory: every measurement of the served model (held-out
-            loss, slot accuracy) puts the interactions the store recalls for each held-out
-            request before it as earlier turns (``Personalizer.memory_context``), as
-            ``generate(memory=True)`` does. The bare-base reference stays memory-free.
+            loss, slot accuracy) uses the interactions the store recalls for each held-out
+            request, as ``generate(memory=True, memory_mode=memory_mode)`` does: in
+            ``"cache"`` mode as a token cache mixed into each next-token distribution
+            (``Personalizer.memory_cache``), in ``"context"`` mode as earlier turns before it
+            (``Personalizer.memory_context``). The bare-base reference stays memory-free.
+        memory_mode: ``"cache"`` (the library's default) or ``"context"``.
         train: run the policy's rounds; ``False`` never trains (no round, ε 0): the arm serves
             the base of the day (after the OS update, the new one), bare, with its population
             adapter (``training.warm_start``) or with memory.
@@ -68,6 +71,7 @@ class Arm:
     overrides: dict[str, Any] = field(default_factory=dict)
     memory: bool = False
     train: bool = True
+    memory_mode: str = "cache"
 
     def policy(self, base: Policy) -> Policy:
         """The arm's policy derived from the run's base policy."""
@@ -174,8 +178,8 @@ ARMS: dict[str, Arm] = {
         Arm(
             "memory",
             "no training at all (no round, ε 0): the bare base of the day (no warm start) "
-            "served with personal memory, the 3 logged interactions most relevant to each "
-            "request as earlier turns",
+            "served with personal memory, the 8 logged interactions most relevant to each "
+            "request as a token cache",
             overrides={"training.warm_start": "none"},
             memory=True,
             train=False,
@@ -184,6 +188,20 @@ ARMS: dict[str, Arm] = {
             "dp+memory",
             "the dp arm's rounds (the same adapters), served with personal memory",
             memory=True,
+        ),
+        Arm(
+            "memory-context",
+            "as memory, the 3 most relevant interactions as earlier chat turns instead",
+            overrides={"training.warm_start": "none"},
+            memory=True,
+            train=False,
+            memory_mode="context",
+        ),
+        Arm(
+            "dp+memory-context",
+            "the dp arm's rounds, served with memory as earlier chat turns",
+            memory=True,
+            memory_mode="context",
         ),
     )
 }

@@ -23,6 +23,7 @@ from typing import Any
 
 from personal.model.chat import History
 from personal.model.generate import greedy_replies
+from personal.model.token_cache import DEFAULT_SETTINGS, CacheSettings, TokenCache
 
 from personal_sim.public_corpus import Interaction
 
@@ -54,6 +55,8 @@ def slot_accuracy(
     max_tokens: int = REPLY_TOKENS,
     *,
     histories: Sequence[History] | None = None,
+    caches: Sequence[TokenCache | None] | None = None,
+    cache_settings: CacheSettings = DEFAULT_SETTINGS,
 ) -> dict[str, Any]:
     """The share of ``held_out``'s slot requests whose greedy reply names the right value.
 
@@ -61,31 +64,44 @@ def slot_accuracy(
     "by_slot": {slot: [hits, n]}}`` (``None`` when no request carries a personal slot).
     ``histories``: per request of ``held_out``, earlier ``(prompt, response)`` turns generated
     before it (recalled memory); the result then also has ``"slot_recall"``, the share of slot
-    requests whose turns name the right value (``None`` without slot requests).
+    requests whose turns name the right value (``None`` without slot requests). ``caches``:
+    per request, a token cache (or ``None``) to generate through instead; ``slot_recall`` then
+    looks in the exchanges each was built from, and ``cache_settings`` weighs the caches.
     """
-    if histories is not None and len(histories) != len(held_out):
-        raise ValueError(f"{len(histories)} histories for {len(held_out)} requests")
-    turns = list(histories) if histories is not None else [()] * len(held_out)
-    targets = [(it, slot_target(it), h) for it, h in zip(held_out, turns, strict=True)]
-    asked = [(it, t, h) for it, t, h in targets if t is not None]
+    if histories is not None and caches is not None:
+        raise ValueError("pass histories or caches, not both")
+    memory = histories if histories is not None else caches
+    if memory is not None and len(memory) != len(held_out):
+        raise ValueError(f"{len(memory)} recalls for {len(held_out)} requests")
+    per_request = list(memory) if memory is not None else [None] * len(held_out)
+    targets = [(it, slot_target(it), m) for it, m in zip(held_out, per_request, strict=True)]
+    asked = [(it, t, m) for it, t, m in targets if t is not None]
     by_slot: dict[str, list[int]] = {}
-    recall: dict[str, Any] = {} if histories is None else {"slot_recall": None}
+    recall: dict[str, Any] = {} if memory is None else {"slot_recall": None}
     if not asked:
         return {"slot_accuracy": None, "slot_requests": 0, "slot_hits": 0, "by_slot": by_slot,
                 **recall}  # fmt: skip
     prompts = [it.prompt for it, _, _ in asked]
-    replies = greedy_replies(
-        model, tokenizer, prompts, max_tokens=max_tokens, histories=[h for _, _, h in asked]
-    )
+    if caches is not None:
+        replies = greedy_replies(
+            model, tokenizer, prompts, max_tokens=max_tokens, caches=[m for _, _, m in asked],
+            cache_settings=cache_settings,
+        )  # fmt: skip
+    else:
+        replies = greedy_replies(
+            model, tokenizer, prompts, max_tokens=max_tokens,
+            histories=[m or () for _, _, m in asked],
+        )  # fmt: skip
     hits = recalled = 0
-    for (_, (slot, value), history), (reply, _) in zip(asked, replies, strict=True):
+    for (_, (slot, value), m), (reply, _) in zip(asked, replies, strict=True):
+        history = m.sources if isinstance(m, TokenCache) else (m or ())
         right = _mentions(reply, value)
         hits += right
         recalled += any(_mentions(f"{q} {a}", value) for q, a in history)
         counts = by_slot.setdefault(slot, [0, 0])
         counts[0] += right
         counts[1] += 1
-    if histories is not None:
+    if memory is not None:
         recall["slot_recall"] = recalled / len(asked)
     return {
         "slot_accuracy": hits / len(asked),

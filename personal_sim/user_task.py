@@ -7,11 +7,12 @@ Only the library's public API is used.
 
 Arms that go through the same rounds (:meth:`Arm.training <personal_sim.scenario.Arm.training>`:
 ``dp`` and ``dp+memory``) share one store: it trains once and each arm is measured on it, with
-or without personal memory. An arm with memory scores every held-out request with the turns
-``Personalizer.memory_context`` recalls for it from what the user logged so far (held-out
-requests are never logged), through the base's chat format (``ChatFormat.encode(...,
-history=turns)``), and generates its greedy replies with them; the bare base it is compared
-with is memory-free.
+or without personal memory. An arm with memory scores every held-out request with what the
+store recalls for it from what the user logged so far (held-out requests are never logged):
+in ``"cache"`` mode the token cache ``Personalizer.memory_cache`` builds
+(:func:`~personal.model.token_cache.evaluate_with_caches`), in ``"context"`` mode the turns
+``Personalizer.memory_context`` puts before it (``ChatFormat.encode(..., history=turns)``); its
+greedy replies are generated the same way. The bare base it is compared with is memory-free.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from personal.model.base import load_base
 from personal.model.batching import make_batch
 from personal.model.chat import History, chat_format
 from personal.model.evaluate import evaluate
+from personal.model.token_cache import TokenCache, evaluate_with_caches
 from personal.model.tokenizer import encode_interaction
 from personal.personalizer import Personalizer
 from personal.policy import Policy
@@ -124,28 +126,38 @@ class _UserRun:
             }
         return self._bare[key]
 
-    def recalled(self, p: Personalizer, day: int) -> list[list[tuple[str, str]]]:
-        """Per held-out request of ``day``, the turns personal memory recalls for it from
-        what ``p``'s store logged so far (what ``generate(prompt, memory=True)`` would use)."""
-        return [p.memory_context(it.prompt)[0] for it in self.held[day]]
+    def recalled(self, p: Personalizer, day: int, mode: str) -> Recall:
+        """Per held-out request of ``day``, what personal memory recalls for it from what
+        ``p``'s store logged so far, as ``generate(prompt, memory=True, memory_mode=mode)``
+        uses it: turns (``"context"``) or a token cache built by the served model
+        (``"cache"``)."""
+        if mode == "context":
+            return [p.memory_context(it.prompt)[0] for it in self.held[day]]
+        return [p.memory_cache(it.prompt)[0] for it in self.held[day]]
 
     def measure(
-        self, p: Personalizer, name: str, day: int, histories: Sequence[History] | None = None
+        self, p: Personalizer, name: str, day: int, recall: Recall | None = None
     ) -> dict[str, float]:
         """The served model (base + active adapter) against the bare base on ``day``;
-        with ``histories`` (:meth:`recalled`), served with personal memory."""
-        if histories is None:
-            batches = self.held_batches(name, p.base.tokenizer, day)
+        with ``recall`` (:meth:`recalled`), served with personal memory."""
+        if recall is None:
+            personal_eval = evaluate(p.base.model, self.held_batches(name, p.base.tokenizer, day))
+        elif _caches(recall):
+            exchanges = [(it.prompt, it.response) for it in self.held[day]]
+            personal_eval = evaluate_with_caches(
+                p.base.model, p.base.tokenizer, exchanges, recall, p.cache_settings
+            )
         else:
-            batches = _batches(p.base.tokenizer, self.held[day], histories=histories)
-        personal_eval = evaluate(p.base.model, batches)
+            batches = _batches(p.base.tokenizer, self.held[day], histories=recall)
+            personal_eval = evaluate(p.base.model, batches)
         general = general_loss(p.base.model, _public(p.base, name, self.config))
         bare = self.bare(name, day)
-        recall = {}
-        if histories is not None:  # how much memory put before the held-out requests
-            recall = {
-                "memory_share": sum(bool(h) for h in histories) / len(histories),
-                "memory_turns": sum(len(h) for h in histories) / len(histories),
+        stats = {}
+        if recall is not None:  # how much memory recalled for the held-out requests
+            sizes = [_recalled_exchanges(r) for r in recall]
+            stats = {
+                "memory_share": sum(bool(n) for n in sizes) / len(sizes),
+                "memory_turns": sum(len(n) for n in sizes) / len(sizes),
             }
         return {
             "personal_loss": personal_eval.loss,
@@ -156,34 +168,53 @@ class _UserRun:
             "general_loss": general,
             "bare_general_loss": bare["general_loss"],
             "general_drift": general / bare["general_loss"] - 1.0,
-            **recall,
+            **stats,
         }
 
     def slots(
-        self, p: Personalizer, name: str, day: int, histories: Sequence[History] | None = None
+        self, p: Personalizer, name: str, day: int, recall: Recall | None = None
     ) -> dict[str, Any]:
-        """Slot accuracy of the served model (with ``histories``: with personal memory) and of
+        """Slot accuracy of the served model (with ``recall``: with personal memory) and of
         the bare base (memory-free) on ``day``'s held-out requests (:mod:`personal_sim.slots`).
         """
         key = (name, day)
         if key not in self._bare_slots:
             base = _bare(name)
             self._bare_slots[key] = slot_accuracy(base.model, base.tokenizer, self.held[day])
-        served = slot_accuracy(p.base.model, p.base.tokenizer, self.held[day], histories=histories)
+        memory: dict[str, Any] = {}
+        if recall is not None:
+            memory = {"histories": recall}
+            if _caches(recall):
+                memory = {"caches": recall, "cache_settings": p.cache_settings}
+        served = slot_accuracy(p.base.model, p.base.tokenizer, self.held[day], **memory)
         bare = self._bare_slots[key]
-        recall = {} if histories is None else {"slot_recall": served["slot_recall"]}
+        extra = {} if recall is None else {"slot_recall": served["slot_recall"]}
         return {
             "slot_accuracy": served["slot_accuracy"],
             "bare_slot_accuracy": bare["slot_accuracy"],
             "slot_requests": served["slot_requests"],
             "slot_by_slot": served["by_slot"],
             "bare_slot_by_slot": bare["by_slot"],
-            **recall,
+            **extra,
         }
 
     def tick(self) -> None:
         if self.progress is not None:
             self.progress.put(1)
+
+
+#: Per held-out request, what memory recalled: turns (``"context"``) or a token cache.
+Recall = list[list[tuple[str, str]]] | list[TokenCache | None]
+
+
+def _caches(recall: Recall) -> bool:
+    return any(isinstance(r, TokenCache) for r in recall)
+
+
+def _recalled_exchanges(item: TokenCache | History | None) -> History:
+    if item is None:
+        return ()
+    return item.sources if isinstance(item, TokenCache) else item
 
 
 def _epsilon(p: Personalizer) -> float:
@@ -235,11 +266,14 @@ def _migrate(
     """The OS update: migrate, and measure the gain just before and just after it, for each
     of ``arms`` sharing the store (with memory for a memory arm); by arm name."""
     config = run.config
-    histories = run.recalled(p, day) if any(arm.memory for arm in arms) else None
 
     def measured(base: str) -> dict[str, dict[str, float]]:
+        # A token cache is built by the served model: recalled again after the update.
+        modes = {arm.memory_mode for arm in arms if arm.memory}
+        recall = {mode: run.recalled(p, day, mode) for mode in modes}
         return {
-            arm.name: run.measure(p, base, day, histories if arm.memory else None) for arm in arms
+            arm.name: run.measure(p, base, day, recall[arm.memory_mode] if arm.memory else None)
+            for arm in arms
         }
 
     before = measured(config.base)
@@ -306,9 +340,10 @@ def _run_arms(run: _UserRun, arms: Sequence[Arm], home: Path) -> dict[str, dict[
             logged += len(run.logs[day])
             round_ = _round(p, run, lead, day) if lead.train else None
             active = p.active_adapter
-            histories = run.recalled(p, day) if memory else None
+            modes = {arm.memory_mode for arm in arms if arm.memory}
+            recall = {mode: run.recalled(p, day, mode) for mode in modes}
             for arm in arms:
-                turns = histories if arm.memory else None
+                turns = recall[arm.memory_mode] if arm.memory else None
                 days[arm.name].append({
                     "day": day,
                     "base": config.base_on(day),

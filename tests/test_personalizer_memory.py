@@ -1,5 +1,5 @@
-"""Generation with personal memory: recalled interactions go before the request as earlier turns,
-through the active adapter, and the result names them."""
+"""Generation with personal memory: recalled interactions become a token cache (the default) or
+earlier turns before the request, through the active adapter, and the result names them."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_generate_with_memory_recalls_through_the_active_adapter(opened: Persona
     assert any(float(abs(v).sum()) > 0 for v in get_adapter_weights(model).values())
     turns, ids = opened.memory_context("call mom please", 2)
     assert ids == [1] and turns == [LOGGED[0]]  # only the record sharing terms
-    reply = opened.generate("call mom please", memory=2, max_tokens=8)
+    reply = opened.generate("call mom please", memory=2, memory_mode="context", max_tokens=8)
     assert reply.memory_ids == (1,)
     direct = generate(model, tokenizer, "call mom please", max_tokens=8, history=turns)
     assert reply.tokens == direct.tokens and reply.mean_logprob == direct.mean_logprob
@@ -88,3 +88,31 @@ def test_recalled_turns_fit_the_token_budget(opened: Personalizer) -> None:
     fmt = chat_format(opened.base.tokenizer)
     alone = len(fmt.prompt_ids("water the plants"))
     assert len(fmt.prompt_ids("water the plants", turns)) - alone <= MAX_MEMORY_TOKENS
+
+
+def test_the_default_mode_is_a_token_cache_through_the_active_adapter(opened: Personalizer) -> None:
+    model, tokenizer = opened.base.model, opened.base.tokenizer
+    perturb_lora_b(model)
+    cache, ids = opened.memory_cache("call mom please", 2)
+    assert ids == [1] and cache is not None and cache.sources == (LOGGED[0],)
+    reply = opened.generate("call mom please", memory=2, max_tokens=8)
+    assert reply.memory_ids == (1,)
+    direct = generate(model, tokenizer, "call mom please", max_tokens=8, token_cache=cache)
+    assert reply.tokens == direct.tokens and reply.mean_logprob == direct.mean_logprob
+    assert 0 < reply.confidence <= 1 and reply.mean_entropy >= 0
+    assert opened.memory_cache("zither") == (None, [])  # nothing shares a word
+
+
+def test_memory_true_recalls_the_modes_default_number(opened: Personalizer) -> None:
+    from personal.memory import CACHE_K, DEFAULT_K
+
+    for i in range(12):
+        opened.log(f"call mom {i}", f"Calling Maria, try {i}.")
+    assert len(opened.generate("call mom", memory=True, max_tokens=2).memory_ids) == CACHE_K
+    context = opened.generate("call mom", memory=True, memory_mode="context", max_tokens=2)
+    assert len(context.memory_ids) == DEFAULT_K
+
+
+def test_an_unknown_memory_mode_is_refused(tmp_path, opened: Personalizer) -> None:
+    with pytest.raises(ConfigError, match="memory_mode must be one of cache, context"):
+        opened.generate("call mom", memory=True, memory_mode="kNN")  # type: ignore[arg-type]

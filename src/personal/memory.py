@@ -28,7 +28,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from personal.errors import ConfigError, MemoryIndexDamaged, RecordNotFound
 from personal.store import memory as index
@@ -37,8 +37,15 @@ from personal.store.log import InteractionLog
 
 import numpy as np
 
-#: How many past interactions a generation recalls by default.
+#: How a generation uses what memory recalls: a token cache mixed into the model's next-token
+#: distributions (:mod:`personal.model.token_cache`), or earlier chat turns in the prompt.
+MemoryMode = Literal["cache", "context"]
+MEMORY_MODES: tuple[MemoryMode, ...] = ("cache", "context")
+#: How many past interactions a generation recalls by default in ``"context"`` mode.
 DEFAULT_K = 3
+#: How many past interactions a generation recalls by default in ``"cache"`` mode (measured:
+#: benchmarks/memory_cache.py; a cache is not bounded by the prompt's length).
+CACHE_K = 8
 #: Characters kept of a recalled prompt or response (the rest is cut, with "...").
 MAX_CHARS = 300
 #: Tokens the recalled turns may add to a generation's prompt (the least relevant go first).
@@ -291,6 +298,18 @@ def _table_bytes(db: Any, table: str) -> int:
         return int(db.execute(f"SELECT coalesce(sum({columns}), 0) FROM {table}").fetchone()[0])
 
 
+def check_memory_mode(mode: object) -> MemoryMode:
+    """``mode`` if it is one of :data:`MEMORY_MODES`, else :class:`~personal.errors.ConfigError`."""
+    if mode not in MEMORY_MODES:
+        raise ConfigError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}, not {mode!r}")
+    return mode
+
+
+def default_k(mode: MemoryMode) -> int:
+    """How many past interactions ``memory=True`` recalls in ``mode``."""
+    return CACHE_K if mode == "cache" else DEFAULT_K
+
+
 def clip(text: str, limit: int = MAX_CHARS) -> str:
     """``text`` cut to ``limit`` characters (marked with ``...``)."""
     return text if len(text) <= limit else text[: max(limit - 3, 0)].rstrip() + "..."
@@ -324,12 +343,17 @@ def memory_turns(
 
 
 __all__ = [
+    "CACHE_K",
     "DEFAULT_K",
     "MAX_CHARS",
     "MAX_MEMORY_TOKENS",
+    "MEMORY_MODES",
     "Memory",
+    "MemoryMode",
     "MemoryStats",
     "Recalled",
+    "check_memory_mode",
     "clip",
+    "default_k",
     "memory_turns",
 ]

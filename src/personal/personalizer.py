@@ -29,11 +29,21 @@ from personal.adapters.migrate import MigrationReport
 from personal.adapters.population import PopulationAdapter
 from personal.adapters.registry import AdapterRegistry
 from personal.errors import ConfigError, InvalidInteraction, UnitOfPrivacyMismatch
-from personal.memory import DEFAULT_K, Memory, Recalled, memory_turns
+from personal.memory import (
+    DEFAULT_K,
+    Memory,
+    MemoryMode,
+    Recalled,
+    check_memory_mode,
+    clip,
+    default_k,
+    memory_turns,
+)
 from personal.model.base import BaseModel, load_base
 from personal.model.chat import chat_format
 from personal.model.generate import Generation, generate
 from personal.model.lora import inject_lora
+from personal.model.token_cache import CacheSettings, TokenCache
 from personal.policy import Policy, load_policy
 from personal.privacy.contract import Contract
 from personal.privacy.ledger import Ledger
@@ -72,9 +82,12 @@ class Personalizer:
         seed: int | None = None,
         public: PublicSource | None = None,
         memory: bool | int = False,
+        memory_mode: MemoryMode = "cache",
     ) -> None:
         self.interactions, self.ledger, self.registry = interactions, ledger, registry
-        self.memory_default = _memory_k(memory, "memory")
+        self.memory_mode: MemoryMode = check_memory_mode(memory_mode)
+        self.memory_default: bool | int = _memory_option(memory, "memory")
+        self.cache_settings = CacheSettings()
         self._memory: Memory | None = None
         self.settings, self.policy = settings, policy
         self.public_source = public_source(public)
@@ -105,6 +118,7 @@ class Personalizer:
         seed: int | None = None,
         public_data: PublicSource | str | Path | None = None,
         memory: bool | int = False,
+        memory_mode: MemoryMode = "cache",
     ) -> Personalizer:
         """Open (or with ``create=True`` create) the store at ``store`` for ``base``.
 
@@ -124,10 +138,15 @@ class Personalizer:
                 :class:`~personal.public.PublicSource`. Default: the base's own answers to the
                 bundled generic prompts (:class:`~personal.public.SelfGenerated`, generated once
                 per base and cached). Pass the same data every time a store is opened.
-            memory: the default of :meth:`generate`'s ``memory``: ``False`` (the default: its
-                benefit is not measured yet, see docs/memory.md), ``True`` (recall
-                :data:`~personal.memory.DEFAULT_K` past interactions) or a number to recall.
-                When on, the store's memory index is built now if it keeps none.
+            memory: the default of :meth:`generate`'s ``memory``: ``False`` (the default),
+                ``True`` (recall the mode's default number of past interactions:
+                :func:`~personal.memory.default_k`) or a number to recall. When on, the store's
+                memory index is built now if it keeps none.
+            memory_mode: how a generation uses what memory recalls: ``"cache"`` (the default:
+                a token cache mixed into every next-token distribution,
+                :mod:`personal.model.token_cache`) or ``"context"`` (earlier chat turns before
+                the request, for bases trained on multi-turn chats). docs/memory.md has the
+                measurements.
 
         Raises:
             PublicDataError: ``public_data`` is a malformed file (nothing was opened).
@@ -164,7 +183,7 @@ class Personalizer:
             registry = AdapterRegistry.for_store(path)
             personalizer = cls(
                 log, ledger, registry, loaded, bound, settings, seed=seed, public=public,
-                memory=memory,
+                memory=memory, memory_mode=memory_mode,
             )  # fmt: skip
             personalizer.rounds.load_active()
             if personalizer.memory_default:
@@ -224,26 +243,42 @@ class Personalizer:
         return self.rounds.budget()
 
     def generate(
-        self, prompt: str, *, memory: bool | int | None = None, **options: Any
+        self,
+        prompt: str,
+        *,
+        memory: bool | int | None = None,
+        memory_mode: MemoryMode | None = None,
+        **options: Any,
     ) -> Generation:
         """Answer ``prompt`` through the active adapter, with its confidence signal.
 
         Args:
             prompt: the user's request.
-            memory: recall the most relevant past interactions of this store and put them
-                before the request as earlier chat turns: ``True`` (recall
-                :data:`~personal.memory.DEFAULT_K`), a number to recall, ``False``; ``None``
-                (default): what :meth:`open` was given. Memory charges no privacy budget, but
-                the reply may quote what it recalls (docs/memory.md). The result's
-                ``memory_ids`` names the interactions used.
+            memory: recall the past interactions of this store most relevant to ``prompt``:
+                ``True`` (the mode's :func:`~personal.memory.default_k`), a number to recall,
+                ``False``; ``None`` (default): what :meth:`open` was given. Memory charges no
+                privacy budget, but the reply may quote what it recalls (docs/memory.md). The
+                result's ``memory_ids`` names the interactions used.
+            memory_mode: ``"cache"`` (the recalled replies as a token cache,
+                :meth:`memory_cache`) or ``"context"`` (as earlier chat turns,
+                :meth:`memory_context`); ``None``: what :meth:`open` was given.
             options: :func:`~personal.model.generate.generate`'s (``max_tokens``,
                 ``temperature``, ``seed``).
         """
-        k = self.memory_default if memory is None else _memory_k(memory, "memory")
+        mode = self.memory_mode if memory_mode is None else check_memory_mode(memory_mode)
+        k = _memory_k(self.memory_default if memory is None else memory, "memory", mode)
+        model, tokenizer = self.base.model, self.base.tokenizer
         if not k:
-            return generate(self.base.model, self.base.tokenizer, prompt, **options)
-        history, ids = self.memory_context(prompt, k)
-        reply = generate(self.base.model, self.base.tokenizer, prompt, history=history, **options)
+            return generate(model, tokenizer, prompt, **options)
+        if mode == "context":
+            history, ids = self.memory_context(prompt, k)
+            reply = generate(model, tokenizer, prompt, history=history, **options)
+        else:
+            cache, ids = self.memory_cache(prompt, k)
+            reply = generate(
+                model, tokenizer, prompt, token_cache=cache, cache_settings=self.cache_settings,
+                **options,
+            )  # fmt: skip
         return dataclasses.replace(reply, memory_ids=tuple(ids))
 
     @property
@@ -270,6 +305,21 @@ class Personalizer:
         return memory_turns(
             self.recall(prompt, k), lambda turns: len(fmt.prompt_ids(prompt, turns)) - alone
         )
+
+    def memory_cache(
+        self, prompt: str, k: int | None = None
+    ) -> tuple[TokenCache | None, list[int]]:
+        """What :meth:`generate` mixes into its next-token distributions with memory on in
+        ``"cache"`` mode: ``(cache, ids)``, a :class:`~personal.model.token_cache.TokenCache`
+        of the ``k`` recalled interactions (default :data:`~personal.memory.CACHE_K`; each cut
+        to :data:`~personal.memory.MAX_CHARS` characters) run through the served model (base
+        and active adapter), and their record ids, least relevant first. ``(None, [])`` when
+        nothing was recalled. A simulation scores replies with the same cache
+        (:func:`~personal.model.token_cache.evaluate_with_caches`)."""
+        recalled = self.recall(prompt, default_k("cache") if k is None else k)[::-1]
+        exchanges = [(clip(r.prompt), clip(r.response)) for r in recalled]
+        cache = TokenCache.build(self.base.model, self.base.tokenizer, exchanges)
+        return cache, [r.id for r in recalled]
 
     @property
     def active_adapter(self) -> Manifest | None:
@@ -388,17 +438,21 @@ class Personalizer:
         return pending_migration(self.settings)
 
 
-def _memory_k(memory: object, name: str) -> int:
-    """How many interactions a ``memory`` option recalls (0: off)."""
-    if memory is True:
-        return DEFAULT_K
-    if memory is False:
-        return 0
-    if isinstance(memory, int) and memory >= 0:
+def _memory_option(memory: object, name: str) -> bool | int:
+    """``memory`` checked: ``True``, ``False`` or a number of interactions >= 0."""
+    if isinstance(memory, bool) or (isinstance(memory, int) and memory >= 0):
         return memory
     raise ConfigError(
         f"{name} must be True, False or a number of interactions >= 0, not {memory!r}"
     )
+
+
+def _memory_k(memory: object, name: str, mode: MemoryMode) -> int:
+    """How many interactions a ``memory`` option recalls in ``mode`` (0: off)."""
+    option = _memory_option(memory, name)
+    if option is True:
+        return default_k(mode)
+    return int(option)
 
 
 def _remove_new_store(path: Path, before: set[str] | None) -> None:

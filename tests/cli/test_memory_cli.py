@@ -101,6 +101,12 @@ def test_generate_with_memory_names_the_recalled_interactions(
     assert json.loads(result.output)["memory_ids"] == [1]
     result = run("generate", path, "mom jazz", "--recall", "1", "--json", "--max-tokens", "3")
     assert len(json.loads(result.output)["memory_ids"]) == 1  # of two matches
+    for mode in ("context", "cache"):
+        result = run("generate", path, "mom jazz", "--memory-mode", mode, "--memory", "--json",
+                     "--max-tokens", "3")  # fmt: skip
+        assert result.exit_code == 0 and len(json.loads(result.output)["memory_ids"]) == 2
+    result = run("generate", path, "mom", "--memory-mode", "knn", "--memory")
+    assert result.exit_code != 0 and "knn" in result.output
     audit = run("audit", path, "--json")
     assert json.loads(audit.output)["memory"] == {
         "index": True, "entries": 2, "charges_epsilon": False,

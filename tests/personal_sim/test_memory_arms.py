@@ -1,11 +1,14 @@
 """The simulator's personal-memory arms (issue 18): ``memory`` trains nothing and charges no ε,
-``dp+memory`` serves the ``dp`` arm's adapters, and both are measured with the recalled turns."""
+``dp+memory`` serves the ``dp`` arm's adapters, and both are measured with what memory recalls
+(a token cache by default, earlier turns in the ``-context`` arms)."""
 
 from __future__ import annotations
 
 import math
 
+from personal.memory import CACHE_K
 from personal.model.evaluate import evaluate
+from personal.model.token_cache import evaluate_with_caches
 from personal.personalizer import Personalizer
 from personal.policy import load_policy
 from personal.store import RawKey
@@ -37,6 +40,9 @@ def test_the_memory_arms_are_compared():
     assert set(MEMORY_ARMS) <= set(COMPARE_ARMS)
     assert ARMS["memory"].memory and not ARMS["memory"].train
     assert ARMS["dp+memory"].memory and ARMS["dp+memory"].training() == ARMS["dp"].training()
+    assert ARMS["memory"].memory_mode == ARMS["dp+memory"].memory_mode == "cache"
+    assert ARMS["memory-context"].memory_mode == "context" and not ARMS["memory-context"].train
+    assert ARMS["dp+memory-context"].training() == ARMS["dp"].training()
     # dp and dp+memory share one store (the same rounds); memory has its own.
     groups = _shared([ARMS[a] for a in ARMS_RUN])
     assert [[a.name for a in g] for g in groups] == [["dp", "dp+memory"], ["memory"]]
@@ -50,7 +56,7 @@ def test_the_memory_arm_trains_nothing_and_charges_no_epsilon(user):
         assert day["round"] is None and day["active_version"] is None
         assert day["epsilon"] == 0.0
         assert math.isfinite(day["personal_gain"]) and 0 <= day["personal_accuracy"] <= 1
-        assert 0 <= day["memory_share"] <= 1 and day["memory_turns"] <= 3
+        assert 0 <= day["memory_share"] <= 1 and day["memory_turns"] <= CACHE_K
         assert day["general_drift"] == pytest.approx(0.0, abs=1e-6)  # the bare base's
     assert [d["base"] for d in arm["days"]] == ["base-v1", "base-v1", "base-v2"]
     migration = arm["migration"]
@@ -141,5 +147,25 @@ def test_recalled_turns_go_into_the_scored_input_and_the_greedy_replies(tmp_path
         without = slot_accuracy(model, tokenizer, [held])
         assert with_memory["slot_requests"] == without["slot_requests"] == 1
         assert with_memory["slot_recall"] == 1.0 and "slot_recall" not in without
-        with pytest.raises(ValueError, match="histories"):
+        with pytest.raises(ValueError, match="recalls for 1 requests"):
             slot_accuracy(model, tokenizer, [held], histories=[])
+
+
+def test_a_recalled_reply_becomes_the_token_cache_of_the_scores_and_replies(tmp_path):
+    """The default mode: the recalled "Calling Maria" is a token cache that lowers the held-out
+    reply's loss, and the slot's value is in what it was built from."""
+    held = Interaction("please call mom", "Calling Maria now.", "call", {"contact": "Maria"})
+    with Personalizer.open(tmp_path / "s", "base-v1", load_policy("default"), RawKey(bytes(32)),
+                           create=True, memory=True) as p:  # fmt: skip
+        p.log("call my mom", "Calling Maria (mom) now.")
+        p.log("what's the weather", "Sunny.")
+        cache, ids = p.memory_cache(held.prompt)
+        assert ids == [1] and cache is not None
+        model, tokenizer = p.base.model, p.base.tokenizer
+        exchange = [(held.prompt, held.response)]
+        alone = evaluate_with_caches(model, tokenizer, exchange, [None])
+        assert evaluate_with_caches(model, tokenizer, exchange, [cache]).loss < alone.loss
+        with_memory = slot_accuracy(model, tokenizer, [held], caches=[cache])
+        assert with_memory["slot_requests"] == 1 and with_memory["slot_recall"] == 1.0
+        with pytest.raises(ValueError, match="not both"):
+            slot_accuracy(model, tokenizer, [held], histories=[()], caches=[cache])

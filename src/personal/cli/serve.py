@@ -27,12 +27,19 @@ import numpy as np
 @click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option(
     "--memory", is_flag=True,
-    help="Recall the most relevant past interactions into the prompt (personal memory; "
-    "charges no ε, but the reply may quote them). Builds the index on first use.",
+    help="Recall the most relevant past interactions (personal memory; charges no ε, but the "
+    "reply may quote them). Builds the index on first use.",
 )  # fmt: skip
 @click.option(
     "--recall", type=click.IntRange(min=1), default=None,
-    help="How many past interactions --memory recalls [default: 3]; implies --memory.",
+    help="How many past interactions --memory recalls [default: 8 in cache mode, 3 in "
+    "context mode]; implies --memory.",
+)  # fmt: skip
+@click.option(
+    "--memory-mode", type=click.Choice(["cache", "context"]), default="cache",
+    show_default=True,
+    help="cache: the recalled replies as a token cache mixed into every next-token "
+    "distribution; context: as earlier chat turns in the prompt (docs/memory.md).",
 )  # fmt: skip
 @_key_file
 @click.option(
@@ -40,7 +47,7 @@ import numpy as np
 )
 def generate_command(
     store: Path, prompt: str, base: str | None, max_tokens: int, memory: bool,
-    recall: int | None, key_file: Path | None, as_json: bool,
+    recall: int | None, memory_mode: Any, key_file: Path | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Answer PROMPT through STORE's active adapter (the bare base when none is active).
 
@@ -54,7 +61,9 @@ def generate_command(
     base = base or _store_base(store, key)
     with Personalizer.open(store, base, None, key) as personalizer:
         wanted: bool | int = recall if recall is not None else memory
-        reply = personalizer.generate(prompt, memory=wanted, max_tokens=max_tokens)
+        reply = personalizer.generate(
+            prompt, memory=wanted, memory_mode=memory_mode, max_tokens=max_tokens
+        )
         active = personalizer.active_adapter
     if as_json:
         data = {

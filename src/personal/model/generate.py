@@ -15,7 +15,14 @@ from dataclasses import dataclass
 
 from personal.errors import ConfigError
 from personal.model.chat import History, chat_format, eos_ids
+from personal.model.head import output_head
 from personal.model.mlx_typing import scalar
+from personal.model.token_cache import (
+    DEFAULT_SETTINGS,
+    CacheSettings,
+    TokenCache,
+    mixed_logprobs,
+)
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -83,13 +90,6 @@ def stop_ids(tokenizer: object, *, chat: bool = True) -> set[int]:
     return ids
 
 
-def _step_stats(logits: mx.array) -> tuple[mx.array, mx.array]:
-    """Log-probabilities and entropy of a ``(V,)`` logit vector."""
-    logprobs = logits - mx.logsumexp(logits)
-    entropy = -(mx.exp(logprobs) * logprobs).sum()
-    return logprobs, entropy
-
-
 def generate_tokens(
     model: nn.Module,
     prompt_ids: list[int],
@@ -98,24 +98,37 @@ def generate_tokens(
     temperature: float = 0.0,
     eos_ids: set[int] | None = None,
     seed: int | None = None,
+    token_cache: TokenCache | None = None,
+    cache_settings: CacheSettings = DEFAULT_SETTINGS,
 ) -> tuple[list[int], list[float], list[float], str]:
     """Sample up to ``max_tokens`` ids after ``prompt_ids`` with a KV cache.
 
     Returns the ids (end-of-sequence excluded), each chosen token's log-probability and each
     step's entropy (end-of-sequence step included), and the finish reason.
-    ``temperature == 0`` is greedy decoding.
+    ``temperature == 0`` is greedy decoding. With ``token_cache`` (personal memory, see
+    :mod:`personal.model.token_cache`) every step samples from the model's distribution mixed
+    with the cache's, and the log-probabilities and entropies are those of the mixture.
     """
     if not prompt_ids:
         raise ValueError("generation needs at least one prompt token")
     eos_ids = eos_ids or set()
     key = mx.random.key(seed if seed is not None else 0)
     cache = make_prompt_cache(model)
-    logits = model(mx.array(prompt_ids)[None], cache=cache)[0, -1].astype(mx.float32)
+    head = output_head(model) if token_cache is not None else None
+
+    def next_logprobs(ids: mx.array) -> mx.array:
+        if head is None:
+            logits = model(ids[None], cache=cache)[0, -1].astype(mx.float32)
+            return logits - mx.logsumexp(logits)
+        hidden = model.model(ids[None], cache=cache)[0, -1:]
+        return mixed_logprobs(head(hidden), hidden, token_cache, cache_settings)[0]
+
+    logprobs = next_logprobs(mx.array(prompt_ids))
     tokens: list[int] = []
     logps: list[float] = []
     entropies: list[float] = []
     for _ in range(max_tokens):
-        logprobs, entropy = _step_stats(logits)
+        entropy = -(mx.exp(logprobs) * logprobs).sum()
         if temperature <= 0:
             token = mx.argmax(logprobs)
         else:
@@ -129,7 +142,7 @@ def generate_tokens(
         if tid in eos_ids:
             return tokens, logps, entropies, "stop"
         tokens.append(tid)
-        logits = model(mx.array([[tid]]), cache=cache)[0, -1].astype(mx.float32)
+        logprobs = next_logprobs(mx.array([tid]))
     return tokens, logps, entropies, "length"
 
 
@@ -143,6 +156,8 @@ def generate(
     seed: int | None = None,
     chat: bool = True,
     history: History = (),
+    token_cache: TokenCache | None = None,
+    cache_settings: CacheSettings = DEFAULT_SETTINGS,
 ) -> Generation:
     """Generate a reply to ``prompt`` and report how confident the model was.
 
@@ -156,7 +171,10 @@ def generate(
         seed: seeds sampling, for reproducible simulations.
         chat: render ``prompt`` in the base's chat format (see :mod:`personal.model.chat`).
         history: earlier ``(prompt, response)`` exchanges rendered before ``prompt`` as prior
-            turns (what personal memory recalls; see :mod:`personal.memory`).
+            turns (personal memory in context; see :mod:`personal.memory`).
+        token_cache: recalled exchanges as a token cache mixed into every next-token
+            distribution (personal memory's default; :mod:`personal.model.token_cache`).
+        cache_settings: the cache's weight and temperature.
     """
     ids = prompt_tokens(tokenizer, prompt, chat=chat, history=history)
     tokens, logps, entropies, reason = generate_tokens(
@@ -166,6 +184,8 @@ def generate(
         temperature=temperature,
         eos_ids=stop_ids(tokenizer, chat=chat),
         seed=seed,
+        token_cache=token_cache,
+        cache_settings=cache_settings,
     )
     text = tokenizer.decode(tokens, skip_special_tokens=True) if tokens else ""  # type: ignore[attr-defined]
     mean_logp = sum(logps) / len(logps) if logps else 0.0
@@ -181,6 +201,8 @@ def greedy_replies(
     max_tokens: int = 64,
     batch_size: int = 32,
     histories: Sequence[History] | None = None,
+    caches: Sequence[TokenCache | None] | None = None,
+    cache_settings: CacheSettings = DEFAULT_SETTINGS,
 ) -> list[tuple[str, bool]]:
     """Greedy replies to many prompts, in the base's chat format: ``(text, complete)`` each.
 
@@ -189,12 +211,31 @@ def greedy_replies(
     about 10x faster than one prompt at a time on the bundled bases); a model whose cache cannot
     batch falls back to :func:`generate` one prompt at a time. Both are greedy, so the replies
     agree up to floating-point ties. ``histories``: per prompt, earlier exchanges rendered
-    before it (recalled memory), as in :func:`generate`.
+    before it (recalled memory in context), as in :func:`generate`. ``caches``: per prompt, a
+    token cache (recalled memory, :mod:`personal.model.token_cache`) or ``None``; with caches
+    the prompts run one at a time.
     """
     if histories is None:
         histories = [()] * len(prompts)
     ids = [prompt_tokens(tokenizer, p, history=h) for p, h in zip(prompts, histories, strict=True)]
     stops = stop_ids(tokenizer)
+    if caches is not None:
+        results = [
+            (tokens, reason == "stop")
+            for tokens, _, _, reason in (
+                generate_tokens(
+                    model,
+                    p,
+                    max_tokens=max_tokens,
+                    eos_ids=stops,
+                    token_cache=c,
+                    cache_settings=cache_settings,
+                )
+                for p, c in zip(ids, caches, strict=True)
+            )
+        ]
+        decode = tokenizer.decode  # type: ignore[attr-defined]
+        return [(decode(t, skip_special_tokens=True) if t else "", done) for t, done in results]
     try:
         results = _batched_greedy(model, ids, stops, max_tokens, batch_size)
     except (ValueError, TypeError, NotImplementedError, AttributeError):

@@ -1,0 +1,133 @@
+"""The token cache of personal memory: a distribution over what followed similar contexts in
+recalled replies, mixed into the model's next-token distributions."""
+
+from __future__ import annotations
+
+import math
+
+from personal.errors import ConfigError
+from personal.model.base import load_base
+from personal.model.batching import make_batch
+from personal.model.evaluate import evaluate
+from personal.model.generate import generate, greedy_replies
+from personal.model.token_cache import (
+    CacheSettings,
+    TokenCache,
+    evaluate_with_caches,
+    mixed_logprobs,
+    supports_token_cache,
+)
+from personal.model.tokenizer import encode_interaction
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+EXCHANGES = [("call my mom", "Calling Maria now."), ("play music", "Playing The Velvet Owls.")]
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_base("base-v1")
+
+
+def test_a_cache_keeps_every_reply_position(base) -> None:
+    cache = TokenCache.build(base.model, base.tokenizer, EXCHANGES)
+    assert cache is not None and cache.sources == tuple(EXCHANGES)
+    expected = []
+    for prompt, response in EXCHANGES:
+        ids, start = encode_interaction(base.tokenizer, prompt, response)
+        expected += ids[start:]  # the reply and its end-of-turn token
+    assert np.array(cache.values).tolist() == expected and len(cache) == len(expected)
+    norms = np.linalg.norm(np.array(cache.keys), axis=-1)
+    assert np.allclose(norms, 1.0, atol=1e-5)
+    assert TokenCache.build(base.model, base.tokenizer, []) is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    entries=st.integers(1, 12),
+    temperature=st.floats(0.5, 100.0),
+    seed=st.integers(0, 2**16),
+)
+def test_the_cache_distribution_is_a_distribution_over_cached_tokens(
+    rows: int, entries: int, temperature: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    vocab = 20
+    values = rng.integers(0, vocab, entries)
+    keys = rng.normal(size=(entries, 8)).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
+    cache = TokenCache(mx.array(keys), mx.array(values.astype(np.int32)))
+    probs = np.array(
+        cache.probs(mx.array(rng.normal(size=(rows, 8)).astype(np.float32)), vocab, temperature)
+    )
+    assert probs.shape == (rows, vocab) and (probs >= 0).all()
+    assert np.allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
+    outside = np.setdiff1d(np.arange(vocab), values)
+    assert np.all(probs[:, outside] == 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(weight=st.floats(0.0, 0.99), seed=st.integers(0, 2**16))
+def test_the_mixture_is_normalised_and_weight_zero_is_the_model(weight: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    logits = mx.array(rng.normal(size=(3, 16)).astype(np.float32) * 4)
+    hidden = mx.array(rng.normal(size=(3, 8)).astype(np.float32))
+    keys = rng.normal(size=(5, 8)).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
+    cache = TokenCache(mx.array(keys), mx.array(rng.integers(0, 16, 5).astype(np.int32)))
+    mixed = mixed_logprobs(logits, hidden, cache, CacheSettings(weight, 20.0))
+    assert np.allclose(np.array(mx.logsumexp(mixed, axis=-1)), 0.0, atol=1e-5)
+    alone = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+    if weight == 0.0:
+        assert np.allclose(np.array(mixed), alone, atol=1e-6)
+    # never below the model's own share of the mixture: log((1 - λ) p) <= log p_mixed
+    assert np.all(np.array(mixed) >= alone + math.log1p(-weight) - 1e-5)
+    assert np.array_equal(np.array(mixed_logprobs(logits, hidden, None)), alone)
+
+
+def test_without_caches_the_evaluation_is_the_plain_one(base) -> None:
+    encoded = [encode_interaction(base.tokenizer, p, r) for p, r in EXCHANGES]
+    plain = evaluate(base.model, [make_batch([e for e, _ in encoded], [s for _, s in encoded])])
+    cached = evaluate_with_caches(base.model, base.tokenizer, EXCHANGES, [None, None])
+    assert cached.tokens == plain.tokens and cached.examples == 2
+    assert cached.loss == pytest.approx(plain.loss, rel=1e-4)
+    assert cached.accuracy == pytest.approx(plain.accuracy)
+    with pytest.raises(ValueError, match="1 caches for 2 exchanges"):
+        evaluate_with_caches(base.model, base.tokenizer, EXCHANGES, [None])
+
+
+def test_a_recalled_reply_is_cheaper_to_say_again_and_is_copied(base) -> None:
+    model, tok = base.model, base.tokenizer
+    cache = TokenCache.build(model, tok, EXCHANGES[:1])
+    alone = evaluate_with_caches(model, tok, EXCHANGES[:1], [None])
+    cached = evaluate_with_caches(model, tok, EXCHANGES[:1], [cache])
+    assert cached.loss < alone.loss
+    # A cache that dominates the mixture makes the greedy reply the recalled one.
+    strong = CacheSettings(weight=0.95, temperature=100.0)
+    reply = generate(model, tok, "call my mom", token_cache=cache, cache_settings=strong)
+    assert reply.text == "Calling Maria now." and reply.finish_reason == "stop"
+    assert 0 < reply.confidence <= 1
+    batched = greedy_replies(model, tok, ["call my mom"], caches=[cache], cache_settings=strong)
+    assert batched == [("Calling Maria now.", True)]
+    plain = greedy_replies(model, tok, ["call my mom"])
+    assert greedy_replies(model, tok, ["call my mom"], caches=[None]) == plain
+
+
+@pytest.mark.parametrize(("weight", "temperature"), [(1.0, 20.0), (-0.1, 20.0), (0.1, 0.0)])
+def test_bad_settings_are_refused(weight: float, temperature: float) -> None:
+    with pytest.raises(ConfigError, match="token cache's"):
+        CacheSettings(weight, temperature)
+
+
+def test_a_model_without_a_separable_head_is_refused_with_the_way_out(base) -> None:
+    class Opaque:  # not an mlx-lm family whose head splits off
+        pass
+
+    assert supports_token_cache(base.model) and not supports_token_cache(Opaque())
+    with pytest.raises(ConfigError, match="memory_mode='context'"):
+        TokenCache.build(Opaque(), base.tokenizer, EXCHANGES)
