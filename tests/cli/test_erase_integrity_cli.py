@@ -7,7 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from personal.store import InteractionLog, Passphrase, ScryptParams
+from personal.store import InteractionLog, Passphrase, ScryptParams, erasure
 from personal.store import keys as keys_module
 
 import pytest
@@ -67,7 +67,9 @@ def test_erase_refuses_a_damaged_index_and_erases_nothing(tmp_path: Path) -> Non
     assert _units(store) == ["unit-BBBB", "unit-CCCC"]
 
 
-def test_an_erase_that_would_leave_a_matching_record_is_rolled_back(tmp_path: Path) -> None:
+def test_an_erase_that_would_leave_a_matching_record_is_rolled_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Even past the check (an index damaged between the check and the delete), the erasure
     counts what is left by a full scan and rolls back rather than report success."""
     from personal.errors import StoreCorrupt
@@ -75,7 +77,7 @@ def test_an_erase_that_would_leave_a_matching_record_is_rolled_back(tmp_path: Pa
     store = _store(tmp_path)
     _patch_index_key(store, b"unit-BBBB", b"unit-BBBC")
     with InteractionLog.open(store, Passphrase(PASS)) as log:
-        log._check_before_erasing = lambda: None  # type: ignore[method-assign]
+        monkeypatch.setattr(erasure, "check_before_erasing", lambda store: None)
         with pytest.raises(StoreCorrupt, match="nothing was erased: 1 matching record"):
             log.erase("unit-BBBB")
     assert _units(store) == ["unit-AAAA", "unit-BBBB", "unit-CCCC"]

@@ -20,7 +20,7 @@ from personal.errors import (
     StoreNotFound,
 )
 from personal.store import Interaction, InteractionLog, Migrations, Passphrase, RawKey, Store
-from personal.store import log as log_module
+from personal.store import rows as rows_module
 
 import pytest
 from sqlite_utils import Database
@@ -211,7 +211,7 @@ def test_an_injected_full_disk_rolls_the_batch_back(
                 raise sqlite3.OperationalError("database or disk is full")
         return real_execute(sql, *args)
 
-    monkeypatch.setattr(log_module, "_INSERT_CHUNK", 10)
+    monkeypatch.setattr(rows_module, "_INSERT_CHUNK", 10)
     monkeypatch.setattr(log.store.db, "conn", _Proxy(log.store.db.conn, execute))
     with pytest.raises(DiskFull, match="rolled back"):
         log.append_many([Interaction(f"p{i}", "r") for i in range(30)])

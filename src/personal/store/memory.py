@@ -232,7 +232,7 @@ def _index_records(log: InteractionLog, where: str, args: Sequence[Any]) -> Buil
 
     written = 0
     for rows in log.raw_pages(where, args):
-        opened = list(log._open_pages([rows], on_bad))
+        opened = list(log.open_pages([rows], on_bad))
         index_rows(log.store, [(r.id, r.prompt, r.response) for r in opened])
         written += len(opened)
     return BuildReport(written, skipped)

@@ -29,11 +29,10 @@ from personal.errors import StoreError
 from personal.store import db as dbm
 from personal.store import memory
 from personal.store.crypto import AAD_VERSION, InvalidTag, open_blob, random_nonces
+from personal.store.rows import COLUMNS
 
 if TYPE_CHECKING:
     from personal.store.log import InteractionLog
-
-_COLUMNS = "id, CAST(unit AS BLOB), CAST(ts AS BLOB), CAST(source AS BLOB), key_epoch, sealed"
 
 
 def touched_epochs(log: InteractionLog, table: str, where: str, args: list[Any]) -> list[int]:
@@ -61,7 +60,7 @@ def rekey(log: InteractionLog, table: str, epochs: Iterable[int]) -> tuple[list[
     shredded, kept = [], []
     for epoch in wanted:
         rows = db.execute(
-            f"SELECT {_COLUMNS} FROM {table} WHERE key_epoch = ? ORDER BY id", [epoch]
+            f"SELECT {COLUMNS} FROM {table} WHERE key_epoch = ? ORDER BY id", [epoch]
         ).fetchall()
         plaintexts = _open_all(log, rows)
         if plaintexts is None:

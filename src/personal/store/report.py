@@ -164,7 +164,7 @@ def verify_log(log: InteractionLog, table: str) -> VerifyReport:
             for row in rows:
                 report.records += 1
                 try:
-                    log._open_row(row)
+                    log.open_row(row)
                 except StoreError as exc:
                     report.bad_records.append(BadRecord(row[0], str(exc)))
     except StoreCorrupt as exc:
