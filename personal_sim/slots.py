@@ -84,13 +84,13 @@ def slot_accuracy(
     prompts = [it.prompt for it, _, _ in asked]
     if caches is not None:
         replies = greedy_replies(
-            model, tokenizer, prompts, max_tokens=max_tokens, caches=[m for _, _, m in asked],
-            cache_settings=cache_settings,
+            model, tokenizer, prompts, max_tokens=max_tokens, cache_settings=cache_settings,
+            caches=[m if isinstance(m, TokenCache) else None for _, _, m in asked],
         )  # fmt: skip
     else:
         replies = greedy_replies(
             model, tokenizer, prompts, max_tokens=max_tokens,
-            histories=[m or () for _, _, m in asked],
+            histories=[m if isinstance(m, Sequence) else () for _, _, m in asked],
         )  # fmt: skip
     hits = recalled = 0
     for (_, (slot, value), m), (reply, _) in zip(asked, replies, strict=True):

@@ -144,11 +144,13 @@ class _UserRun:
             personal_eval = evaluate(p.base.model, self.held_batches(name, p.base.tokenizer, day))
         elif _caches(recall):
             exchanges = [(it.prompt, it.response) for it in self.held[day]]
+            caches = [r if isinstance(r, TokenCache) else None for r in recall]
             personal_eval = evaluate_with_caches(
-                p.base.model, p.base.tokenizer, exchanges, recall, p.cache_settings
+                p.base.model, p.base.tokenizer, exchanges, caches, p.cache_settings
             )
         else:
-            batches = _batches(p.base.tokenizer, self.held[day], histories=recall)
+            turns = [r if isinstance(r, list) else [] for r in recall]
+            batches = _batches(p.base.tokenizer, self.held[day], histories=turns)
             personal_eval = evaluate(p.base.model, batches)
         general = general_loss(p.base.model, _public(p.base, name, self.config))
         bare = self.bare(name, day)
