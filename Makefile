@@ -78,12 +78,13 @@ bench-long: install
 
 # Rebuild the bundled base models (not needed by tests or the demo: they ship in the package).
 build-models: install
-	$(BIN)/python -m personal_sim.build_base_models --out src/personal/models
+	$(BIN)/python -m personal_sim.build_base_models --out src/personal/data/models
 
 # Rebuild the bundled bases' public population adapters (the training.warm_start = "population"
-# warm start; seeded, so the same bytes): src/personal/models/*/population/ (~15 min on 2 cores).
+# warm start; seeded, so the same bytes): src/personal/data/models/*/population/ (~15 min on
+# 2 cores).
 population-adapters: install
-	$(BIN)/python -m personal_sim.build_population_adapter --out src/personal/models
+	$(BIN)/python -m personal_sim.build_population_adapter --out src/personal/data/models
 
 # A real OS update: smollm2-135m-instruct-v2, depth-pruned and re-distilled from SmolLM2 on
 # self-generated public text, built into the cache (~15 min on 2 cores; never committed).

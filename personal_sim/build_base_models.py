@@ -1,7 +1,7 @@
 """Build the bundled base models: a teacher, then two distilled students, base-v1 and base-v2.
 
-    python -m personal_sim.build_base_models --out src/personal/models      # ~50 min, 2 cores
-    python -m personal_sim.build_base_models --out /tmp/m --quick           # ~1 min smoke run
+    python -m personal_sim.build_base_models --out src/personal/data/models   # ~50 min, 2 cores
+    python -m personal_sim.build_base_models --out /tmp/m --quick             # ~1 min smoke run
 
 Steps (all seeded):
 1. a public corpus (train / validation / test from disjoint seed streams);
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m personal_sim.build_base_models", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--out", type=Path, default=Path("src/personal/models"))
+    parser.add_argument("--out", type=Path, default=Path("src/personal/data/models"))
     parser.add_argument("--work", type=Path, default=Path(".build-cache/base-models"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m personal_sim.build_population_adapter",
         description=__doc__.split("\n")[0],
     )
-    parser.add_argument("--out", type=Path, default=Path("src/personal/models"))
+    parser.add_argument("--out", type=Path, default=Path("src/personal/data/models"))
     parser.add_argument("--bases", nargs="+", default=list(BASES))
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--users", type=int, default=USERS)

@@ -87,7 +87,7 @@ def test_package_data_ships_the_population_adapters():
     package = root / "src" / "personal"
     shipped = {p for pattern in patterns for p in package.glob(pattern)}
     for name in ("base-v1", "base-v2"):
-        folder = population_dir(package / "models" / name)
+        folder = population_dir(package / "data" / "models" / name)
         assert {folder / "adapter.safetensors", folder / "manifest.json"} <= shipped
 
 

@@ -34,7 +34,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
+# The bundled bases are package data (weights, tokenizers, population adapters), not code.
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
