@@ -32,7 +32,7 @@ from personal.model.base import load_base, save_base
 from personal.model.batching import Batch, make_batch
 from personal.model.evaluate import evaluate
 from personal.model.tokenizer import encode_interaction, train_bpe_tokenizer
-from personal.model.train import train
+from personal.training.plain import train
 
 import mlx.core as mx
 import mlx.nn as nn

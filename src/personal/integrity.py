@@ -13,7 +13,7 @@ to open, under the store's round lock, and touches nothing else:
 * ``replay_buffer``: rebuilt from the log: the units the log still holds that earlier rounds
   offered (records up to the round high-water mark) are offered again, in order of arrival, to
   a fresh reservoir drawn by the CSPRNG. Like the original, the choice depends on unit ids and
-  their order only, never on the records' content (:mod:`personal.continual.replay`).
+  their order only, never on the records' content (:mod:`personal.training.replay`).
 * ``ewc_state``: dropped; the next accepted round anchors EWC on the adapter it activates.
 * settings ``update_trigger``, ``continual_public_cursor``: reset.
 * setting ``continual_last_record_id`` (the round high-water mark): reset to 0, so every logged
@@ -213,9 +213,9 @@ def _delete(log: InteractionLog, table: str, name: str | None) -> None:
 
 def _rebuild_replay(log: InteractionLog) -> str:
     """A fresh reservoir of the units earlier rounds offered, in order of arrival (CSPRNG)."""
-    from personal.continual.replay import ReplayBuffer
     from personal.policy import Policy, load_policy
     from personal.store.settings import StoreSettings
+    from personal.training.replay import ReplayBuffer
 
     settings = StoreSettings(log.store)
     recorded = settings.get("policy")  # readable: a bad one was dropped above

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from personal.continual.replay import ReplayBuffer
 from personal.store import InteractionLog, Passphrase
+from personal.training.replay import ReplayBuffer
 
 import pytest
 from trained_store import PASS, build, copy, flip, rows, run

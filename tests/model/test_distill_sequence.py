@@ -12,7 +12,7 @@ from personal.model.seqkd import (
     teacher_generations,
 )
 from personal.model.tokenizer import encode_interaction, train_bpe_tokenizer
-from personal.model.train import train
+from personal.training.plain import train
 
 import mlx.core as mx
 import mlx.optimizers as optim

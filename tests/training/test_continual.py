@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import warnings
 
-from personal.continual.ewc import EWCState
-from personal.continual.replay import ReplayBuffer
 from personal.errors import ConfigError, NoEligibleUnits, SeededNoiseWarning
 from personal.model.base import load_base
 from personal.model.batching import make_batch
@@ -21,6 +19,8 @@ from personal.training.continual import (
     distill_to_base_loss,
     distill_to_base_transform,
 )
+from personal.training.ewc import EWCState
+from personal.training.replay import ReplayBuffer
 
 import mlx.core as mx
 import numpy as np

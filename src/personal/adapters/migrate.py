@@ -31,7 +31,7 @@ from personal.model.batching import Batch
 from personal.model.distill import logit_kd_loss
 from personal.model.lora import lora_off
 from personal.model.seqkd import sequence_level_batches, teacher_generations
-from personal.model.train import train
+from personal.training.plain import train
 
 import mlx.core as mx
 import mlx.nn as nn

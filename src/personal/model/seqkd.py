@@ -15,7 +15,7 @@ from personal.errors import ConfigError
 from personal.model.batching import Batch, make_batch
 from personal.model.generate import generate
 from personal.model.tokenizer import PAD_ID, encode_interaction
-from personal.model.train import train
+from personal.training.plain import train
 
 import mlx.nn as nn
 import mlx.optimizers as optim

@@ -16,9 +16,9 @@ One step, reading top to bottom like :meth:`DPStep.__call__`:
 
 Two optional hooks see the released gradient between steps 5 and 6, both post-processing of
 the DP output (no privacy cost, no change to the analysis): ``on_release(grads)`` observes the
-noised, normalised gradient (e.g. :class:`personal.continual.FisherFromNoisedGradients`), then
+noised, normalised gradient (e.g. :class:`personal.training.ewc.FisherFromNoisedGradients`), then
 ``transform(grads, params)`` may return a modified gradient for the optimiser (e.g.
-:func:`personal.continual.ewc_gradient_transform` adds the EWC penalty's gradient). Both take
+:func:`personal.training.ewc.ewc_gradient_transform` adds the EWC penalty's gradient). Both take
 and give flat ``name -> array`` dicts of the trainable parameters.
 
 Steps 1-3 are one ``mx.compile`` graph; :func:`~personal.privacy.sampler.pack_units` pads rows

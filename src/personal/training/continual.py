@@ -22,7 +22,7 @@ Per round (:class:`ContinualState`, used by :class:`~personal.personalizer.Perso
   base as the teacher: the base is the same model with the adapter scaled to 0).
 * **Online EWC** (free): the gradient of (λ/2)·Σ F (θ - θ*)² around the previous active adapter
   θ* is added to the released gradient; F comes from public data, or from the round's noised
-  gradients with the noise's bias removed (:mod:`personal.continual.ewc`).
+  gradients with the noise's bias removed (:mod:`personal.training.ewc`).
 """
 
 from __future__ import annotations
@@ -30,22 +30,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from personal.continual.ewc import (
+from personal.errors import ConfigError
+from personal.model.distill import logit_kd_loss
+from personal.model.lora import get_adapter_weights, lora_off
+from personal.policy import Policy
+from personal.privacy.noise import RandomBytes
+from personal.store.log import InteractionLog
+from personal.store.settings import StoreSettings
+from personal.training.ewc import (
     EWCState,
     FisherFromNoisedGradients,
     ewc_gradient_transform,
     fisher_from_public,
     update_state,
 )
-from personal.continual.replay import ReplayBuffer
-from personal.errors import ConfigError
-from personal.model.distill import logit_kd_loss
-from personal.model.lora import get_adapter_weights, lora_off
-from personal.model.train import masked_ce_loss
-from personal.policy import Policy
-from personal.privacy.noise import RandomBytes
-from personal.store.log import InteractionLog
-from personal.store.settings import StoreSettings
+from personal.training.plain import masked_ce_loss
+from personal.training.replay import ReplayBuffer
 from personal.training.round import RoundPlan
 
 import mlx.core as mx

@@ -8,7 +8,15 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from personal.continual import (
+from personal.errors import AdapterMismatch, ConfigError, SeededNoiseWarning, TamperDetected
+from personal.model.batching import Batch
+from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora
+from personal.privacy.dpsgd import DPConfig, make_dp_step
+from personal.privacy.noise import GaussianNoise
+from personal.privacy.sampler import pack_units
+from personal.store import RawKey, Store
+from personal.training import ewc as ewc_module
+from personal.training.ewc import (
     EWCState,
     FisherFromNoisedGradients,
     add_penalty_grad,
@@ -18,14 +26,6 @@ from personal.continual import (
     penalty_grad,
     update_state,
 )
-from personal.continual import ewc as ewc_module
-from personal.errors import AdapterMismatch, ConfigError, SeededNoiseWarning, TamperDetected
-from personal.model.batching import Batch
-from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora
-from personal.privacy.dpsgd import DPConfig, make_dp_step
-from personal.privacy.noise import GaussianNoise
-from personal.privacy.sampler import pack_units
-from personal.store import RawKey, Store
 
 import mlx.core as mx
 import mlx.nn as nn

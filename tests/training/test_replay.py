@@ -9,11 +9,11 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from personal.continual import ReplayBuffer
-from personal.continual import replay as replay_module
 from personal.errors import ConfigError, SeededNoiseWarning, TamperDetected
 from personal.privacy.noise import RandomBytes
 from personal.store import RawKey, Store
+from personal.training import replay as replay_module
+from personal.training.replay import ReplayBuffer
 
 import pytest
 from hypothesis import given, settings

@@ -1,9 +1,10 @@
 """Plain (non-private) training loops: LoRA fine-tuning, teacher pre-training.
 
-DP training lives in :mod:`personal.privacy`; this module is for public data only (building the
-base models, distillation, the demo's non-private baseline). Loops are plain functions with
-injectable pieces (``loss=``, ``callback=``) in mlx-lm's style, with an explicit ``mx.eval`` at
-every step boundary.
+DP training is the round (:mod:`personal.training.runner`) over the DP step of
+:mod:`personal.privacy.dpsgd`; this module is for public data only (building the base models,
+distillation, the demo's non-private baseline). Loops are plain functions with injectable
+pieces (``loss=``, ``callback=``) in mlx-lm's style, with an explicit ``mx.eval`` at every step
+boundary.
 """
 
 from __future__ import annotations
