@@ -6,8 +6,8 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
+from personal.charts import format_number, histogram, line_chart
 from personal.privacy.audit.schema import TRAINING_PURPOSES, Audit
-from personal.report.svg import format_number, histogram, line_chart
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}

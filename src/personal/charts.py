@@ -1,10 +1,11 @@
 """Tiny dependency-free SVG charts for self-contained HTML reports (no matplotlib needed).
 
-Two shapes cover the audit: a histogram (bars over numeric bin edges) and a line chart (series
-over a numeric or time axis, with optional horizontal reference lines such as a privacy
-budget). Both draw labelled axes with "nice" ticks (1, 2 or 5 times a power of ten; dates on a
-time axis), rounded tick labels, and a legend below the plot area, never on the lines. Text is
-escaped; sizes are in pixels; every chart is a standalone ``<svg>`` element.
+Two shapes cover the audit's page (:mod:`personal.privacy.audit.page`): a histogram (bars over
+numeric bin edges) and a line chart (series over a numeric or time axis, with optional
+horizontal reference lines such as a privacy budget). Both draw labelled axes with "nice" ticks
+(1, 2 or 5 times a power of ten; dates on a time axis), rounded tick labels, and a legend below
+the plot area, never on the lines. Text is escaped; sizes are in pixels; every chart is a
+standalone ``<svg>`` element.
 """
 
 from __future__ import annotations

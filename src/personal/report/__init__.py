@@ -1,1 +1,0 @@
-"""Self-contained report building blocks (SVG charts) shared by the audit and the simulator."""
