@@ -39,7 +39,7 @@ from personal.errors import PersonalError
 from personal.store import memory as memory_index
 from personal.store.core import Store
 from personal.store.log import InteractionLog
-from personal.store.report import BadRow, VerifyReport, check_sealed_rows
+from personal.store.verify import BadRow, VerifyReport, check_sealed_rows
 
 SETTINGS_TABLE = "store_settings"
 EWC_TABLE = "ewc_state"

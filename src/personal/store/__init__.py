@@ -15,10 +15,12 @@ from __future__ import annotations
 from personal.store.core import Store
 from personal.store.crypto import Sealed
 from personal.store.db import Migrations
+from personal.store.erasure import EraseReport
 from personal.store.keys import KeyProvider, KeyringKey, Passphrase, RawKey, ScryptParams
 from personal.store.log import InteractionLog
 from personal.store.records import Interaction, Record
-from personal.store.report import BadRecord, EraseReport, LogStats, UnitSummary, VerifyReport
+from personal.store.stats import LogStats, UnitSummary
+from personal.store.verify import BadRecord, VerifyReport
 
 __all__ = [
     "BadRecord",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +21,33 @@ from personal.store import memory
 from personal.store.core import Store
 from personal.store.records import filters_sql, parse_time
 from personal.store.rekey import rekey, touched_epochs
-from personal.store.report import EraseReport
 from personal.store.rows import TABLE
 
 from sqlite_utils import Database
 
 if TYPE_CHECKING:
     from personal.store.log import InteractionLog
+
+
+@dataclass(frozen=True)
+class EraseReport:
+    """The outcome of an erasure.
+
+    Attributes:
+        records: Records deleted.
+        epochs_shredded: Key epochs whose data keys were destroyed.
+        purged: The WAL was checkpointed and truncated, so no erased byte is left in the
+            database files. ``False`` when another process's reader kept an old snapshot open;
+            the next erasure or checkpoint finishes the job.
+        kept_epochs: Key epochs the erasure touched but could not re-key, because one of their
+            surviving records fails to authenticate (run ``verify``): a copy of an erased row
+            sealed under them would still open if put back.
+    """
+
+    records: int
+    epochs_shredded: list[int]
+    purged: bool
+    kept_epochs: list[int] = field(default_factory=list)
 
 
 def erase(

@@ -14,7 +14,8 @@ One process may write while others read (WAL): the app appends, the trainer iter
 page through the table by id, so no read transaction stays open for long.
 
 :class:`InteractionLog` is the log's API; the table's schema and its sealed rows are in
-:mod:`personal.store.rows`, erasure in :mod:`personal.store.erasure`, the record format in
+:mod:`personal.store.rows`, erasure in :mod:`personal.store.erasure`, verification in
+:mod:`personal.store.verify`, statistics in :mod:`personal.store.stats`, the record format in
 :mod:`personal.store.records`.
 """
 
@@ -33,6 +34,7 @@ from personal.store import erasure, memory
 from personal.store.core import Store
 from personal.store.crypto import RowAad
 from personal.store.db import format_ts
+from personal.store.erasure import EraseReport
 from personal.store.keys import KeyProvider
 from personal.store.records import (
     Interaction,
@@ -45,8 +47,9 @@ from personal.store.records import (
     parse_time,
     prepare,
 )
-from personal.store.report import EraseReport, LogStats, UnitSummary, VerifyReport, verify_log
 from personal.store.rows import LOG_MIGRATIONS, PAGE, TABLE, SealedRows
+from personal.store.stats import LogStats, UnitSummary
+from personal.store.verify import VerifyReport, verify_log
 
 from sqlite_utils import Database
 

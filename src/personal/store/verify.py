@@ -1,51 +1,23 @@
-"""What the log reports back: erasure results, unit summaries, statistics, verification."""
+"""Verifying the log: every data key and every record opens, and SQLite's integrity check.
+
+:func:`verify_log` is :meth:`InteractionLog.verify <personal.store.log.InteractionLog.verify>`;
+:func:`check_sealed_rows` opens the sealed rows of the other tables (settings, EWC state, replay
+buffer) for :func:`personal.integrity.verify_store`. Both fill a :class:`VerifyReport`.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from personal.errors import StoreCorrupt, StoreError, TamperDetected
 from personal.store.crypto import Sealed
-from personal.store.db import format_ts, translate_errors
+from personal.store.db import translate_errors
 
 if TYPE_CHECKING:
     from personal.store.core import Store
     from personal.store.log import InteractionLog
-
-
-@dataclass(frozen=True)
-class EraseReport:
-    """The outcome of an erasure.
-
-    Attributes:
-        records: Records deleted.
-        epochs_shredded: Key epochs whose data keys were destroyed.
-        purged: The WAL was checkpointed and truncated, so no erased byte is left in the
-            database files. ``False`` when another process's reader kept an old snapshot open;
-            the next erasure or checkpoint finishes the job.
-        kept_epochs: Key epochs the erasure touched but could not re-key, because one of their
-            surviving records fails to authenticate (run ``verify``): a copy of an erased row
-            sealed under them would still open if put back.
-    """
-
-    records: int
-    epochs_shredded: list[int]
-    purged: bool
-    kept_epochs: list[int] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class UnitSummary:
-    """A privacy unit, from cleartext columns only."""
-
-    unit: str
-    records: int
-    first_ts: datetime
-    last_ts: datetime
 
 
 @dataclass(frozen=True)
@@ -172,82 +144,10 @@ def verify_log(log: InteractionLog, table: str) -> VerifyReport:
     return report
 
 
-@dataclass(frozen=True)
-class LogStats:
-    """Statistics of a store's log (cleartext metadata only: nothing is decrypted)."""
-
-    path: str
-    store_id: str
-    records: int
-    units: int
-    sources: dict[str, int]
-    first_ts: str | None
-    last_ts: str | None
-    key_kind: str
-    epochs: dict[str, int]
-    current_epoch: int | None
-    current_epoch_encryptions: int
-    max_encryptions: int
-    schema: dict[str, int]
-    db_bytes: int
-    wal_bytes: int
-
-    @classmethod
-    def collect(cls, log: InteractionLog, table: str) -> LogStats:
-        """Gather the statistics of ``log``."""
-        store, db = log.store, log.store.db
-        records, units, first, last = db.execute(
-            f"SELECT count(*), count(DISTINCT unit), min(ts), max(ts) FROM {table}"
-        ).fetchone()
-        sources = dict(db.execute(f"SELECT source, count(*) FROM {table} GROUP BY source"))
-        epochs = store.keys.epochs(table)
-        current = [e for e in epochs if e["state"] == "current"]
-        return cls(
-            path=str(store.path),
-            store_id=store.store_id,
-            records=records,
-            units=units,
-            sources=sources,
-            first_ts=first,
-            last_ts=last,
-            key_kind=store.keys.kek_kind(),
-            epochs=dict(Counter(e["state"] for e in epochs)),
-            current_epoch=current[0]["epoch"] if current else None,
-            current_epoch_encryptions=current[0]["encryptions"] if current else 0,
-            max_encryptions=store.keys.max_encryptions,
-            schema=store.schema_versions(),
-            **store.file_sizes(),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
-
-    def lines(self) -> list[str]:
-        """Human-readable lines for the CLI."""
-        span = f"{self.first_ts} .. {self.last_ts}" if self.records else "-"
-        sources = ", ".join(f"{k}: {v}" for k, v in sorted(self.sources.items())) or "-"
-        epochs = ", ".join(f"{k}: {v}" for k, v in sorted(self.epochs.items())) or "-"
-        return [
-            f"store        {self.path} (id {self.store_id})",
-            f"records      {self.records} in {self.units} units",
-            f"time span    {span}",
-            f"sources      {sources}",
-            f"key          {self.key_kind}; key epochs {epochs}",
-            f"current key  epoch {self.current_epoch}, "
-            f"{self.current_epoch_encryptions}/{self.max_encryptions} encryptions",
-            f"schema       {', '.join(f'{k} v{v}' for k, v in sorted(self.schema.items()))}",
-            f"files        {self.db_bytes} bytes (+ {self.wal_bytes} WAL)",
-        ]
-
-
 __all__ = [
     "BadRecord",
     "BadRow",
-    "EraseReport",
-    "LogStats",
-    "UnitSummary",
     "VerifyReport",
     "check_sealed_rows",
-    "format_ts",
+    "verify_log",
 ]
