@@ -15,8 +15,7 @@ from __future__ import annotations
 from personal.adapters.artifact import FORMAT_VERSION, Manifest, read_artifact
 from personal.adapters.live import check_base
 from personal.adapters.pointer import Pointer
-from personal.adapters.registry import AdapterRegistry
-from personal.adapters.reports import RegistryReport, VersionInfo
+from personal.adapters.registry import AdapterRegistry, RegistryReport, VersionInfo
 
 __all__ = [
     "FORMAT_VERSION",
