@@ -5,7 +5,7 @@ Reference configuration (``reference_config.py``, shared with ``lora_step.py``):
 scale 20 on all seven linear layers of every block; Adam.
 
 * ``nondp_step_s``: a compiled step of one batched gradient and Adam (what
-  :func:`personal.training.plain.make_train_step` does) on the same arrays and loss as the DP step.
+  :func:`personal.model.fit.make_train_step` does) on the same arrays and loss as the DP step.
 * ``dp_step_s``: :func:`personal.privacy.dpsgd.make_dp_step` on 16 one-example units:
   per-example gradients in one batched backward pass (an expanded adapter,
   :mod:`personal.model.per_example`), per-unit clipping, CSPRNG noise with snapping, division
@@ -177,7 +177,7 @@ def make_plain_step(
     model: nn.Module, optimizer: optim.Optimizer, loss: Callable[..., mx.array]
 ) -> Callable[..., mx.array]:
     """A compiled non-DP step: the mean of the per-row ``loss``, one gradient, the optimiser
-    (what :func:`personal.training.plain.make_train_step` does, on the DP step's arrays)."""
+    (what :func:`personal.model.fit.make_train_step` does, on the DP step's arrays)."""
 
     def mean_loss(model: nn.Module, *arrays: mx.array) -> mx.array:
         return loss(model, *arrays).mean()

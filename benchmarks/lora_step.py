@@ -17,9 +17,9 @@ import time
 
 import personal  # noqa: F401  (must precede mlx: loads the fast BLAS)
 from personal.model.batching import Batch
+from personal.model.fit import make_train_step
 from personal.model.lora import trainable_parameter_count
 from personal.runtime import blas_status, peak_memory_bytes, reset_peak_memory
-from personal.training.plain import make_train_step
 
 import mlx.core as mx
 import mlx.optimizers as optim

@@ -31,8 +31,8 @@ import personal  # noqa: F401  (fast BLAS before mlx)
 from personal.model.base import load_base, save_base
 from personal.model.batching import Batch, make_batch
 from personal.model.evaluate import evaluate
+from personal.model.fit import train
 from personal.model.tokenizer import encode_interaction, train_bpe_tokenizer
-from personal.training.plain import train
 
 import mlx.core as mx
 import mlx.nn as nn

@@ -149,7 +149,7 @@ def test_a_template_whose_prompt_does_not_start_the_exchange_is_a_named_error(tm
 
 def test_a_chatml_base_learns_to_stop_on_its_end_of_turn(chatml: Path, tmp_path) -> None:
     """Trained on one exchange in its own format, a tiny ChatML model answers it and stops."""
-    from personal.training.plain import train
+    from personal.model.fit import train
 
     import mlx.core as mx
     import mlx.optimizers as optim

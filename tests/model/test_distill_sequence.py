@@ -5,6 +5,7 @@ from __future__ import annotations
 from personal.errors import ConfigError
 from personal.model.base import load_base
 from personal.model.batching import make_batch
+from personal.model.fit import train
 from personal.model.generate import generate
 from personal.model.seqkd import (
     sequence_level_batches,
@@ -12,7 +13,6 @@ from personal.model.seqkd import (
     teacher_generations,
 )
 from personal.model.tokenizer import encode_interaction, train_bpe_tokenizer
-from personal.training.plain import train
 
 import mlx.core as mx
 import mlx.optimizers as optim

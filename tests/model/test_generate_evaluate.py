@@ -7,9 +7,9 @@ import math
 from personal.model.base import load_base
 from personal.model.batching import make_batch
 from personal.model.evaluate import evaluate, per_example_loss, token_losses
+from personal.model.fit import train
 from personal.model.generate import generate
 from personal.model.tokenizer import encode_interaction
-from personal.training.plain import train
 
 import mlx.core as mx
 import mlx.optimizers as optim

@@ -9,6 +9,7 @@ import warnings
 from personal.errors import ConfigError, SeededNoiseWarning
 from personal.model.batching import Batch
 from personal.model.fastmath import cross_entropy
+from personal.model.fit import masked_ce_loss
 from personal.model.lora import LoRAConfig, inject_lora
 from personal.privacy.dpsgd import (
     CLIP_SAFETY,
@@ -20,7 +21,6 @@ from personal.privacy.dpsgd import (
 )
 from personal.privacy.noise import GaussianNoise
 from personal.privacy.sampler import UnitBatch, pack_token_units
-from personal.training.plain import masked_ce_loss
 
 import mlx.core as mx
 import mlx.nn as nn

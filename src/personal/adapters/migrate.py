@@ -29,9 +29,9 @@ from typing import Any
 from personal.model.base import BaseModel
 from personal.model.batching import Batch
 from personal.model.distill import logit_kd_loss
+from personal.model.fit import train
 from personal.model.lora import lora_off
 from personal.model.seqkd import sequence_level_batches, teacher_generations
-from personal.training.plain import train
 
 import mlx.core as mx
 import mlx.nn as nn

@@ -4,7 +4,7 @@ Three places spend most of a CPU training step in MLX's slow element-wise ``exp`
 over the vocabulary in the loss, the attention softmax and SiLU in every block. Here:
 
 * :func:`cross_entropy`: ``logsumexp(logits) − logits[target]``, the loss every training path
-  uses (:mod:`personal.training.plain`, :mod:`personal.privacy.dpsgd`), with the kernels'
+  uses (:mod:`personal.model.fit`, :mod:`personal.privacy.dpsgd`), with the kernels'
   ``logsumexp`` (its gradient is their ``softmax``).
 * :func:`accelerate`: points an mlx-lm model's attention and SwiGLU at :func:`attention` and
   :func:`swiglu`, which compute the same functions with the kernels' ``softmax`` and ``sigmoid``.

@@ -13,9 +13,9 @@ from typing import Any
 
 from personal.errors import ConfigError
 from personal.model.batching import Batch, make_batch
+from personal.model.fit import train
 from personal.model.generate import generate
 from personal.model.tokenizer import PAD_ID, encode_interaction
-from personal.training.plain import train
 
 import mlx.nn as nn
 import mlx.optimizers as optim

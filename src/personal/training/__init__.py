@@ -10,9 +10,9 @@
 * base updates: :mod:`~personal.training.migration`;
 * the empirical audit: :mod:`~personal.training.canary_audit`,
   :mod:`~personal.training.gradient_canary`;
-* non-private training on public data only: :mod:`~personal.training.plain` (plain loops and
-  the masked cross-entropy loss), :mod:`~personal.training.population` (the population
-  adapter).
+* non-private training on public data only: :mod:`~personal.training.population` (the
+  population adapter). The plain fitting loop it and distillation share is model maths below
+  this layer: :mod:`personal.model.fit`.
 
 The DP step itself (clipping and noise) is :mod:`personal.privacy.dpsgd`.
 """

@@ -32,6 +32,7 @@ from typing import Any
 
 from personal.errors import ConfigError
 from personal.model.distill import logit_kd_loss
+from personal.model.fit import masked_ce_loss
 from personal.model.lora import get_adapter_weights, lora_off
 from personal.policy import Policy
 from personal.privacy.noise import RandomBytes
@@ -44,7 +45,6 @@ from personal.training.ewc import (
     fisher_from_public,
     update_state,
 )
-from personal.training.plain import masked_ce_loss
 from personal.training.replay import ReplayBuffer
 from personal.training.round import RoundPlan
 

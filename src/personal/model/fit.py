@@ -1,4 +1,7 @@
-"""Plain (non-private) training loops: LoRA fine-tuning, teacher pre-training.
+"""Plain (non-private) fitting loops: LoRA fine-tuning, teacher pre-training, distillation.
+
+In ``personal.model`` (not ``personal.training``) because distillation in ``model/`` and
+``adapters/`` uses it, and layers only import the layers below them (README, Architecture).
 
 DP training is the round (:mod:`personal.training.runner`) over the DP step of
 :mod:`personal.privacy.dpsgd`; this module is for public data only (building the base models,
