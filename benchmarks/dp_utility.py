@@ -41,7 +41,7 @@ import personal  # noqa: F401  (before mlx: the fast BLAS)
 import numpy as np
 
 from personal_sim.runner import SimConfig, simulate
-from personal_sim.scenario import ABLATION_ARMS, CANDIDATE_ARMS, MEMORY_ARMS
+from personal_sim.scenario import ABLATION_ARMS, CANDIDATE_ARMS, MEMORY_ARMS, MEMORY_CONTEXT_ARMS
 from personal_sim.summary import arm_user_summary
 
 #: Users logging at most this many interactions a day on average are "light" (the issue's).
@@ -50,7 +50,7 @@ LIGHT_RATE = 10.0
 ARM_NAMES = {
     "nondp": "non-dp",
     "dp": "dp",
-    **{a: a for a in (*ABLATION_ARMS, *CANDIDATE_ARMS, *MEMORY_ARMS)},
+    **{a: a for a in (*ABLATION_ARMS, *CANDIDATE_ARMS, *MEMORY_ARMS, *MEMORY_CONTEXT_ARMS)},
 }
 QUICK = {"users": 4, "days": 6, "held_out": 16, "arms": ("nondp", "dp")}  # >= 1 round
 

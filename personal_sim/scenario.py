@@ -209,6 +209,8 @@ DEFAULT_ARMS = ("dp",)
 COMPARE_ARMS = ("dp", "non-dp", "no-replay-ewc", "drop", "memory", "dp+memory")
 #: The arms served with personal memory (issue 18's goals compare them with dp and non-dp).
 MEMORY_ARMS = ("memory", "dp+memory")
+#: The same arms with memory as earlier chat turns instead of a token cache (the road not taken).
+MEMORY_CONTEXT_ARMS = ("memory-context", "dp+memory-context")
 ABLATION_ARMS = (
     "dp-min16",
     "dp-sigma2.8",

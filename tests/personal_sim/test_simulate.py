@@ -230,10 +230,15 @@ def test_invalid_configurations_are_refused():
         SimConfig(update_day=0)
     with pytest.raises(ConfigError, match="backend"):
         simulate(SimConfig(), backend="spark")
-    from personal_sim.scenario import ABLATION_ARMS, CANDIDATE_ARMS, COMPARE_ARMS
+    from personal_sim.scenario import (
+        ABLATION_ARMS,
+        CANDIDATE_ARMS,
+        COMPARE_ARMS,
+        MEMORY_CONTEXT_ARMS,
+    )
 
     assert set(COMPARE_ARMS) == {"dp", "non-dp", "no-replay-ewc", "drop", "memory", "dp+memory"}
-    assert set(ARMS) == {*COMPARE_ARMS, *ABLATION_ARMS, *CANDIDATE_ARMS}
+    assert set(ARMS) == {*COMPARE_ARMS, *ABLATION_ARMS, *CANDIDATE_ARMS, *MEMORY_CONTEXT_ARMS}
 
 
 def test_ray_missing_gives_an_install_hint(monkeypatch):
