@@ -32,10 +32,34 @@ def opened(tmp_path, tiny_model_factory):
         yield p
 
 
-def test_memory_is_off_by_default_and_keeps_no_index(opened: Personalizer) -> None:
+def test_memory_is_on_by_default_and_indexes_at_the_first_generation(opened: Personalizer) -> None:
+    assert opened.memory_default is None and opened.memory_on
+    assert not mi.enabled(opened.store.db)  # opening builds nothing
     reply = opened.generate("call mom", max_tokens=4)
-    assert reply.memory_ids == () and reply.to_dict()["memory_ids"] == []
-    assert opened.memory_default == 0 and not mi.enabled(opened.store.db)
+    assert reply.memory_ids == (1,) and reply.to_dict()["memory_ids"] == [1]
+    assert mi.enabled(opened.store.db)
+
+
+def test_memory_off_keeps_no_index(tmp_path, tiny_model_factory) -> None:
+    policy = load_policy("research").with_overrides({"store.synchronous": "NORMAL"})
+    with Personalizer.open(
+        tmp_path / "s", tiny_model_factory(), policy, KEY, create=True, memory=False
+    ) as p:
+        p.log("call my mom", "Calling Maria.")
+        assert not p.memory_on and p.generate("call mom", max_tokens=4).memory_ids == ()
+        assert not mi.enabled(p.store.db)
+
+
+def test_by_default_a_base_without_a_separable_head_serves_without_memory(
+    opened: Personalizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import personal.personalizer as module
+
+    monkeypatch.setattr(module, "supports_token_cache", lambda model: False)
+    assert not opened.memory_on
+    assert opened.generate("call mom", max_tokens=2).memory_ids == ()
+    opened.memory_mode = "context"  # every base can take earlier turns
+    assert opened.memory_on
 
 
 def test_generate_with_memory_recalls_through_the_active_adapter(opened: Personalizer) -> None:

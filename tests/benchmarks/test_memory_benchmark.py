@@ -26,4 +26,5 @@ def test_a_small_run_prints_the_goals() -> None:
     for key in ("build_per_s", "latency_ratio", "index_bytes_ratio", "load_average_1m"):
         assert isinstance(result[key], float) and result[key] > 0, key
     assert set(result["goals_met"]) == {"build_per_s", "latency_ratio", "index_bytes_ratio"}
-    assert result["prompt_tokens_memory"] >= result["prompt_tokens_plain"]
+    assert result["prompt_tokens_context"] >= result["prompt_tokens_plain"]
+    assert result["latency_ratio_context"] > 0

@@ -94,8 +94,10 @@ def test_generate_with_memory_names_the_recalled_interactions(
     with Personalizer.open(path, tiny_model_factory(), policy, Passphrase(PASS), create=True) as p:
         p.log("call my mom", "Calling Maria.")
         p.log("play jazz", "Playing Coltrane.")
-    result = run("generate", path, "call mom", "--json", "--max-tokens", "3")
+    result = run("generate", path, "call mom", "--no-memory", "--json", "--max-tokens", "3")
     assert result.exit_code == 0 and json.loads(result.output)["memory_ids"] == []
+    result = run("generate", path, "call mom", "--json", "--max-tokens", "3")  # on by default
+    assert result.exit_code == 0 and json.loads(result.output)["memory_ids"] == [1]
     result = run("generate", path, "call mom", "--memory", "--json", "--max-tokens", "3")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["memory_ids"] == [1]

@@ -12,6 +12,7 @@ from personal.model.evaluate import evaluate
 from personal.model.generate import generate, greedy_replies
 from personal.model.token_cache import (
     CacheSettings,
+    ReplyRows,
     TokenCache,
     evaluate_with_caches,
     mixed_logprobs,
@@ -44,6 +45,68 @@ def test_a_cache_keeps_every_reply_position(base) -> None:
     norms = np.linalg.norm(np.array(cache.keys), axis=-1)
     assert np.allclose(norms, 1.0, atol=1e-5)
     assert TokenCache.build(base.model, base.tokenizer, []) is None
+
+
+def test_an_exchange_recalled_twice_runs_once_and_weighs_double(base) -> None:
+    a, b = EXCHANGES
+    deduped = TokenCache.build(base.model, base.tokenizer, [a, b, a, a])
+    one_a = TokenCache.build(base.model, base.tokenizer, [a])
+    one_b = TokenCache.build(base.model, base.tokenizer, [b])
+    assert deduped is not None and one_a is not None and one_b is not None
+    assert len(deduped) == len(one_a) + len(one_b)  # a's positions are cached once
+    assert deduped.sources == (a, b, a, a)
+    # The same distribution as every copy cached: a's rows weigh three times.
+    expanded = TokenCache(
+        mx.concatenate([one_a.keys, one_b.keys, one_a.keys, one_a.keys]),
+        mx.concatenate([one_a.values, one_b.values, one_a.values, one_a.values]),
+    )
+    hidden = mx.array(np.random.default_rng(0).normal(size=(3, one_a.keys.shape[1])), mx.float32)
+    vocab = base.model.args.vocab_size
+    for temperature in (1.0, 20.0):
+        got = np.array(deduped.probs(hidden, vocab, temperature))
+        want = np.array(expanded.probs(hidden, vocab, temperature))
+        assert np.allclose(got, want, atol=1e-5)
+    assert TokenCache.build(base.model, base.tokenizer, [a, b]).log_counts is None
+
+
+def _same_cache(a: TokenCache, b: TokenCache) -> bool:
+    return bool(
+        np.array_equal(np.array(a.values), np.array(b.values))
+        and np.allclose(np.array(a.keys), np.array(b.keys), atol=1e-5)
+    )
+
+
+def test_kept_rows_give_the_cache_built_from_scratch(base) -> None:
+    a, b = EXCHANGES
+    c = ("remind me at 7", "Reminder set for 7:00.")
+    rows = ReplyRows(capacity=2)
+    first = TokenCache.build(base.model, base.tokenizer, [a, b], rows=rows)
+    kept_a = rows._rows[a]
+    again = TokenCache.build(base.model, base.tokenizer, [c, a, a], rows=rows)
+    assert rows._rows[a] is kept_a  # a was not run through the model again
+    assert list(rows._rows) == [c, a]  # capacity 2: b, least recently used, was evicted
+    fresh = TokenCache.build(base.model, base.tokenizer, [c, a, a])
+    assert first is not None and again is not None and fresh is not None
+    assert _same_cache(again, fresh)
+    assert np.allclose(np.array(again.log_counts), np.array(fresh.log_counts))
+    assert _same_cache(first, TokenCache.build(base.model, base.tokenizer, [a, b]))
+
+
+def test_kept_rows_are_dropped_when_the_weights_change(base) -> None:
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    a = EXCHANGES[0]
+    model = load_base("base-v1").model  # its own copy: the weights are changed below
+    rows = ReplyRows()
+    before = TokenCache.build(model, base.tokenizer, [a], rows=rows)
+    name, weight = next((k, v) for k, v in tree_flatten(model.parameters()) if "norm" in k)
+    model.update(tree_unflatten([(name, weight * 3.0)]))  # a new array: another served model
+    after = TokenCache.build(model, base.tokenizer, [a], rows=rows)
+    fresh = TokenCache.build(model, base.tokenizer, [a])
+    assert before is not None and after is not None and fresh is not None
+    assert _same_cache(after, fresh) and not _same_cache(after, before)
+    rows.clear()
+    assert not rows._rows
 
 
 @settings(max_examples=25, deadline=None)
@@ -85,6 +148,10 @@ def test_the_mixture_is_normalised_and_weight_zero_is_the_model(weight: float, s
     alone = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
     if weight == 0.0:
         assert np.allclose(np.array(mixed), alone, atol=1e-6)
+    # exactly log((1 - λ) p_model + λ p_cache), with the cache's dense distribution
+    dense = np.array(cache.probs(hidden, 16, 20.0))
+    want = np.log((1 - weight) * np.exp(alone) + weight * dense)
+    assert np.allclose(np.array(mixed), want, atol=1e-5)
     # never below the model's own share of the mixture: log((1 - λ) p) <= log p_mixed
     assert np.all(np.array(mixed) >= alone + math.log1p(-weight) - 1e-5)
     assert np.array_equal(np.array(mixed_logprobs(logits, hidden, None)), alone)

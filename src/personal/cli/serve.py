@@ -26,9 +26,10 @@ import numpy as np
 )
 @click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option(
-    "--memory", is_flag=True,
+    "--memory/--no-memory", default=None,
     help="Recall the most relevant past interactions (personal memory; charges no ε, but the "
-    "reply may quote them). Builds the index on first use.",
+    "reply may quote them and is not a DP output) [default: on when the base supports it]. "
+    "Builds the index on first use.",
 )  # fmt: skip
 @click.option(
     "--recall", type=click.IntRange(min=1), default=None,
@@ -46,21 +47,21 @@ import numpy as np
     "--json", "as_json", is_flag=True, help="Print JSON: text, confidence, adapter, memory ids."
 )
 def generate_command(
-    store: Path, prompt: str, base: str | None, max_tokens: int, memory: bool,
+    store: Path, prompt: str, base: str | None, max_tokens: int, memory: bool | None,
     recall: int | None, memory_mode: Any, key_file: Path | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Answer PROMPT through STORE's active adapter (the bare base when none is active).
 
     --json adds the confidence signal (mean token log-probability, in (0, 1] as a probability)
-    an app uses to hand hard requests to a bigger model, and with --memory the ids of the past
-    interactions recalled."""
+    an app uses to hand hard requests to a bigger model, and the ids of the past interactions
+    personal memory recalled (on by default; --no-memory turns it off)."""
     from personal.cli.train import _store_base
     from personal.personalizer import Personalizer
 
     key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
     base = base or _store_base(store, key)
     with Personalizer.open(store, base, None, key) as personalizer:
-        wanted: bool | int = recall if recall is not None else memory
+        wanted: bool | int | None = recall if recall is not None else memory
         reply = personalizer.generate(
             prompt, memory=wanted, memory_mode=memory_mode, max_tokens=max_tokens
         )
