@@ -12,11 +12,14 @@ Everything in one run, printed as one JSON object (``--json``):
   rendered through SmolLM2's own chat template, one round a day for ``--days`` days, the OS
   update to ``smollm2-135m-instruct-v2`` (``make real-v2``) on ``--update-day``. Arms: ``dp``
   (the simulator's policy, migration by distillation), ``non-dp`` (no noise), ``drop`` (DP,
-  the adapter dropped at the update). Public data is the base's self-generated set (the
-  library's default for any base), so general drift is measured against SmolLM2's own answers
-  to generic prompts. Reported per arm: the held-out personal loss gain before the update and
-  at the end, the share of it kept through the migration, general drift, rounds run and
-  passed, the largest ε.
+  the adapter dropped at the update), ``memory`` (personal memory alone, no training) and
+  ``dp+memory`` (the DP adapter served with memory, the library's default). Public data is
+  the base's self-generated set (the library's default for any base), so general drift is
+  measured against SmolLM2's own answers to generic prompts. Reported per arm: the held-out
+  personal loss gain before the update and at the end, the share of it kept through the
+  migration, general drift, rounds run and passed, the largest ε, and the final slot accuracy
+  (the share of held-out slot requests whose greedy reply names the user's contact, place,
+  artist or time) against the bare base's.
 
     python benchmarks/real_model.py --json                 # about an hour on 2 cores
     python benchmarks/real_model.py --json --skip-quantized --users 2 --days 4
@@ -44,7 +47,7 @@ from personal_sim.scenario import SimConfig
 
 HERE = Path(__file__).resolve().parent
 MODEL = "smollm2-135m-instruct"
-ARMS = ("dp", "non-dp", "drop")
+ARMS = ("dp", "non-dp", "drop", "memory", "dp+memory")
 # Measured: the simulator's interactions under SmolLM2's chat template score 25 % of positions.
 CHAT_SCORED_SHARE = 0.25
 
@@ -81,14 +84,14 @@ def personalization(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         config = SimConfig(
             users=args.users, days=args.days, update_day=args.update_day, seed=args.seed,
-            arms=ARMS, held_out=args.held_out, public_eval=args.public_eval,
+            arms=tuple(args.arms), held_out=args.held_out, public_eval=args.public_eval,
             base=MODEL, update_base=f"{MODEL}-v2", public_data=self_generated_jsonl(Path(tmp)),
             min_rate=args.min_rate,
         )  # fmt: skip
         metrics = simulate(config, workers=args.workers)
     summary = metrics["summary"]
     arms = {}
-    for name in ARMS:
+    for name in args.arms:
         s = summary[name]
         arms[name] = {
             "pre_update_gain": s["pre_update_gain"],
@@ -99,6 +102,8 @@ def personalization(args: argparse.Namespace) -> dict[str, Any]:
             "passed": s["passed"],
             "epsilon_max": s["epsilon_max"],
             "gain_by_day": s["gain_by_day"],
+            "slot_accuracy": s.get("final_slot_accuracy"),
+            "bare_slot_accuracy": s.get("bare_slot_accuracy"),
         }
     return {
         "users": args.users,
@@ -108,7 +113,8 @@ def personalization(args: argparse.Namespace) -> dict[str, Any]:
         "policy_digest": metrics["config"]["policy_digest"],
         "arms": arms,
         "dp_share_of_nondp_gain": _ratio(arms["dp"]["pre_update_gain"],
-                                         arms["non-dp"]["pre_update_gain"]),
+                                         arms["non-dp"]["pre_update_gain"])
+                                  if {"dp", "non-dp"} <= arms.keys() else None,
         "seconds": metrics["runtime"]["seconds"],
     }  # fmt: skip
 
@@ -125,6 +131,7 @@ def main() -> None:
         "--min-rate", type=float, default=0.0,
         help="only users logging at least this many interactions a day (rounds need 64 units)",
     )  # fmt: skip
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--workers", type=int, default=1, help="simulator workers (RAM-bound)")
     parser.add_argument("--skip-steps", action="store_true")
     parser.add_argument("--skip-quantized", action="store_true", help="the 4-bit step: ~2 min")
