@@ -198,3 +198,25 @@ def test_a_model_without_a_separable_head_is_refused_with_the_way_out(base) -> N
     assert supports_token_cache(base.model) and not supports_token_cache(Opaque())
     with pytest.raises(ConfigError, match="memory_mode='context'"):
         TokenCache.build(Opaque(), base.tokenizer, EXCHANGES)
+
+
+@pytest.mark.parametrize("quantize", [False, True], ids=["float", "4bit"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3", "mixtral", "qwen3_moe"])
+def test_every_base_kind_builds_and_generates_with_a_cache(base, arch: str, quantize: bool) -> None:
+    """Dense, sliding-window, MoE, and their 4-bit forms: the head splits off, the cache's keys
+    are the model's own final hidden states, and generation mixes them in."""
+    from personal.model.fastmath import accelerate
+
+    from tiny_models import build_tiny_model
+
+    model, _ = build_tiny_model(arch, base.model.args.vocab_size, quantize=quantize)
+    accelerate(model)
+    assert supports_token_cache(model)
+    cache = TokenCache.build(model, base.tokenizer, EXCHANGES[:1])
+    assert cache is not None
+    ids, start = encode_interaction(base.tokenizer, *EXCHANGES[0])
+    hidden = model.model(mx.array(ids[:-1])[None])[0, start - 1 :]
+    want = np.array(hidden) / np.linalg.norm(np.array(hidden), axis=-1, keepdims=True)
+    assert np.allclose(np.array(cache.keys), want, atol=1e-4)
+    reply = generate(model, base.tokenizer, "call my mom", max_tokens=4, token_cache=cache)
+    assert len(reply.tokens) <= 4 and np.isfinite(reply.confidence)
