@@ -29,7 +29,7 @@ COLUMNS = ("arm", "held-out loss gain [95% CI]", "slot accuracy", "general drift
 BARE = "bare base"
 #: Row labels of the arms the demo runs (any other arm is shown by its name).
 LABELS = {"non-dp": "non-DP", "dp": "DP, distill at update", "drop": "DP, drop at update",
-          "memory": "memory, no training", "dp+memory": "DP + memory"}  # fmt: skip
+          "memory": "memory, no training", "dp+memory": "DP + memory (the default)"}  # fmt: skip
 
 
 def label(arm: str) -> str:
@@ -155,6 +155,15 @@ def conclusion(metrics: dict[str, Any]) -> str:
         both = summary.get("dp+memory")
         if both is not None:
             clause += f"; DP + memory {_relative(both['final_gain'])}"
+        parts.append(clause)
+    both = summary.get("dp+memory")
+    if memory is None and both is not None:
+        clause = (
+            "served with personal memory as by default, the DP adapter's held-out loss is "
+            f"{_relative(both['final_gain'])} the bare base's"
+        )
+        if both["final_slot_accuracy"] is not None:
+            clause += f" and slot accuracy {_points(both['final_slot_accuracy'])}"
         parts.append(clause)
     drift = max(s["final_general_drift"] for s in summary.values())
     parts.append(f"general drift at most {_pct(drift)}")

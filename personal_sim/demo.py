@@ -4,9 +4,11 @@
     python -m personal_sim.demo --quick    # 1 user x 2 days: the plumbing, in seconds
 
 The simulator (``personal simulate``'s code, :func:`personal.cli.simulate.run_simulation`) with
-the bundled ``default`` policy as shipped, on the same users under three arms: ``non-dp`` (no
-noise), ``dp`` (the policy; distillation at the OS update) and ``drop`` (the policy; the adapter
-dropped at the OS update). It prints one row for the bare base and one per arm: held-out loss
+the bundled ``default`` policy as shipped, on the same users under four arms: ``non-dp`` (no
+noise), ``dp`` (the policy; distillation at the OS update), ``dp+memory`` (the same DP adapter
+served with personal memory, as ``Personalizer.generate`` serves it by default: measured on the
+same store, no second training) and ``drop`` (the policy; the adapter dropped at the OS
+update). It prints one row for the bare base and one per arm: held-out loss
 gain over the bare base, slot accuracy (bare base and served model), general drift, ε spent,
 rounds run (passed), the gain just before and just after the OS update, then one conclusion
 line derived from those numbers (:mod:`personal_sim.contrast`). The full report goes to
@@ -20,7 +22,7 @@ Why the demo's defaults differ from ``personal simulate``'s (5 users of any usag
   so a light user (4-10 a day) trains once in 7-12 days: a week of light users shows no round
   at all, which says nothing about what a round is worth. Light users are measured in
   docs/dp-utility.md; the policy is not changed for the demo (what it measures is what ships).
-* **Three arms** on the same users (common random numbers): the contrast is the point.
+* **Four arms** on the same users (common random numbers): the contrast is the point.
 * **2 workers** (the 2-core machine the demo must fit in 5 minutes), ``runs/demo``.
 
 Every option can be changed (``--help``); ``--quick`` changes sizes only.
@@ -38,7 +40,7 @@ import click
 from personal_sim.contrast import contrast_table
 from personal_sim.population import HEAVY_RATE
 
-ARMS = ("non-dp", "dp", "drop")
+ARMS = ("non-dp", "dp", "dp+memory", "drop")
 DEFAULTS: dict[str, Any] = {
     "users": 4, "days": 7, "update_day": 4, "min_rate": HEAVY_RATE, "workers": 2,
     "held_out": 48, "public_eval": 64, "seed": 0, "out": "runs/demo",
@@ -77,7 +79,7 @@ def _option(name: str, kind: Any, help_: str) -> Any:
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def demo_command(quick: bool, no_progress: bool, **options: Any) -> None:
-    """Contrast the bare base, non-DP, DP, and migration vs drop at an OS update."""
+    """Contrast the bare base, non-DP, DP, DP + memory, and migration vs drop at an OS update."""
     if quick:  # sizes the command line does not set
         context = click.get_current_context()
         default = click.core.ParameterSource.DEFAULT

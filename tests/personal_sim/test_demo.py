@@ -71,8 +71,8 @@ def _arm(gain: float, slots: float, *, eps: float = 7.6, pre: float | None = 0.0
 
 
 def _metrics(**arms: dict[str, Any]) -> dict[str, Any]:
-    names = [a.replace("_", "-") for a in arms]
-    strategy = {"non-dp": "distill", "dp": "distill", "drop": "drop"}
+    names = [a.replace("_", "-").replace("-and-", "+") for a in arms]
+    strategy = {"non-dp": "distill", "dp": "distill", "dp+memory": "distill", "drop": "drop"}
     arm = {"days": [{"slot_requests": 10}]}
     users = [{"arms": {n: {**arm, "migration": {"strategy": strategy[n]}} for n in names}}] * 2
     return {
@@ -100,6 +100,12 @@ def test_the_conclusion_is_derived_from_the_numbers():
                                      "+2.1% → +0.7% (2/2 kept)"]  # fmt: skip
     assert rows[label("non-dp")][4] == "∞ (no noise)"
     assert rows[label("drop")][6] == "+2.1% → +0.0% (dropped)"
+
+    served = _metrics(dp=_arm(0.0119, 0.30), dp_and_memory=_arm(0.044, 0.62))
+    line = conclusion(served)
+    assert ("served with personal memory as by default, the DP adapter's held-out loss is 4.4% "
+            "below the bare base's and slot accuracy 62.0%") in line  # fmt: skip
+    assert label("dp+memory") in [r[0] for r in contrast_rows(served)]
 
     worse = _metrics(non_dp=_arm(-0.0004, 0.25), dp=_arm(-0.003, 0.20))
     line = conclusion(worse)
