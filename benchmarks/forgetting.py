@@ -180,7 +180,7 @@ def public_held_out(n: int) -> list[Interaction]:
 
 
 def batches(tokenizer: Any, items: Sequence[Interaction], size: int = 32) -> list[Batch]:
-    """Response-token batches (as :func:`personal.training.gates.public_batches` builds them)."""
+    """Response-token batches (as :func:`personal.public.public_batches` builds them)."""
     encoded = [encode_interaction(tokenizer, it.prompt, it.response) for it in items]
     return [
         make_batch([ids for ids, _ in encoded[i : i + size]], [s for _, s in encoded[i : i + size]])

@@ -37,8 +37,8 @@ from personal.model.base import BaseModel, load_base
 from personal.model.evaluate import evaluate
 from personal.model.lora import inject_lora, lora_off
 from personal.policy import load_policy
-from personal.public import PublicExample
-from personal.training.gates import general_loss, public_batches
+from personal.public import PublicExample, public_batches
+from personal.training.gates import general_loss
 from personal.training.population import train_population_adapter
 
 from personal_sim.population import PUBLIC_SEED, User

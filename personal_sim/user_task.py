@@ -36,8 +36,9 @@ from personal.model.tokenizer import encode_interaction
 from personal.personalizer import Personalizer
 from personal.policy import Policy
 from personal.privacy.noise import GaussianNoise
+from personal.public import public_batches
 from personal.store import RawKey
-from personal.training.gates import general_loss, public_batches
+from personal.training.gates import general_loss
 
 from personal_sim.population import User
 from personal_sim.public_corpus import Interaction, stream_seed

@@ -7,9 +7,14 @@ import os
 
 from personal.model.base import load_base
 from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora, set_adapter_weights
-from personal.public import MAX_TOKENS, PublicExample, SelfGenerated, generic_prompts
+from personal.public import (
+    MAX_TOKENS,
+    PublicExample,
+    SelfGenerated,
+    generic_prompts,
+    public_batches,
+)
 from personal.public.selfgen import PROMPTS_FILE
-from personal.training.gates import public_batches
 
 import mlx.core as mx
 import pytest

@@ -73,8 +73,7 @@ def build(teacher_name: str = "smollm2-135m-instruct", *, force: bool = False) -
     """Build the v2 of ``teacher_name`` into the cache (atomically) and return its directory."""
     from personal.model.base import load_base
     from personal.model.prune import build_pruned_student
-    from personal.public import SelfGenerated
-    from personal.training.gates import public_batches
+    from personal.public import SelfGenerated, public_batches
 
     out = v2_dir(teacher_name)
     if (out / "config.json").is_file() and not force:

@@ -18,6 +18,8 @@ rule is part of its lifetime contract (:attr:`Contract.filter
   for full-batch rounds (q = 1); looser when q ≪ 1 (no amplification by sampling).
 
 The theorem behind each, its proof and its conditions: docs/privacy-accounting.md, section 4.
+:func:`validation_noise_multiplier` is the σ a policy sets for the gates' held-out gain metric
+(one Gaussian release, q = 1; calibrated under the policy's rule when it names an ε).
 Everything here is stateless; the pure maths lives in :mod:`~personal.privacy.rdp` and
 :mod:`~personal.privacy.gdp`.
 """
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Protocol
+from typing import Any, Protocol
 
 from personal.errors import PrivacyParameterError, UnreachablePrivacyTarget
 from personal.privacy.gdp import gaussian_epsilon, mu_budget
@@ -215,3 +217,17 @@ def rule_of(name: str | FilterRule) -> FilterRule:
     if rule is None:
         raise PrivacyParameterError(f"the filter must be one of {FILTERS}; got {name!r}.")
     return rule
+
+
+def validation_noise_multiplier(policy: Any) -> float:
+    """σ of the gates' held-out gain metric under ``policy`` (``gates.validation_noise_multiplier``,
+    or calibrated from ``gates.validation_epsilon`` under the policy's filter rule: one
+    Gaussian release, q = 1)."""
+    gates, privacy = policy.gates, policy.privacy
+    if gates.validation_epsilon is None:
+        return float(gates.validation_noise_multiplier or 10.0)
+    return float(
+        rule_of(privacy.filter).calibrate(
+            target_epsilon=gates.validation_epsilon, delta=privacy.delta, sample_rate=1.0, steps=1
+        )
+    )

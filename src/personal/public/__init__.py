@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from personal.public.batches import public_batches
 from personal.public.data import (
     GATE_EVERY,
     PublicData,
@@ -28,6 +29,7 @@ __all__ = [
     "SelfGenerated",
     "generic_prompts",
     "parse_jsonl_line",
+    "public_batches",
     "public_source",
 ]
 

@@ -22,12 +22,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from personal.model.batching import Batch, make_batch
-from personal.model.chat import chat_format
+from personal.model.batching import make_batch
 from personal.model.evaluate import evaluate, per_example_loss
 from personal.model.tokenizer import encode_interaction
 from personal.privacy.noise import GaussianNoise, RandomBytes
-from personal.public.data import PublicExample
 from personal.store.log import InteractionLog
 
 import mlx.core as mx
@@ -80,26 +78,6 @@ def split_held_out(
     held = [u for u, c in zip(candidates, coins, strict=True) if c][:MAX_HELD_OUT]
     chosen = set(held)
     return [u for u in candidates if u not in chosen], held
-
-
-def public_batches(
-    tokenizer: Any, examples: Sequence[PublicExample], batch_size: int = 32
-) -> list[Batch]:
-    """Response-scored batches of public examples, in the base's chat format.
-
-    Used for the general-loss gate (a :class:`~personal.public.PublicData`'s ``gate`` split)
-    and for public replay, distillation to the base and the public Fisher (its ``train``
-    split). A reply cut at a length limit is scored without an end-of-turn token.
-    """
-    fmt = chat_format(tokenizer)
-    encoded = [fmt.encode(e.prompt, e.response, complete=e.complete) for e in examples]
-    return [
-        make_batch(
-            [ids for ids, _ in encoded[i : i + batch_size]],
-            [s for _, s in encoded[i : i + batch_size]],
-        )
-        for i in range(0, len(encoded), batch_size)
-    ]
 
 
 def general_loss(model: nn.Module, batches: Iterable[Any]) -> float:
@@ -187,20 +165,4 @@ def decide(
         reasons.append(f"personal gain {personal_gain:+.3f} (DP) below {min_gain:+.3f}")
     return GateResult(
         passed, general_before, general_after, regression, personal_gain, held_out, reasons
-    )
-
-
-def validation_noise_multiplier(policy: Any) -> float:
-    """σ of the held-out gain metric under ``policy`` (``gates.validation_noise_multiplier``,
-    or calibrated from ``gates.validation_epsilon`` under the policy's filter rule: one
-    Gaussian release, q = 1)."""
-    from personal.privacy.rules import rule_of
-
-    gates, privacy = policy.gates, policy.privacy
-    if gates.validation_epsilon is None:
-        return float(gates.validation_noise_multiplier or 10.0)
-    return float(
-        rule_of(privacy.filter).calibrate(
-            target_epsilon=gates.validation_epsilon, delta=privacy.delta, sample_rate=1.0, steps=1
-        )
     )

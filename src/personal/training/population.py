@@ -25,9 +25,8 @@ from personal.model.batching import Batch, make_batch
 from personal.model.fit import masked_ce_loss
 from personal.model.lora import fresh_adapter_weights, get_adapter_weights, set_adapter_weights
 from personal.model.tokenizer import encode_interaction
-from personal.public import PublicExample
+from personal.public import PublicExample, public_batches
 from personal.training.continual import distill_to_base_loss
-from personal.training.gates import public_batches
 
 import mlx.core as mx
 import mlx.nn as nn

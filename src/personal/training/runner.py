@@ -38,8 +38,8 @@ from personal.model.lora import get_adapter_weights, lora_off, set_adapter_weigh
 from personal.policy import Policy
 from personal.privacy.ledger import Ledger
 from personal.privacy.noise import GaussianNoise, RandomBytes
-from personal.privacy.rules import rule_of
-from personal.public import PublicData, PublicSource
+from personal.privacy.rules import rule_of, validation_noise_multiplier
+from personal.public import PublicData, PublicSource, public_batches
 from personal.store.log import InteractionLog
 from personal.store.settings import StoreSettings
 from personal.training.charged import charges_on_disk_full
@@ -48,9 +48,7 @@ from personal.training.gates import (
     GateResult,
     decide,
     general_loss,
-    public_batches,
     split_held_out,
-    validation_noise_multiplier,
 )
 from personal.training.lock import round_lock
 from personal.training.migration import check_store_base

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from personal.privacy.audit.schema import AuditRound, Check
+from personal.privacy.rules import validation_noise_multiplier
 
 VALIDATION_CLIP_NORM = 1.0  # the held-out gain metric's own sensitivity (clip of each loss gap)
 
@@ -30,8 +31,6 @@ class RoundRules:
 
 def rules_of(policy: Any) -> RoundRules:
     """The per-purpose rules a policy sets (training C and σ, validation σ, lifetime ε)."""
-    from personal.training.gates import validation_noise_multiplier
-
     return RoundRules(
         clip_norm=float(policy.privacy.clip_norm),
         noise_multiplier=policy.privacy.noise_multiplier,
