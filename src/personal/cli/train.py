@@ -231,7 +231,7 @@ def audit_command(
                           [], {}, [], False, [str(exc)], filter=fallback.filter,
                           contract_source="policy (the ledger cannot be read)")  # fmt: skip
     if canaries:
-        from personal.training.canary_audit import run_canary_audit
+        from personal.canary_audit import run_canary_audit
 
         result = run_canary_audit(store, key, base, policy, canaries=canaries)
         audit.canary_audit = result.to_dict()  # part of the verdict (Audit.ok)

@@ -8,8 +8,8 @@
   :mod:`~personal.training.ewc` (online EWC);
 * the gates: :mod:`~personal.training.gates`, :mod:`~personal.training.validation`;
 * base updates: :mod:`~personal.training.migration`;
-* the empirical audit: :mod:`~personal.training.canary_audit`,
-  :mod:`~personal.training.gradient_canary`;
+* the empirical audit's gradient canaries: :mod:`~personal.training.gradient_canary` (the
+  audit itself opens a copy of the store through the facade: :mod:`personal.canary_audit`);
 * non-private training on public data only: :mod:`~personal.training.population` (the
   population adapter). The plain fitting loop it and distillation share is model maths below
   this layer: :mod:`personal.model.fit`.

@@ -215,7 +215,7 @@ def run_round(
         noise: the noise source; ``None`` is the CSPRNG (a seeded one is for tests only).
         sampler_seed: ``None`` for CSPRNG coins; an integer for tests only.
         progress: called with ``(step, report)`` after each step.
-        canaries: audit only (:mod:`personal.training.canary_audit`): units whose gradient is
+        canaries: audit only (:mod:`personal.canary_audit`): units whose gradient is
             replaced by a gradient canary.
         candidates: the units the round may draw from (default: every unit in the log).
         hooks: ``hooks(num_eligible)`` returns ``on_release`` / ``transform`` for the DP step

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import warnings
 
+from personal.canary_audit import run_canary_audit
 from personal.errors import SeededNoiseWarning
 from personal.policy import load_policy
 from personal.privacy.noise import GaussianNoise
 from personal.store import InteractionLog, RawKey
-from personal.training.canary_audit import run_canary_audit
 
 import numpy as np
 import pytest
