@@ -13,12 +13,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from personal.cli.common import store_argument
+
 import click
 
 if TYPE_CHECKING:  # personal.adapters imports mlx: only when a command runs
     from personal.adapters import AdapterRegistry, Manifest
 
-_store_arg = click.argument("store", type=click.Path(file_okay=False, path_type=Path))
 _json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 _base_opt = click.option(
     "--base",
@@ -54,7 +55,7 @@ def adapters_group() -> None:
 
 
 @adapters_group.command("list")
-@_store_arg
+@store_argument
 @_json_flag
 def list_command(store: Path, as_json: bool) -> None:
     """List every version of STORE's adapters, oldest first (* marks the active one)."""
@@ -77,7 +78,7 @@ def list_command(store: Path, as_json: bool) -> None:
 
 
 @adapters_group.command("activate")
-@_store_arg
+@store_argument
 @click.argument("version", type=click.IntRange(min=1))
 @_base_opt
 def activate_command(store: Path, version: int, base: str | None) -> None:
@@ -87,7 +88,7 @@ def activate_command(store: Path, version: int, base: str | None) -> None:
 
 
 @adapters_group.command("rollback")
-@_store_arg
+@store_argument
 @click.option("--to", "to", type=click.IntRange(min=1), help="Roll back to this version.")
 @_base_opt
 def rollback_command(store: Path, to: int | None, base: str | None) -> None:
@@ -97,7 +98,7 @@ def rollback_command(store: Path, to: int | None, base: str | None) -> None:
 
 
 @adapters_group.command("deactivate")
-@_store_arg
+@store_argument
 def deactivate_command(store: Path) -> None:
     """Serve no adapter (the base alone) from now on; the next train starts a fresh adapter
     (after a change of training.lora, say). `personal adapters rollback STORE` undoes it."""
@@ -111,7 +112,7 @@ def deactivate_command(store: Path) -> None:
 
 
 @adapters_group.command("verify")
-@_store_arg
+@store_argument
 @_json_flag
 def verify_command(store: Path, as_json: bool) -> None:
     """Check every version's SHA-256 and manifest and the active pointer; exit 1 on damage."""
@@ -129,7 +130,7 @@ def verify_command(store: Path, as_json: bool) -> None:
 
 
 @adapters_group.command("prune")
-@_store_arg
+@store_argument
 @click.option("--keep", type=click.IntRange(min=1), required=True, help="Newest versions to keep.")
 @_json_flag
 def prune_command(store: Path, keep: int, as_json: bool) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from personal.cli.store import _key_file, _open, _store_arg
+from personal.cli.common import key_file_option, open_log, store_argument
 
 import click
 
@@ -21,14 +21,14 @@ def memory_group() -> None:
 
 
 @memory_group.command("rebuild")
-@_store_arg
-@_key_file
+@store_argument
+@key_file_option
 def rebuild_command(store: Path, key_file: Path | None) -> None:
     """Rebuild STORE's memory index from its records (creates it if the store keeps none).
     One transaction: a crash leaves the old index. Records are never written."""
     from personal.store import memory
 
-    with _open(store, key_file) as log:
+    with open_log(store, key_file) as log:
         report = memory.rebuild(log)
     click.echo(f"rebuilt the memory index of {store}: {report.entries} entries")
     if report.skipped:
@@ -40,15 +40,15 @@ def rebuild_command(store: Path, key_file: Path | None) -> None:
 
 
 @memory_group.command("stats")
-@_store_arg
-@_key_file
+@store_argument
+@key_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats_command(store: Path, key_file: Path | None, as_json: bool) -> None:
     """Show what STORE's memory index holds: entries, terms and its size against the log's
     (decrypts the index; nothing is written)."""
     from personal.memory import Memory
 
-    with _open(store, key_file) as log:
+    with open_log(store, key_file) as log:
         stats = Memory(log).stats()
     if as_json:
         click.echo(json.dumps(stats.to_json(), indent=2))
@@ -66,14 +66,14 @@ def stats_command(store: Path, key_file: Path | None, as_json: bool) -> None:
 
 
 @memory_group.command("drop")
-@_store_arg
-@_key_file
+@store_argument
+@key_file_option
 def drop_command(store: Path, key_file: Path | None) -> None:
     """Delete STORE's memory index (secure delete; the records stay). `generate --memory` or
     `memory rebuild` builds it again."""
     from personal.store import memory
 
-    with _open(store, key_file) as log:
+    with open_log(store, key_file) as log:
         dropped = memory.drop(log)
     click.echo(f"dropped the memory index of {store} ({dropped} entries)")
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from personal.cli.store import ENV_KEY, _key_file, _passphrase, _store_arg
+from personal.cli.common import ENV_KEY, key_file_option, passphrase, store_argument, store_base
 from personal.errors import AdapterError
 
 import click
@@ -19,7 +19,7 @@ import numpy as np
 
 
 @click.command("generate")
-@_store_arg
+@store_argument
 @click.argument("prompt")
 @click.option(
     "--base", default=None, help="Base model (name or directory) [default: the store's base]."
@@ -42,7 +42,7 @@ import numpy as np
     help="cache: the recalled replies as a token cache mixed into every next-token "
     "distribution; context: as earlier chat turns in the prompt (docs/memory.md).",
 )  # fmt: skip
-@_key_file
+@key_file_option
 @click.option(
     "--json", "as_json", is_flag=True, help="Print JSON: text, confidence, adapter, memory ids."
 )
@@ -55,11 +55,10 @@ def generate_command(
     --json adds the confidence signal (mean token log-probability, in (0, 1] as a probability)
     an app uses to hand hard requests to a bigger model, and the ids of the past interactions
     personal memory recalled (on by default; --no-memory turns it off)."""
-    from personal.cli.train import _store_base
     from personal.personalizer import Personalizer
 
-    key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
-    base = base or _store_base(store, key)
+    key = passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
+    base = base or store_base(store, key)
     with Personalizer.open(store, base, None, key) as personalizer:
         wanted: bool | int | None = recall if recall is not None else memory
         reply = personalizer.generate(
@@ -154,7 +153,7 @@ def export_peft(weights: dict[str, Any], manifest: Any, out: Path) -> list[str]:
 
 
 @click.command("export")
-@_store_arg
+@store_argument
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--format", "fmt", type=click.Choice(["mlx-lm", "peft"]), default="mlx-lm",

@@ -9,57 +9,28 @@ prompt. Errors the library raises on purpose print ``error: ...`` and exit with 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from personal.cli.common import (
+    ENV_KEY,
+    ENV_NEW_KEY,
+    key_file_option,
+    open_log,
+    passphrase,
+    store_argument,
+)
 from personal.errors import InvalidInteraction, StoreError
-from personal.store import Interaction, InteractionLog, Passphrase
+from personal.store import Interaction, InteractionLog
 from personal.store.db import format_ts
 from personal.store.records import UnitBy, check_unit, parse_time, prepare
 
 import click
 
-ENV_KEY = "PERSONAL_PASSPHRASE"
-ENV_NEW_KEY = "PERSONAL_NEW_PASSPHRASE"
 _IMPORT_FIELDS = {"unit", "prompt", "response", "ts", "feedback", "source", "metadata", "id"}
-
-_store_arg = click.argument("store", type=click.Path(file_okay=False, path_type=Path))
-_key_file = click.option(
-    "--key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help=f"File holding the passphrase (default: ${ENV_KEY}, else a prompt).",
-)
-
-
-def _passphrase(key_file: Path | None, env: str, prompt: str, *, confirm: bool) -> Passphrase:
-    """The passphrase from a key file, the environment, or a hidden prompt (in that order)."""
-    if key_file is not None:
-        return Passphrase.from_file(key_file)
-    value = os.environ.get(env)
-    if value:
-        return Passphrase(value)
-    if sys.stdin.isatty():
-        return Passphrase(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm))
-    # Not a terminal: no prompt (it could not hide the input); read the passphrase piped in.
-    option = "--new-key-file" if env == ENV_NEW_KEY else "--key-file"
-    how = (
-        f"Set ${env}, pass {option} FILE (a file holding only the passphrase), or pipe it on "
-        "stdin" + (" twice, one line each (it is confirmed)" if confirm else "")
-    )
-    first = sys.stdin.readline().rstrip("\r\n")
-    if not first:
-        raise click.UsageError(f"no passphrase: stdin is not a terminal and gave none. {how}")
-    if confirm and sys.stdin.readline().rstrip("\r\n") != first:
-        raise click.UsageError(f"the two passphrases piped on stdin differ. {how}")
-    return Passphrase(first)
-
-
-def _open(store: Path, key_file: Path | None) -> InteractionLog:
-    return InteractionLog.open(store, _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False))
 
 
 def _chat_pairs(messages: Any, where: str) -> list[tuple[str, str]]:
@@ -181,7 +152,7 @@ def _cmd_init(store: Path, policy_name: str | None, key_file: Path | None) -> No
     from personal.store.settings import StoreSettings
 
     policy = load_policy(policy_name) if policy_name is not None else None  # before creating
-    key = _passphrase(key_file, ENV_KEY, "New passphrase", confirm=True)
+    key = passphrase(key_file, ENV_KEY, "New passphrase", confirm=True)
     with InteractionLog.create(store, key) as log:
         if policy is not None:
             StoreSettings(log.store).set("policy", policy.to_dict())
@@ -200,7 +171,7 @@ def _cmd_import(store: Path, file: Path, skip_duplicates: bool, key_file: Path |
     from personal.privacy.ledger import store_unit
 
     name = "<stdin>" if str(file) == "-" else str(file)
-    with _open(store, key_file) as log:
+    with open_log(store, key_file) as log:
         # Units follow the store's unit of privacy: under `day` the log derives each one from
         # ts; under `session` every line must name its session.
         log.unit_by = store_unit(log.store)  # type: ignore[assignment]  # validated
@@ -235,7 +206,7 @@ def _cmd_export(store: Path, key_file: Path | None) -> None:
         bad.append(record_id)
         _report_bad(record_id, exc)
 
-    with _open(store, key_file) as log:
+    with open_log(store, key_file) as log:
         log.export_jsonl(sys.stdout, on_bad=on_bad)
     if bad:
         raise StoreError(
@@ -249,7 +220,7 @@ def _cmd_erase(
     """Erase the records of units (--unit, repeatable) or older than a date (--before)."""
     if bool(units) == (before is not None):
         raise click.UsageError("give --unit (one or more) or --before, not both")
-    with _open(store, key_file) as log:
+    with open_log(store, key_file) as log:
         report = log.erase(list(units) or None, before=before)
     shredded = f", destroyed {len(report.epochs_shredded)} data key(s)"
     click.echo(f"erased {report.records} record(s){shredded if report.epochs_shredded else ''}")
@@ -263,8 +234,8 @@ def _cmd_erase(
 
 def _cmd_rotate(store: Path, key_file: Path | None, new_key_file: Path | None) -> None:
     """Re-wrap the store's data keys under a new passphrase."""
-    with _open(store, key_file) as log:
-        new = _passphrase(new_key_file, ENV_NEW_KEY, "New passphrase", confirm=True)
+    with open_log(store, key_file) as log:
+        new = passphrase(new_key_file, ENV_NEW_KEY, "New passphrase", confirm=True)
         log.store.rotate_keys(new)
     click.echo(f"rotated the keys of {store}: open it with the new passphrase from now on")
 
@@ -274,7 +245,7 @@ def _cmd_verify(store: Path, key_file: Path | None, as_json: bool) -> None:
     and check the database; exit 1 if anything is wrong."""
     from personal.integrity import verify_store
 
-    with _open(store, key_file) as log:
+    with open_log(store, key_file) as log:
         report = verify_store(log)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -302,7 +273,7 @@ def _cmd_repair(store: Path, key_file: Path | None) -> None:
     derived is still wrong."""
     from personal.integrity import repair_store
 
-    with _open(store, key_file) as log:
+    with open_log(store, key_file) as log:
         report = repair_store(log)
     for line in report.repaired or ["nothing to rebuild: every derived row opens"]:
         click.echo(line)
@@ -313,7 +284,7 @@ def _cmd_repair(store: Path, key_file: Path | None) -> None:
 
 def _cmd_stats(store: Path, key_file: Path | None, as_json: bool) -> None:
     """Show counts, time span, key epochs and sizes (nothing is decrypted)."""
-    with _open(store, key_file) as log:
+    with open_log(store, key_file) as log:
         stats = log.stats()
     if as_json:
         click.echo(json.dumps(stats.to_json(), indent=2))
@@ -336,7 +307,7 @@ def register(group: click.Group) -> None:
         help="Record the policy the store will train under (its unit of privacy governs "
         "imports); default: decided by the first train.",
     )  # fmt: skip
-    _command(group, "init", _cmd_init, _store_arg, policy_opt, _key_file)
+    _command(group, "init", _cmd_init, store_argument, policy_opt, key_file_option)
     file_arg = click.argument(
         "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
     )
@@ -344,17 +315,17 @@ def register(group: click.Group) -> None:
         "--skip-duplicates", is_flag=True,
         help="Leave out interactions whose prompt and response are already in the store.",
     )  # fmt: skip
-    _command(group, "import", _cmd_import, _store_arg, file_arg, skip_dups, _key_file)
-    _command(group, "export", _cmd_export, _store_arg, _key_file)
+    _command(group, "import", _cmd_import, store_argument, file_arg, skip_dups, key_file_option)
+    _command(group, "export", _cmd_export, store_argument, key_file_option)
     unit_opt = click.option("--unit", "units", multiple=True, help="A privacy unit to erase.")
     before_opt = click.option("--before", help="Erase records older than this date or time.")
-    _command(group, "erase", _cmd_erase, _store_arg, unit_opt, before_opt, _key_file)
+    _command(group, "erase", _cmd_erase, store_argument, unit_opt, before_opt, key_file_option)
     new_key = click.option(
         "--new-key-file",
         type=click.Path(dir_okay=False, path_type=Path),
         help=f"File holding the new passphrase (default: ${ENV_NEW_KEY}, else a prompt).",
     )
-    _command(group, "rotate-keys", _cmd_rotate, _store_arg, _key_file, new_key)
-    _command(group, "verify", _cmd_verify, _store_arg, _key_file, json_flag)
-    _command(group, "repair", _cmd_repair, _store_arg, _key_file)
-    _command(group, "stats", _cmd_stats, _store_arg, _key_file, json_flag)
+    _command(group, "rotate-keys", _cmd_rotate, store_argument, key_file_option, new_key)
+    _command(group, "verify", _cmd_verify, store_argument, key_file_option, json_flag)
+    _command(group, "repair", _cmd_repair, store_argument, key_file_option)
+    _command(group, "stats", _cmd_stats, store_argument, key_file_option, json_flag)

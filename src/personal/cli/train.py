@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from personal.cli.store import ENV_KEY, _key_file, _passphrase, _store_arg
+from personal.cli.common import ENV_KEY, key_file_option, passphrase, store_argument, store_base
 from personal.errors import LedgerIntegrityError
 from personal.store import Store
 
@@ -45,26 +45,13 @@ EXIT_GATES_REFUSED = 3
 EXIT_NOT_DUE = 4
 
 
-def _store_base(store: Path, key: Any) -> str:
-    """The base model the store records (its adapters are on it)."""
-    from personal.store.settings import StoreSettings
-
-    with Store.open(store, key) as opened:
-        recorded = StoreSettings(opened).get("base")
-    if not recorded or not recorded.get("source"):
-        raise click.UsageError(
-            "the store records no base model yet (it was never trained): pass --base NAME_OR_DIR"
-        )
-    return str(recorded["source"])
-
-
 def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
 
 
 @click.command("train")
-@_store_arg
+@store_argument
 @click.option(
     "--base", default=None,
     help="Base model: a bundled name or a directory [default: the store's base].",
@@ -76,7 +63,7 @@ def _ordinal(n: int) -> str:
     help="Train even when the policy's trigger does not fire (too few new interactions, or "
     "training.max_rounds_per_day reached).",
 )  # fmt: skip
-@_key_file
+@key_file_option
 @_json_flag()
 def train_command(
     store: Path,
@@ -95,8 +82,8 @@ def train_command(
     from personal.personalizer import Personalizer
     from personal.privacy.rules import rule_of
 
-    key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
-    base = base or _store_base(store, key)
+    key = passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
+    base = base or store_base(store, key)
     with Personalizer.open(store, base, policy_name, key, public_data=public_data) as personalizer:
         training = personalizer.policy.training
         personalizer.rounds.check_base()  # another base, or a migration to finish: exit 2 first
@@ -172,7 +159,7 @@ def train_command(
 
 
 @click.command("audit")
-@_store_arg
+@store_argument
 @_policy_option("Audit against this policy (default: the one recorded in the store).")
 @click.option(
     "--html",
@@ -188,7 +175,7 @@ def train_command(
     help="Also run the one-run empirical audit with N canaries (needs --base).",
 )
 @click.option("--base", default=None, help="Base model for --canaries.")
-@_key_file
+@key_file_option
 @_json_flag()
 def audit_command(
     store: Path,
@@ -209,7 +196,7 @@ def audit_command(
 
     if canaries and not base:
         raise click.UsageError("--canaries needs --base (the model to train the canaries on)")
-    key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
+    key = passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
     with Store.open(store, key) as opened:
         recorded = StoreSettings(opened).get("policy")
         policy: Policy | None = None
@@ -247,7 +234,7 @@ def audit_command(
 
 
 @click.command("migrate")
-@_store_arg
+@store_argument
 @click.option("--base", "new_base", required=True, help="The new base model (name or directory).")
 @click.option(
     "--from", "old_base", default=None,
@@ -260,7 +247,7 @@ def audit_command(
     help="Default: the policy's migration.strategy.",
 )
 @_public_data_option()
-@_key_file
+@key_file_option
 @_json_flag()
 def migrate_command(
     store: Path,
@@ -275,7 +262,7 @@ def migrate_command(
     from personal.personalizer import Personalizer
     from personal.store.settings import StoreSettings
 
-    key = _passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
+    key = passphrase(key_file, ENV_KEY, "Passphrase", confirm=False)
     if old_base is None:
         with Store.open(store, key) as opened:
             settings = StoreSettings(opened)
