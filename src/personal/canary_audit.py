@@ -141,9 +141,16 @@ def run_canary_audit(
             chosen = GradientCanaries.pick(p.base.model, units, rng)
             before = chosen.values(p.base.model)
             run_round(
-                p.base.model, p.base.tokenizer, p.interactions, p.ledger, p.round_plan(),
-                context=p.round_context(), noise=noise, sampler_seed=seed, canaries=chosen,
-            )  # fmt: skip
+                p.base.model,
+                p.base.tokenizer,
+                p.interactions,
+                p.ledger,
+                p.round_plan(),
+                context=p.round_context(),
+                noise=noise,
+                sampler_seed=seed,
+                canaries=chosen,
+            )
             moved = before - chosen.values(p.base.model)  # descent: members move down
             members = [units[i] for i in np.flatnonzero(included)]
             accounted = max((p.ledger.epsilon_of(u) for u in members), default=0.0)

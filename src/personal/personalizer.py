@@ -192,9 +192,17 @@ class Personalizer:
             _record_base(settings, loaded, base)
             registry = AdapterRegistry.for_store(path)
             personalizer = cls(
-                log, ledger, registry, loaded, bound, settings, seed=seed, public=public,
-                memory=memory, memory_mode=memory_mode,
-            )  # fmt: skip
+                log,
+                ledger,
+                registry,
+                loaded,
+                bound,
+                settings,
+                seed=seed,
+                public=public,
+                memory=memory,
+                memory_mode=memory_mode,
+            )
             personalizer.rounds.load_active()
             if personalizer.memory_default:  # asked for: build (first time) and load it now
                 personalizer.memory.refresh()
@@ -290,9 +298,13 @@ class Personalizer:
         else:
             cache, ids = self.memory_cache(prompt, k)
             reply = generate(
-                model, tokenizer, prompt, token_cache=cache, cache_settings=self.cache_settings,
+                model,
+                tokenizer,
+                prompt,
+                token_cache=cache,
+                cache_settings=self.cache_settings,
                 **options,
-            )  # fmt: skip
+            )
         return dataclasses.replace(reply, memory_ids=tuple(ids))
 
     @property

@@ -298,11 +298,17 @@ class AdapterRegistry:
         with self._locked():
             version = self._next_version()
             fields: dict[str, Any] = {
-                "version": version, "parent": parent, "created": created or utc_now(),
-                "base_fingerprint": base_fingerprint, "base_name": base_name, "lora": lora,
-                "policy_digest": policy_digest, "ledger_head": ledger_head,
-                "training": training, "gates": gates,
-            }  # fmt: skip
+                "version": version,
+                "parent": parent,
+                "created": created or utc_now(),
+                "base_fingerprint": base_fingerprint,
+                "base_name": base_name,
+                "lora": lora,
+                "policy_digest": policy_digest,
+                "ledger_head": ledger_head,
+                "training": training,
+                "gates": gates,
+            }
             # The header holds the digest of the whole manifest but the weights' own hash.
             digest = manifest_digest(build_manifest(arrays, b"-", **fields))
             meta = header_metadata(version, base_fingerprint, base_name, digest)

@@ -36,8 +36,9 @@ class _Group(click.Group):
         except PersonalError as exc:
             _fail(str(exc))
         except RecursionError:  # input nested deeper than any parser here follows
-            _fail("the input is nested too deeply to be read (JSON or TOML hundreds of levels "
-                  "deep)")  # fmt: skip
+            _fail(
+                "the input is nested too deeply to be read (JSON or TOML hundreds of levels deep)"
+            )
         except OSError as exc:  # a path given on the command line: missing, a directory, ...
             where = f" {exc.filename}" if exc.filename else ""
             _fail(f"cannot use{where}: {exc.strerror or exc}")

@@ -54,8 +54,9 @@ def stats_command(store: Path, key_file: Path | None, as_json: bool) -> None:
         click.echo(json.dumps(stats.to_json(), indent=2))
         return
     if not stats.enabled:
-        click.echo(f"memory index  none ({stats.records} records; `personal memory rebuild` "
-                   "builds one)")  # fmt: skip
+        click.echo(
+            f"memory index  none ({stats.records} records; `personal memory rebuild` builds one)"
+        )
         return
     click.echo(f"memory index  {stats.entries} entries for {stats.records} records")
     click.echo(f"terms         {stats.terms} distinct, {stats.postings} postings")

@@ -26,30 +26,42 @@ import numpy as np
 )
 @click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option(
-    "--memory/--no-memory", default=None,
+    "--memory/--no-memory",
+    default=None,
     help="Recall the most relevant past interactions (personal memory; charges no ε, but the "
     "reply may quote them and is not a DP output) [default: on when the base supports it]. "
     "Builds the index on first use.",
-)  # fmt: skip
+)
 @click.option(
-    "--recall", type=click.IntRange(min=1), default=None,
+    "--recall",
+    type=click.IntRange(min=1),
+    default=None,
     help="How many past interactions --memory recalls [default: 8 in cache mode, 3 in "
     "context mode]; implies --memory.",
-)  # fmt: skip
+)
 @click.option(
-    "--memory-mode", type=click.Choice(["cache", "context"]), default="cache",
+    "--memory-mode",
+    type=click.Choice(["cache", "context"]),
+    default="cache",
     show_default=True,
     help="cache: the recalled replies as a token cache mixed into every next-token "
     "distribution; context: as earlier chat turns in the prompt (docs/memory.md).",
-)  # fmt: skip
+)
 @key_file_option
 @click.option(
     "--json", "as_json", is_flag=True, help="Print JSON: text, confidence, adapter, memory ids."
 )
 def generate_command(
-    store: Path, prompt: str, base: str | None, max_tokens: int, memory: bool | None,
-    recall: int | None, memory_mode: Any, key_file: Path | None, as_json: bool,
-) -> None:  # fmt: skip
+    store: Path,
+    prompt: str,
+    base: str | None,
+    max_tokens: int,
+    memory: bool | None,
+    recall: int | None,
+    memory_mode: Any,
+    key_file: Path | None,
+    as_json: bool,
+) -> None:
     """Answer PROMPT through STORE's active adapter (the bare base when none is active).
 
     --json adds the confidence signal (mean token log-probability, in (0, 1] as a probability)
@@ -105,9 +117,13 @@ def export_mlx_lm(weights: dict[str, Any], manifest: Any, out: Path) -> list[str
             "dropout": float(lora.get("dropout") or 0.0),
             "keys": sorted({_module_key(n) for n in weights}),
         },
-        "personal": {"version": manifest.version, "base_fingerprint": manifest.base_fingerprint,
-                     "base_name": manifest.base_name, "layers": layers},
-    }  # fmt: skip
+        "personal": {
+            "version": manifest.version,
+            "base_fingerprint": manifest.base_fingerprint,
+            "base_name": manifest.base_name,
+            "layers": layers,
+        },
+    }
     mx.save_safetensors(
         str(out / "adapters.safetensors"), {k: mx.array(v) for k, v in weights.items()}
     )
@@ -156,10 +172,14 @@ def export_peft(weights: dict[str, Any], manifest: Any, out: Path) -> list[str]:
 @store_argument
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
-    "--format", "fmt", type=click.Choice(["mlx-lm", "peft"]), default="mlx-lm",
-    show_default=True, help="mlx-lm: for mlx_lm.generate --adapter-path; peft: for "
+    "--format",
+    "fmt",
+    type=click.Choice(["mlx-lm", "peft"]),
+    default="mlx-lm",
+    show_default=True,
+    help="mlx-lm: for mlx_lm.generate --adapter-path; peft: for "
     "PeftModel.from_pretrained on the same base in transformers.",
-)  # fmt: skip
+)
 @click.option("--version", "version", type=int, default=None, help="Default: the active one.")
 def export_command(store: Path, out: Path, fmt: str, version: int | None) -> None:
     """Write STORE's adapter (default: the active one) to the directory OUT in the format of

@@ -84,9 +84,12 @@ def run_simulation(
     started = time.perf_counter()
     try:
         metrics = simulate(
-            config, backend=backend, workers=workers, address=address,
+            config,
+            backend=backend,
+            workers=workers,
+            address=address,
             progress=bar.update if bar is not None else None,
-        )  # fmt: skip
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -182,11 +185,24 @@ def register(group: click.Group) -> None:
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def simulate_command(
-    users: int, days: int, update_day: int, policy: str | None, backend: str,
-    workers: int | None, address: str | None, seed: int, out: str, compare: bool,
-    base: str, update_base: str, held_out: int, public_eval: int, public_data: str | None,
-    min_rate: float, no_progress: bool,
-) -> None:  # fmt: skip
+    users: int,
+    days: int,
+    update_day: int,
+    policy: str | None,
+    backend: str,
+    workers: int | None,
+    address: str | None,
+    seed: int,
+    out: str,
+    compare: bool,
+    base: str,
+    update_base: str,
+    held_out: int,
+    public_eval: int,
+    public_data: str | None,
+    min_rate: float,
+    no_progress: bool,
+) -> None:
     """Simulate a population using the library and write OUT/report.html.
 
     Each user gets a real encrypted store, DP rounds under the policy, and a base-model update
@@ -194,10 +210,23 @@ def simulate_command(
     """
     try:
         run_simulation(
-            users=users, days=days, update_day=update_day, policy=policy, backend=backend,
-            workers=workers, seed=seed, out=out, compare=compare, address=address, base=base,
-            update_base=update_base, held_out=held_out, public_eval=public_eval,
-            progress=not no_progress, public_data=public_data, min_rate=min_rate,
-        )  # fmt: skip
+            users=users,
+            days=days,
+            update_day=update_day,
+            policy=policy,
+            backend=backend,
+            workers=workers,
+            seed=seed,
+            out=out,
+            compare=compare,
+            address=address,
+            base=base,
+            update_base=update_base,
+            held_out=held_out,
+            public_eval=public_eval,
+            progress=not no_progress,
+            public_data=public_data,
+            min_rate=min_rate,
+        )
     except PersonalError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -303,18 +303,21 @@ def register(group: click.Group) -> None:
     """Add the store commands to the ``personal`` group."""
     json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     policy_opt = click.option(
-        "--policy", "policy_name", default=None,
+        "--policy",
+        "policy_name",
+        default=None,
         help="Record the policy the store will train under (its unit of privacy governs "
         "imports); default: decided by the first train.",
-    )  # fmt: skip
+    )
     _command(group, "init", _cmd_init, store_argument, policy_opt, key_file_option)
     file_arg = click.argument(
         "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
     )
     skip_dups = click.option(
-        "--skip-duplicates", is_flag=True,
+        "--skip-duplicates",
+        is_flag=True,
         help="Leave out interactions whose prompt and response are already in the store.",
-    )  # fmt: skip
+    )
     _command(group, "import", _cmd_import, store_argument, file_arg, skip_dups, key_file_option)
     _command(group, "export", _cmd_export, store_argument, key_file_option)
     unit_opt = click.option("--unit", "units", multiple=True, help="A privacy unit to erase.")

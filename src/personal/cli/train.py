@@ -53,16 +53,18 @@ def _ordinal(n: int) -> str:
 @click.command("train")
 @store_argument
 @click.option(
-    "--base", default=None,
+    "--base",
+    default=None,
     help="Base model: a bundled name or a directory [default: the store's base].",
-)  # fmt: skip
+)
 @_policy_option("Policy name or TOML file (default: the store's recorded policy, else default).")
 @_public_data_option()
 @click.option(
-    "--force", is_flag=True,
+    "--force",
+    is_flag=True,
     help="Train even when the policy's trigger does not fire (too few new interactions, or "
     "training.max_rounds_per_day reached).",
-)  # fmt: skip
+)
 @key_file_option
 @_json_flag()
 def train_command(
@@ -214,9 +216,19 @@ def audit_command(
                 audit.header["base_fingerprint"] = served["fingerprint"]
                 audit.header["base_name"] = served.get("name")
         except LedgerIntegrityError as exc:
-            audit = Audit(fallback.unit, fallback.accountant, fallback.delta, fallback.epsilon,
-                          [], {}, [], False, [str(exc)], filter=fallback.filter,
-                          contract_source="policy (the ledger cannot be read)")  # fmt: skip
+            audit = Audit(
+                fallback.unit,
+                fallback.accountant,
+                fallback.delta,
+                fallback.epsilon,
+                [],
+                {},
+                [],
+                False,
+                [str(exc)],
+                filter=fallback.filter,
+                contract_source="policy (the ledger cannot be read)",
+            )
     if canaries:
         from personal.canary_audit import run_canary_audit
 
@@ -237,9 +249,11 @@ def audit_command(
 @store_argument
 @click.option("--base", "new_base", required=True, help="The new base model (name or directory).")
 @click.option(
-    "--from", "old_base", default=None,
+    "--from",
+    "old_base",
+    default=None,
     help="The old base (default: the one recorded in the store).",
-)  # fmt: skip
+)
 @click.option(
     "--strategy",
     type=click.Choice(["distill", "retrain", "both", "drop"]),
@@ -309,8 +323,10 @@ def _print_audit(data: dict[str, Any], html_file: Path | None) -> None:
     click.echo(f"unit of privacy: {data['unit_of_privacy']}; sampler: {data['sampler']}")
     memory = data.get("memory") or {}
     if memory.get("index"):
-        click.echo(f"personal memory: on, {memory['entries']} entries indexed (charges no ε; "
-                   "replies may quote past interactions)")  # fmt: skip
+        click.echo(
+            f"personal memory: on, {memory['entries']} entries indexed (charges no ε; "
+            "replies may quote past interactions)"
+        )
     elif memory:
         click.echo("personal memory: off (no index in the store)")
     click.echo(

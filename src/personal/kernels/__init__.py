@@ -161,6 +161,13 @@ def sigmoid(x: mx.array) -> mx.array:
 
 
 __all__ = [
-    "ENV_VAR", "THREADS_ENV", "KernelStatus", "applies", "logsumexp", "sigmoid", "softmax",
-    "status", "use",
-]  # fmt: skip
+    "ENV_VAR",
+    "THREADS_ENV",
+    "KernelStatus",
+    "applies",
+    "logsumexp",
+    "sigmoid",
+    "softmax",
+    "status",
+    "use",
+]

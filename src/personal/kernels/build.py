@@ -106,14 +106,28 @@ def _command(cxx: str, output: Path) -> list[str]:
     nb, mlx_dir = _nanobind_dir(), _mlx_dir()
     python_include = sysconfig.get_paths()["include"]
     return [
-        cxx, "-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared",
-        "-fvisibility=hidden", "-DNDEBUG", "-DNB_DOMAIN=mlx",
-        f"-I{nb / 'include'}", f"-I{nb / 'ext' / 'robin_map' / 'include'}",
-        f"-I{python_include}", f"-I{mlx_dir / 'include'}",
-        str(SOURCE), str(nb / "src" / "nb_combined.cpp"),
-        f"-L{mlx_dir / 'lib'}", "-lmlx", f"-Wl,-rpath,{mlx_dir / 'lib'}",
-        "-o", str(output),
-    ]  # fmt: skip
+        cxx,
+        "-std=c++20",
+        "-O3",
+        "-march=native",
+        "-fopenmp",
+        "-fPIC",
+        "-shared",
+        "-fvisibility=hidden",
+        "-DNDEBUG",
+        "-DNB_DOMAIN=mlx",
+        f"-I{nb / 'include'}",
+        f"-I{nb / 'ext' / 'robin_map' / 'include'}",
+        f"-I{python_include}",
+        f"-I{mlx_dir / 'include'}",
+        str(SOURCE),
+        str(nb / "src" / "nb_combined.cpp"),
+        f"-L{mlx_dir / 'lib'}",
+        "-lmlx",
+        f"-Wl,-rpath,{mlx_dir / 'lib'}",
+        "-o",
+        str(output),
+    ]
 
 
 def build(*, force: bool = False) -> Path:

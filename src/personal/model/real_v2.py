@@ -86,11 +86,20 @@ def build(teacher_name: str = "smollm2-135m-instruct", *, force: bool = False) -
     shutil.rmtree(staging, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     _, report = build_pruned_student(
-        teacher, train, held_out, staging, drop=DROP, epochs=EPOCHS,
+        teacher,
+        train,
+        held_out,
+        staging,
+        drop=DROP,
+        epochs=EPOCHS,
         learning_rate=LEARNING_RATE,
-        provenance={"built_by": "python -m personal.model.real_v2", "public": public.name,
-                    "public_digest": public.digest(), "recipe": recipe(teacher_name)},
-    )  # fmt: skip
+        provenance={
+            "built_by": "python -m personal.model.real_v2",
+            "public": public.name,
+            "public_digest": public.digest(),
+            "recipe": recipe(teacher_name),
+        },
+    )
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)  # a reader sees no directory or a complete one

@@ -142,8 +142,10 @@ class TokenCache:
         values = mx.concatenate([v for _, v in per_exchange])
         log_counts = None
         if len(distinct) < len(exchanges):
-            weights = [np.full(v.shape[0], np.log(counts[e]), np.float32)
-                       for e, (_, v) in zip(distinct, per_exchange, strict=True)]  # fmt: skip
+            weights = [
+                np.full(v.shape[0], np.log(counts[e]), np.float32)
+                for e, (_, v) in zip(distinct, per_exchange, strict=True)
+            ]
             log_counts = mx.array(np.concatenate(weights))
         mx.eval(keys, values)
         return cls(keys, values, tuple(exchanges), log_counts)

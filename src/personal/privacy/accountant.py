@@ -379,10 +379,15 @@ def _opacus_sigma(
         try:
             return float(
                 get_noise_multiplier(
-                    target_epsilon=eps, target_delta=delta, sample_rate=q, steps=steps,
-                    accountant=name, epsilon_tolerance=tol, **kwargs,
+                    target_epsilon=eps,
+                    target_delta=delta,
+                    sample_rate=q,
+                    steps=steps,
+                    accountant=name,
+                    epsilon_tolerance=tol,
+                    **kwargs,
                 )
-            )  # fmt: skip
+            )
         except (ValueError, RuntimeError) as exc:  # "The privacy budget is too low." (σ > 1e6)
             raise _unreachable(eps, delta, q, steps, None, accountant) from exc
 

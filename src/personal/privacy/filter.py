@@ -302,9 +302,12 @@ class RenyiFilter:
         charge = _check_charge(charge)
         ids, rows = self._rows(units)
         mask = self._rule.fits(
-            self._current(rows), self._rule.charge_curve(charge), epsilon=self._epsilon,
-            delta=self._delta, max_share=max_share,
-        ).tolist()  # fmt: skip
+            self._current(rows),
+            self._rule.charge_curve(charge),
+            epsilon=self._epsilon,
+            delta=self._delta,
+            max_share=max_share,
+        ).tolist()
         eligible = tuple(u for u, ok in zip(ids, mask, strict=True) if ok)
         excluded = tuple(u for u, ok in zip(ids, mask, strict=True) if not ok)
         return Selection(charge=charge, eligible=eligible, excluded=excluded)

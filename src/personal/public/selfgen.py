@@ -122,9 +122,12 @@ class SelfGenerated:
         try:
             with lora_off(model):  # the base's own behaviour, never an adapter's
                 replies = greedy_replies(
-                    model, base.tokenizer, self.prompts,
-                    max_tokens=self.max_tokens, batch_size=self.batch_size,
-                )  # fmt: skip
+                    model,
+                    base.tokenizer,
+                    self.prompts,
+                    max_tokens=self.max_tokens,
+                    batch_size=self.batch_size,
+                )
         finally:
             model.train(was_training)
         self.last_seconds = round(time.perf_counter() - started, 3)
@@ -151,8 +154,13 @@ def _write_cache(
     path: Path, fingerprint: str, recipe: str, examples: list[PublicExample], seconds: float
 ) -> None:
     """Write the cache atomically: readers see the old file, the new one, or none."""
-    header = {"format": CACHE_FORMAT, "base": fingerprint, "recipe": recipe,
-              "count": len(examples), "seconds": seconds}  # fmt: skip
+    header = {
+        "format": CACHE_FORMAT,
+        "base": fingerprint,
+        "recipe": recipe,
+        "count": len(examples),
+        "seconds": seconds,
+    }
     rows = [{"prompt": e.prompt, "response": e.response, "complete": e.complete} for e in examples]
     text = "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in [header, *rows])
     try:

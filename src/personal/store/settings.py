@@ -82,6 +82,10 @@ def sealed_policy_contract(store: Store) -> dict[str, Any]:
     privacy = recorded.get("privacy") if isinstance(recorded, dict) else None
     if not isinstance(privacy, dict):
         return {}
-    names = {"lifetime_epsilon": "epsilon", "delta": "delta", "unit": "unit",
-             "accountant": "accountant"}  # fmt: skip
+    names = {
+        "lifetime_epsilon": "epsilon",
+        "delta": "delta",
+        "unit": "unit",
+        "accountant": "accountant",
+    }
     return {new: privacy[old] for old, new in names.items() if privacy.get(old) is not None}

@@ -143,9 +143,12 @@ class Migrator:
         # anything moves, and the starting point of the distilled or retrained adapter.
         warm = warm_start_for(self.policy, new)
         record = {
-            "state": "pending", "strategy": strategy, "from_version": report.old_version,
-            "from": _describe(old), "to": _describe(new),
-        }  # fmt: skip
+            "state": "pending",
+            "strategy": strategy,
+            "from_version": report.old_version,
+            "from": _describe(old),
+            "to": _describe(new),
+        }
         self.settings.set(MIGRATION_KEY, record)  # durable before the old adapter goes
         inject_lora(new.model, self.policy.training.lora.to_lora_config())
         # The new base serves bare (or its population adapter) until a migrated adapter passes.
@@ -207,9 +210,12 @@ class Migrator:
         count = min(512, max(64, migration.distill_steps * 2))
         prompts = self.rounds.public_data().migration_prompts(count)
         steps, losses, token_level = distill_migration(
-            old, new, prompts, steps=migration.distill_steps,
+            old,
+            new,
+            prompts,
+            steps=migration.distill_steps,
             learning_rate=migration.distill_learning_rate,
-        )  # fmt: skip
+        )
         report.prompts, report.steps, report.token_level = len(prompts), steps, token_level
         report.distill_loss = [losses[0], losses[-1]] if losses else []
         gate = decide(
@@ -222,9 +228,15 @@ class Migrator:
             reference="base",  # measured with a fresh adapter: the new base itself
         )
         report.gates = gate.to_dict()
-        summary = {"strategy": report.strategy, "prompts": len(prompts), "steps": steps,
-                   "token_level": token_level, "from_base": old.fingerprint,
-                   "from_version": old_version, "gate_passed": gate.passed}  # fmt: skip
+        summary = {
+            "strategy": report.strategy,
+            "prompts": len(prompts),
+            "steps": steps,
+            "token_level": token_level,
+            "from_base": old.fingerprint,
+            "from_version": old_version,
+            "gate_passed": gate.passed,
+        }
         self.ledger.record_uncharged(
             "migration",
             reason="distillation of the DP adapter on public prompts and text the old model "

@@ -101,11 +101,14 @@ def build_audit(ledger: Any, *, policy: Any = None, policy_given: bool = False) 
         for unit in units:
             audit.unit_rounds.setdefault(str(unit), []).append(round_id)
     audit.checks = compliance_checks(
-        rounds, unit_eps, lifetime_epsilon=contract.epsilon,
+        rounds,
+        unit_eps,
+        lifetime_epsilon=contract.epsilon,
         rules=rules_of(policy) if policy is not None else None,
         policy_digest=policy.digest() if policy is not None else None,
-        policy_contract=Contract.of_policy(policy) if policy_given else None, contract=contract,
-    )  # fmt: skip
+        policy_contract=Contract.of_policy(policy) if policy_given else None,
+        contract=contract,
+    )
     audit.header = {
         "policy": policy.name if policy is not None else None,
         "policy_digest": policy.digest() if policy is not None else None,

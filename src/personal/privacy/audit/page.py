@@ -96,11 +96,22 @@ def render_html(audit: Audit, *, title: str = "Privacy audit") -> str:
         for c in data["compliance"]
     )
     problems = "".join(f"<li>{escape(p)}</li>" for p in data["ledger_problems"])
-    columns = {"round_id": "round", "time": "time (UTC)", "purpose": "purpose",
-               "noise_multiplier": "σ", "sample_rate": "q", "steps": "steps", "clip_norm": "C",
-               "eligible_units": "units charged", "epsilon": "ε of the round", "status": "status",
-               "gate": "gate", "adapter_produced": "adapter produced",
-               "validation_round": "validated in round", "policy_digest": "policy"}  # fmt: skip
+    columns = {
+        "round_id": "round",
+        "time": "time (UTC)",
+        "purpose": "purpose",
+        "noise_multiplier": "σ",
+        "sample_rate": "q",
+        "steps": "steps",
+        "clip_norm": "C",
+        "eligible_units": "units charged",
+        "epsilon": "ε of the round",
+        "status": "status",
+        "gate": "gate",
+        "adapter_produced": "adapter produced",
+        "validation_round": "validated in round",
+        "policy_digest": "policy",
+    }
     rows = []
     for r in data["rounds"]:
         row = dict(r)

@@ -35,9 +35,11 @@ def round_outcomes(decoded: Sequence[Any]) -> dict[int, dict[str, Any]]:
                 gate = summary["gate"]
                 produced = summary.get("adapter_version")
             elif (
-                previous is not None and previous.purpose == "validation"
-                and isinstance(previous.summary, dict) and "passed" in previous.summary
-            ):  # fmt: skip
+                previous is not None
+                and previous.purpose == "validation"
+                and isinstance(previous.summary, dict)
+                and "passed" in previous.summary
+            ):
                 gate = "passed" if previous.summary["passed"] else "refused"
                 validation = previous.round_id
         elif r.purpose == "validation" and "passed" in summary:
@@ -50,10 +52,11 @@ def round_outcomes(decoded: Sequence[Any]) -> dict[int, dict[str, Any]]:
         elif status == "completed" and gate == "refused" and r.purpose != "validation":
             status = "refused"
         out[r.round_id] = {
-            "status": status, "gate": gate,
+            "status": status,
+            "gate": gate,
             "adapter_produced": None if produced is None else int(produced),
             "validation_round": None if validation is None else int(validation),
-        }  # fmt: skip
+        }
         previous = r
     return out
 

@@ -103,9 +103,11 @@ class Audit:
         canary audit (when run) passed."""
         canaries_ok = self.canary_audit is None or bool(self.canary_audit.get("passed"))
         return (
-            self.ledger_ok and not self.over_budget and all(c.ok for c in self.checks)
+            self.ledger_ok
+            and not self.over_budget
+            and all(c.ok for c in self.checks)
             and canaries_ok
-        )  # fmt: skip
+        )
 
     def unit_summary(self, bins: int = 10) -> dict[str, Any]:
         """Count, min, median, max and a histogram of per-unit ε (bins fitted to the data)."""
@@ -131,10 +133,13 @@ class Audit:
         first = {u: (rounds[0] if rounds else 0, u) for u, rounds in self.unit_rounds.items()}
         order = sorted(self.unit_epsilons, key=lambda u: first.get(u, (0, u)))
         return [
-            {"unit": f"u{i}", "epsilon": self.unit_epsilons[u],
-             "rounds": list(self.unit_rounds.get(u, []))}
+            {
+                "unit": f"u{i}",
+                "epsilon": self.unit_epsilons[u],
+                "rounds": list(self.unit_rounds.get(u, [])),
+            }
             for i, u in enumerate(order, start=1)
-        ]  # fmt: skip
+        ]
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready data; the schema is documented in docs/privacy.md."""

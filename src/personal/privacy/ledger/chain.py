@@ -362,20 +362,28 @@ def rounds_of(entries: Iterable[LedgerEntry], *, with_units: bool) -> list[Ledge
         b = e.body
         if e.kind in ("charge", "uncharged") and e.round_id is not None:
             rounds[e.round_id] = {
-                "round_id": e.round_id, "seq": e.seq, "time": e.time,
-                "purpose": b.get("purpose"), "charged": e.kind == "charge",
+                "round_id": e.round_id,
+                "seq": e.seq,
+                "time": e.time,
+                "purpose": b.get("purpose"),
+                "charged": e.kind == "charge",
                 "noise_multiplier": b.get("noise_multiplier"),
-                "sample_rate": b.get("sample_rate"), "steps": int(b.get("steps", 0)),
-                "clip_norm": b.get("clip_norm"), "accountant": b.get("accountant"),
+                "sample_rate": b.get("sample_rate"),
+                "steps": int(b.get("steps", 0)),
+                "clip_norm": b.get("clip_norm"),
+                "accountant": b.get("accountant"),
                 "eligible_units": int(b.get("unit_count", 0)),
                 "units_digest": b.get("units_digest"),
                 "base_fingerprint": b.get("base_fingerprint"),
                 "adapter_version": b.get("adapter_version"),
-                "policy_digest": b.get("policy_digest"), "epsilon": b.get("epsilon"),
-                "delta": b.get("delta"), "status": b.get("status"), "reason": b.get("reason"),
+                "policy_digest": b.get("policy_digest"),
+                "epsilon": b.get("epsilon"),
+                "delta": b.get("delta"),
+                "status": b.get("status"),
+                "reason": b.get("reason"),
                 "summary": b.get("summary"),
                 "units": tuple(b.get("units", ())) if with_units else None,
-            }  # fmt: skip
+            }
         elif e.kind == "finish" and e.round_id in rounds:
             rounds[e.round_id].update(
                 status=b.get("status"), finished_at=e.time, summary=b.get("summary")

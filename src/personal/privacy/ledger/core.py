@@ -114,9 +114,12 @@ class Ledger(Journal):
             LedgerAnchorMissing: The anchor is gone (see :meth:`reanchor`).
         """
         given = {
-            "epsilon": epsilon, "delta": delta, "unit": unit, "accountant": accountant,
+            "epsilon": epsilon,
+            "delta": delta,
+            "unit": unit,
+            "accountant": accountant,
             "filter": filter,
-        }  # fmt: skip
+        }
         request = {
             **(contract.to_dict() if contract is not None else {}),
             **{k: v for k, v in given.items() if v is not None},
@@ -224,9 +227,12 @@ class Ledger(Journal):
         current = self._table.current(units)  # (n, k)
         rule = self.rule
         return rule.fits(
-            current, rule.charge_curve(charge), epsilon=self.epsilon, delta=self.delta,
+            current,
+            rule.charge_curve(charge),
+            epsilon=self.epsilon,
+            delta=self.delta,
             max_share=max_share,
-        )  # fmt: skip
+        )
 
     def begin_round(
         self,
@@ -272,13 +278,19 @@ class Ledger(Journal):
             table = self._table.copy()
             table.add(units, self.rule.charge_curve(charge))
             body = {
-                **charge.to_dict(), **context, "clip_norm": clip, "accountant": accountant,
-                "epsilon": self.epsilon, "delta": self.delta, "unit": self.contract.unit,
+                **charge.to_dict(),
+                **context,
+                "clip_norm": clip,
+                "accountant": accountant,
+                "epsilon": self.epsilon,
+                "delta": self.delta,
+                "unit": self.contract.unit,
                 "filter": self.contract.filter,
                 "units": list(units),
-                "units_digest": units_digest(units), "unit_count": len(units),
+                "units_digest": units_digest(units),
+                "unit_count": len(units),
                 "status": "charged",
-            }  # fmt: skip
+            }
             return "charge", self._next_round(), body, table
 
         return int(self._transact(build) or 0)
@@ -300,10 +312,11 @@ class Ledger(Journal):
 
         def build() -> tuple[str, int | None, dict[str, Any], UnitTable | None]:
             kinds = {
-                k for (k,) in self.store.db.execute(
+                k
+                for (k,) in self.store.db.execute(
                     f"SELECT kind FROM {ENTRIES} WHERE round_id = ?", [round_id]
                 )
-            }  # fmt: skip
+            }
             if "charge" not in kinds or "finish" in kinds:
                 state = "already finished" if "finish" in kinds else "not a charged round"
                 raise RoundNotOpen(
@@ -334,12 +347,17 @@ class Ledger(Journal):
         if not isinstance(reason, str) or not reason.strip():
             raise PrivacyParameterError("an uncharged round needs a reason (why it is free).")
         body = {
-            "purpose": purpose, "reason": reason, "summary": summary, "epsilon": self.epsilon,
+            "purpose": purpose,
+            "reason": reason,
+            "summary": summary,
+            "epsilon": self.epsilon,
             **check_context(base_fingerprint, adapter_version, policy_digest),
-            "delta": self.delta, "unit": self.contract.unit, "units_digest": units_digest(()),
+            "delta": self.delta,
+            "unit": self.contract.unit,
+            "units_digest": units_digest(()),
             "unit_count": 0,
             "status": "completed",
-        }  # fmt: skip
+        }
         encode_body(body)
         return int(self._transact(lambda: ("uncharged", self._next_round(), body, None)) or 0)
 

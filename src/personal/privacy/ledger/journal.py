@@ -139,9 +139,12 @@ class Journal:
         store, prev = self.store, bytes.fromhex(self._head.hash)
         seq, created = self._head.seq + 1, utcnow()
         sealed = store.seal(
-            ENTRIES, seq, entry_fields(kind, round_id, created, prev), encode_body(body),
+            ENTRIES,
+            seq,
+            entry_fields(kind, round_id, created, prev),
+            encode_body(body),
             domain=DOMAIN,
-        )  # fmt: skip
+        )
         digest = entry_hash(prev, seq, kind, round_id, created, sealed.epoch, sealed.blob)
         store.db.execute(
             f"INSERT INTO {ENTRIES} ({ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
