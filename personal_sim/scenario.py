@@ -160,6 +160,13 @@ ARMS: dict[str, Arm] = {
             "release, as much as σ 1.6 costs under the Rényi filter; docs/dp-utility.md)",
             overrides={"privacy.filter": "gaussian", "privacy.noise_multiplier": 1.35},
         ),
+        Arm(
+            "dp-quantile",
+            'DP with quantile clipping (privacy.clip = "quantile": C starts at clip_norm and '
+            "each step's noisy unclipped count steers it to the median unit gradient norm; "
+            "same charge; Andrew et al. 2021; docs/dp-utility.md)",
+            overrides={"privacy.clip": "quantile"},
+        ),
         # The public population warm start (docs/dp-utility.md): public, so it charges nothing.
         Arm(
             "dp-warm",
@@ -220,7 +227,7 @@ ABLATION_ARMS = (
     "dp-cold",
 )
 #: Recipes measured against the shipped one before they may replace it.
-CANDIDATE_ARMS = ("dp-gaussian", "dp-warm", "warm-only")
+CANDIDATE_ARMS = ("dp-gaussian", "dp-quantile", "dp-warm", "warm-only")
 
 
 class PassThroughNoise(GaussianNoise):

@@ -248,6 +248,8 @@ def _round(p: Personalizer, run: _UserRun, arm: Arm, day: int) -> dict[str, Any]
         "noise_multiplier": report.noise_multiplier,
         "steps": report.steps,
         "clipped_fraction": report.clipped_fraction,
+        "clip_norm": report.clip_norm,  # the first step's C (quantile clipping moves it)
+        "clip_norm_final": report.clip_norm_final,  # None under a fixed C
         "epsilon_max": report.epsilon_max,
         "adapter_version": report.adapter_version,
         "gate": {

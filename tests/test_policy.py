@@ -46,6 +46,10 @@ OTHER = {
     "privacy.clip_norm": 2.0,
     "privacy.accountant": "prv",
     "privacy.filter": "gaussian",
+    "privacy.clip": "quantile",
+    "privacy.target_quantile": 0.75,
+    "privacy.clip_learning_rate": 0.5,
+    "privacy.clip_count_noise": 0.1,
     "training.min_new_units": 8,
     "training.max_rounds_per_day": 3,
     "training.steps": 7,
@@ -93,6 +97,10 @@ BAD = {
     "privacy.clip_norm": ({"a": 1}, -1.0),
     "privacy.accountant": (None, "gdp"),
     "privacy.filter": ("rdp", "Gaussian"),
+    "privacy.clip": (1, "adaptive"),
+    "privacy.target_quantile": ("0.5", 1.0),
+    "privacy.clip_learning_rate": ([0.2], 0.0),
+    "privacy.clip_count_noise": (True, 1.5),
     "training.min_new_units": (3.0, 0),
     "training.max_rounds_per_day": (True, 1441),
     "training.steps": ("50", 10**9),
@@ -325,6 +333,35 @@ def test_warm_start_defaults_to_the_population_adapter():
     assert Policy.from_dict(cold.to_dict()) == cold and cold.digest() != Policy().digest()
     message = _error(_with("training.warm_start", "pretrained"))
     assert "training.warm_start" in message and '"none", "population"' in message
+
+
+def test_quantile_clipping_keys_are_implicit_at_their_defaults():
+    """Written out at their defaults the four keys leave the digest as it was before them."""
+    explicit = _base()
+    explicit["privacy"] |= {"clip": "fixed", "target_quantile": 0.5, "clip_learning_rate": 0.2,
+                            "clip_count_noise": 0.05}  # fmt: skip
+    assert Policy.from_dict(explicit).digest() == Policy().digest()
+    assert not {"clip", "target_quantile"} & set(Policy().to_dict()["privacy"])
+    assert Policy().privacy.quantile_clipping() is None
+    quantile = Policy().with_overrides({"privacy.clip": "quantile"})
+    assert quantile.to_dict()["privacy"]["clip"] == "quantile"
+    clipping = quantile.privacy.quantile_clipping()
+    assert (clipping.target_quantile, clipping.learning_rate, clipping.count_noise) == (
+        0.5, 0.2, 0.05
+    )  # fmt: skip
+
+
+def test_quantile_clipping_needs_count_noise_above_half_sigma():
+    data = _with("privacy.clip", "quantile")
+    data["training"]["expected_batch_size"] = 16.0  # σ_b = 0.05 · 16 = 0.8, σ/2 = 0.8
+    message = _error(data)
+    assert "privacy.clip_count_noise" in message and "privacy.noise_multiplier" in message
+    assert "training.expected_batch_size" in message and 'privacy.clip = "fixed"' in message
+    data["privacy"]["clip_count_noise"] = 0.06  # σ_b = 0.96 > 0.8
+    assert Policy.from_dict(data).privacy.clip == "quantile"
+    data["privacy"]["clip"] = "fixed"  # the fixed clip norm never needs it
+    data["privacy"]["clip_count_noise"] = 0.01
+    assert Policy.from_dict(data).privacy.clip == "fixed"
 
 
 # --- construction and overrides ----------------------------------------------------------------

@@ -33,7 +33,8 @@ def _num(x: float) -> str:
 
 @dataclass(frozen=True)
 class _Number:
-    """An int or float in a closed/open interval; ``optional``: ``None`` (key absent) allowed."""
+    """An int or float in a closed/open interval; ``optional``: ``None`` (key absent) allowed.
+    ``implicit``: a value :meth:`_Validated._dump` leaves out, as for :class:`_Choice`."""
 
     kind: type
     low: float
@@ -41,6 +42,7 @@ class _Number:
     low_open: bool = False
     high_open: bool = False
     optional: bool = False
+    implicit: float | None = None
 
     def describe(self) -> str:
         what = "an integer" if self.kind is int else "a number"
@@ -321,7 +323,9 @@ class _Validated:
                 data[f.name] = value._dump()
             elif isinstance(spec, _Targets | _Layers):
                 data[f.name] = spec.dump(value)
-            elif isinstance(spec, _Choice) and value == spec.implicit:
+            elif isinstance(spec, _Choice | _Number) and (
+                spec.implicit is not None and value == spec.implicit
+            ):
                 continue  # the implicit default is left out (the digest stays the same)
             elif value is not None:  # an unset optional is left out (TOML has no null)
                 data[f.name] = value

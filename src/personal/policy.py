@@ -92,13 +92,27 @@ class Policy(_Validated):
 
     @classmethod
     def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
-        lifetime, val = out["privacy"].lifetime_epsilon, out["gates"].validation_epsilon
+        privacy, batch = out["privacy"], out["training"].expected_batch_size
+        problems = []
+        sigma, count = privacy.noise_multiplier, privacy.clip_count_noise * batch
+        if privacy.clip == "quantile" and sigma is not None and count <= sigma / 2:
+            # σ_Δ = (σ⁻² − (2σ_b)⁻²)^(−½) needs σ_b > σ/2 (docs/privacy-accounting.md); a
+            # round also checks it at its own expected batch (at most this one), uncharged.
+            problems.append(
+                f"privacy.clip_count_noise × training.expected_batch_size = "
+                f"{privacy.clip_count_noise:g} × {batch:g} = {count:g} (σ_b, the noise std of "
+                "quantile clipping's count) is not above privacy.noise_multiplier / 2 = "
+                f"{sigma / 2:g}: the gradient's noise σ_Δ = (σ⁻² − (2σ_b)⁻²)^(−½) is then "
+                "undefined. Raise clip_count_noise, lower noise_multiplier, or set privacy.clip = "
+                '"fixed".'
+            )
+        lifetime, val = privacy.lifetime_epsilon, out["gates"].validation_epsilon
         if val is not None and val > lifetime:
-            return [
+            problems.append(
                 f"gates.validation_epsilon = {val!r} exceeds privacy.lifetime_epsilon = "
                 f"{lifetime!r}: the metric is charged to the same units; lower it."
-            ]
-        return []
+            )
+        return problems
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str | None = None) -> Policy:

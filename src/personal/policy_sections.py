@@ -19,6 +19,7 @@ from personal._policy_specs import (
     _Targets,
     _Validated,
 )
+from personal.privacy.quantile import QuantileClipping
 
 # --- the sections ------------------------------------------------------------------------------
 
@@ -46,6 +47,18 @@ class PrivacyPolicy(_Validated):
             so keep ``"renyi"`` when q ≪ 1). Bound into the store's lifetime contract at its
             first round; docs/privacy-accounting.md, section 4. Left out of :meth:`to_dict`
             when ``"renyi"``, so policies written before the key keep their digest.
+        clip: ``"fixed"`` (default: every step clips at ``clip_norm``) or ``"quantile"``
+            (DP quantile clipping, Andrew et al. 2021: ``clip_norm`` is the first C, then each
+            step's noisy count of unclipped units steers C towards the ``target_quantile`` of
+            the unit gradient norms; the charge is the same σ; docs/privacy-accounting.md,
+            "Adaptive clipping"). The three keys below only act under ``"quantile"``; all four
+            are left out of :meth:`to_dict` at their defaults (older policies keep their digest).
+        target_quantile: γ, the share of units C should leave unclipped, in (0, 1).
+        clip_learning_rate: η of the geometric update ``C ← C·exp(−η(unclipped − γ))``,
+            in (0, 1].
+        clip_count_noise: σ_b, the count's noise std, as a fraction of the expected units per
+            step B (σ_b = clip_count_noise · B), in (0, 1]. Must exceed noise_multiplier / 2 at
+            the round's B: the gradient then takes σ_Δ = (σ⁻² − (2σ_b)⁻²)^(−½).
     """
 
     _PATH: ClassVar[str] = "privacy"
@@ -61,6 +74,23 @@ class PrivacyPolicy(_Validated):
     clip_norm: float = _spec(_Number(float, 0.0, 1000.0, low_open=True), 0.5)
     accountant: str = _spec(_Choice(("rdp", "prv")), "rdp")
     filter: str = _spec(_Choice(("renyi", "gaussian"), implicit="renyi"), "renyi")
+    clip: str = _spec(_Choice(("fixed", "quantile"), implicit="fixed"), "fixed")
+    target_quantile: float = _spec(
+        _Number(float, 0.0, 1.0, low_open=True, high_open=True, implicit=0.5), 0.5
+    )
+    clip_learning_rate: float = _spec(_Number(float, 0.0, 1.0, low_open=True, implicit=0.2), 0.2)
+    clip_count_noise: float = _spec(_Number(float, 0.0, 1.0, low_open=True, implicit=0.05), 0.05)
+
+    def quantile_clipping(self) -> QuantileClipping | None:
+        """The :class:`~personal.privacy.quantile.QuantileClipping` of ``clip = "quantile"``;
+        ``None`` for a fixed clip norm."""
+        if self.clip != "quantile":
+            return None
+        return QuantileClipping(
+            target_quantile=self.target_quantile,
+            learning_rate=self.clip_learning_rate,
+            count_noise=self.clip_count_noise,
+        )
 
     @classmethod
     def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from personal.privacy.audit import (
     Audit,
     AuditRound,
@@ -161,3 +163,62 @@ def test_the_audit_of_a_renyi_store_says_so(tmp_path):
     assert data["ok"] and data["filter"] == "renyi" and "Rényi filter" in data["filter_note"]
     b = sgm_rdp(sample_rate=1.0, noise_multiplier=1.6, steps=4)
     assert data["units"]["epsilon_min"] == pytest.approx(filter_epsilon(b, delta=1e-6))
+
+
+# --- quantile clipping: C adapts, σ is still checked ---------------------------------------------
+
+
+def _quantile_rules(clip: str = "quantile") -> RoundRules:
+    return RoundRules(clip_norm=0.5, noise_multiplier=1.6, validation_noise_multiplier=4.0,
+                      lifetime_epsilon=8.0, clip=clip)  # fmt: skip
+
+
+def _train(i: int, clip: float, sigma: float = 1.6) -> AuditRound:
+    return AuditRound(i, f"2026-11-2{i}T00:00:00Z", "training", sigma, 1.0, 4, clip, 2,
+                      "completed")  # fmt: skip
+
+
+def _follows(rounds, rules):
+    checks = compliance_checks(rounds, {}, lifetime_epsilon=8.0, rules=rules)
+    return next(c for c in checks if c.name == "rounds_follow_policy")
+
+
+def test_a_quantile_policy_accepts_any_finite_c_and_says_clipping_is_adaptive():
+    rounds = [_train(1, 0.5), _train(2, 0.13), _train(3, 7.9), _validation(4, sigma=4.0)]
+    check = _follows(rounds, _quantile_rules())
+    assert check.ok and "C adaptive (quantile clipping from C=0.5" in check.detail
+    fixed = _follows(rounds, _quantile_rules("fixed"))  # the fixed rule is unchanged
+    assert not fixed.ok and "round 2: training at C=0.13, not 0.5" in fixed.detail
+    bad = _follows([_train(1, math.inf), _train(2, 0.2, sigma=1.2)], _quantile_rules())
+    assert not bad.ok and "round 1: training at C=inf" in bad.detail
+    assert "round 2: training σ=1.2 below the policy's 1.6" in bad.detail
+
+
+def test_the_audit_of_a_quantile_store_passes_and_still_catches_a_low_sigma(tmp_path):
+    from personal.policy import load_policy
+    from personal.privacy.audit import build_audit
+    from personal.privacy.contract import Contract
+    from personal.privacy.filter import Charge
+    from personal.privacy.ledger import Ledger
+    from personal.store import RawKey, Store
+
+    policy = load_policy("default").with_overrides({"privacy.clip": "quantile"})
+    store = Store.create(tmp_path / "store", RawKey(bytes(range(32))))
+    ledger = Ledger.open(store, Contract.of_policy(policy))
+    context = {"base_fingerprint": "sha256:b", "policy_digest": policy.digest()}
+    for clip, sigma, units in ((0.5, 1.6, ["a"]), (0.31, 1.6, ["b"]), (1.7, 1.6, ["c"])):
+        charge = Charge(purpose="training", sample_rate=1.0, noise_multiplier=sigma, steps=4)
+        round_id = ledger.begin_round(charge, units, accountant="rdp", clip_norm=clip, **context)
+        ledger.finish_round(round_id, "completed", {"clip": "quantile", "clip_norm_final": clip})
+    with store:
+        audit = build_audit(ledger, policy=policy, policy_given=True).to_json()
+        assert audit["ok"], audit["compliance"]
+        as_fixed = build_audit(ledger, policy=load_policy("default")).to_json()
+        assert not as_fixed["ok"]  # the same rounds under a fixed clip norm of 0.5: C differs
+        # a round below the policy's σ (a tampered engine) fails whatever C did
+        charge = Charge(purpose="training", sample_rate=1.0, noise_multiplier=1.2, steps=2)
+        round_id = ledger.begin_round(charge, ["d"], accountant="rdp", clip_norm=0.4, **context)
+        ledger.finish_round(round_id)
+        tampered = build_audit(ledger, policy=policy).to_json()
+    (check,) = [c for c in tampered["compliance"] if c["name"] == "rounds_follow_policy"]
+    assert not check["ok"] and "round 4: training σ=1.2 below the policy's 1.6" in check["detail"]

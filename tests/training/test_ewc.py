@@ -3,6 +3,7 @@ from noised DP gradients (bias correction, through the DP step's hooks), sealed 
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import warnings
 from collections.abc import Iterator
@@ -270,6 +271,31 @@ def test_constant_gradient_through_the_dp_step_hook() -> None:
     np.testing.assert_allclose(estimate.mean(axis=0), x**2, atol=0.4 * fisher.bias)
 
 
+def test_pure_noise_fisher_under_quantile_clipping_uses_each_steps_noise_std() -> None:
+    """Under quantile clipping every release has its own std σ_Δ·C_t: the step reports each
+    one and the bias is their mean of squares (here C moves on pure-noise counts)."""
+    from personal.privacy.dpsgd import NoiseObserver
+    from personal.privacy.quantile import QuantileClipping
+
+    sigma, clip, size = 1.3, 0.7, 40.0
+    fisher = FisherFromNoisedGradients(noise_std=sigma * clip, expected_size=size)
+    assert isinstance(fisher, NoiseObserver)
+    quantile = QuantileClipping(learning_rate=1.0, count_noise=0.5)
+    model = _linear(40, 25)
+    step = make_dp_step(
+        model, optim.SGD(learning_rate=0.0), DPConfig(sigma, clip, quantile=quantile),
+        loss=_sum_loss, noise=_noise(1), on_release=fisher,
+    )  # fmt: skip
+    stds = [step.empty(size).noise_std for _ in range(400)]
+    assert len(set(stds)) > 100  # C moved
+    bias = float(np.mean(np.square(stds))) / size**2
+    assert fisher.bias == pytest.approx(bias)
+    raw = np.array(fisher.uncorrected()["weight"])
+    assert raw.mean() == pytest.approx(bias, rel=0.03)
+    assert np.array(fisher.estimate()["weight"]).mean() < 0.1 * bias
+    assert abs((sigma * clip / size) ** 2 - bias) > 0.2 * bias  # the first std would be wrong
+
+
 def test_fisher_validation() -> None:
     with pytest.raises(ConfigError):
         FisherFromNoisedGradients(noise_std=-1.0, expected_size=1.0)
@@ -277,6 +303,8 @@ def test_fisher_validation() -> None:
         FisherFromNoisedGradients(noise_std=1.0, expected_size=0.0)
     with pytest.raises(ConfigError):
         FisherFromNoisedGradients(noise_std=1.0, expected_size=1.0).estimate()
+    with pytest.raises(ConfigError):
+        FisherFromNoisedGradients(noise_std=1.0, expected_size=1.0).observe_noise_std(math.nan)
 
 
 # --- hooks of the DP step --------------------------------------------------------------------

@@ -148,3 +148,42 @@ def test_a_sampler_that_does_not_match_the_charge_is_refused(setup, kind, rate):
             base.model, base.tokenizer, log, ledger, _plan(), context=CONTEXT, sampler=sampler
         )
     assert ledger.rounds() == []
+
+
+# --- quantile clipping (privacy.clip = "quantile") ----------------------------------------------
+
+
+def test_a_quantile_round_moves_c_and_charges_as_a_fixed_one(setup):
+    from personal.privacy.quantile import QuantileClipping
+
+    log, ledger, base = setup
+    quantile = QuantileClipping(count_noise=0.5)  # σ_b = 0.5 · 12 = 6 > σ/2 at q = 1
+    plan = _plan(noise_multiplier=3.0, expected_batch_size=12, quantile=quantile)
+    report = run_round(base.model, base.tokenizer, log, ledger, plan, context=CONTEXT)
+    assert report.clip == "quantile" and report.clip_norm == 1.0
+    assert report.clip_norm_final is not None and report.clip_norm_final != 1.0
+    assert report.public_summary()["clip_norm_final"] == report.clip_norm_final
+    (entry,) = ledger.rounds()
+    assert entry.clip_norm == 1.0  # the first C is in the hash chain
+    assert entry.summary == {
+        "completed_steps": 3, "clip": "quantile", "clip_norm_final": report.clip_norm_final
+    }  # fmt: skip
+    fixed = Ledger.open(InteractionLog.create(log.store.path.parent / "b", KEY).store,
+                        epsilon=4.0, delta=1e-6)  # fmt: skip
+    fixed_plan = _plan(noise_multiplier=3.0, expected_batch_size=12)
+    charge = fixed_plan.charge(12)
+    assert plan.charge(12) == charge  # the same σ, q, steps: the same charge
+    round_id = fixed.begin_round(charge, log.units(), clip_norm=1.0, **CONTEXT)
+    fixed.finish_round(round_id)
+    assert fixed.epsilons() == pytest.approx(ledger.epsilons())
+
+
+def test_a_quantile_round_that_cannot_split_sigma_is_refused_uncharged(setup):
+    from personal.errors import ConfigError
+    from personal.privacy.quantile import QuantileClipping
+
+    log, ledger, base = setup
+    plan = _plan(expected_batch_size=4, quantile=QuantileClipping(count_noise=0.05))
+    with pytest.raises(ConfigError, match="clip_count_noise"):  # σ_b = 0.2 < σ/2 = 1
+        run_round(base.model, base.tokenizer, log, ledger, plan, context=CONTEXT)
+    assert ledger.rounds() == []

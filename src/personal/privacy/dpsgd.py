@@ -14,6 +14,13 @@ One step, reading top to bottom like :meth:`DPStep.__call__`:
 5. division by the *expected* batch size ``q · |eligible|`` (never the realised one);
 6. the optimiser (SGD, Adam, ...) on the noised gradient: post-processing, no privacy cost.
 
+**Quantile clipping** (``DPConfig(quantile=QuantileClipping(...))``; Andrew et al. 2021,
+:mod:`personal.privacy.quantile`): each step also releases the noisy count of its units left
+unclipped (``Σ 1[‖g_i‖ ≤ C] − ½`` plus N(0, σ_b²), drawn by the same noise source), the gradient
+sum takes the larger noise multiplier σ_Δ so that the pair is one Gaussian mechanism with
+multiplier σ (the charge is unchanged), and the next step clips at the updated C
+(:attr:`DPStep.clip_norm`).
+
 Two optional hooks see the released gradient between steps 5 and 6, both post-processing of
 the DP output (no privacy cost, no change to the analysis): ``on_release(grads)`` observes the
 noised, normalised gradient (e.g. :class:`personal.training.ewc.FisherFromNoisedGradients`), then
@@ -32,6 +39,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol, runtime_checkable
 
 from personal.errors import ConfigError
 from personal.model.fastmath import cross_entropy
@@ -39,6 +47,7 @@ from personal.model.head import scored_logits
 from personal.model.mlx_typing import array_sum, flat_params, scalar
 from personal.model.per_example import RowLoss, per_example_grads
 from personal.privacy.noise import GaussianNoise
+from personal.privacy.quantile import QuantileClipping
 from personal.privacy.sampler import UnitBatch
 
 import mlx.core as mx
@@ -57,6 +66,18 @@ _UnitSum = Callable[
     [tuple[mx.array, ...], mx.array, mx.array, float | mx.array],
     tuple[dict[str, mx.array], mx.array, mx.array, mx.array],
 ]
+
+
+@runtime_checkable
+class NoiseObserver(Protocol):
+    """An ``on_release`` hook that must know each release's noise std (it changes from step
+    to step under quantile clipping), e.g. the bias correction of
+    :class:`personal.training.ewc.FisherFromNoisedGradients`."""
+
+    def observe_noise_std(self, std: float) -> None:
+        """Called with the std of the noise on the summed gradient, before ``on_release``."""
+
+
 # The clip target is shrunk by one part in 2^16 so that float32 rounding in the norm and the
 # rescaling cannot push a unit's contribution above C.
 CLIP_SAFETY = 1.0 - 2.0**-16
@@ -68,11 +89,15 @@ class DPConfig:
 
     Attributes:
         noise_multiplier: σ; the noise std is σ·C. 0 disables noise (no privacy: tests only).
-        clip_norm: C > 0, the L2 bound on each unit's gradient contribution.
+        clip_norm: C > 0, the L2 bound on each unit's gradient contribution (with ``quantile``:
+            the first step's; the step adapts it).
+        quantile: quantile clipping's parameters (``None``: C is fixed). The released pair
+            (gradient sum, unclipped count) is a Gaussian mechanism with multiplier σ.
     """
 
     noise_multiplier: float
     clip_norm: float
+    quantile: QuantileClipping | None = None
 
     def __post_init__(self) -> None:
         sigma, clip = self.noise_multiplier, self.clip_norm
@@ -80,11 +105,21 @@ class DPConfig:
             raise ConfigError(f"noise_multiplier must be a finite number >= 0, got {sigma!r}.")
         if not isinstance(clip, int | float) or not math.isfinite(clip) or clip <= 0:
             raise ConfigError(f"clip_norm must be a finite number > 0, got {clip!r}.")
+        if self.quantile is not None and sigma == 0:
+            raise ConfigError("quantile clipping needs noise: noise_multiplier must be > 0.")
 
     @property
     def noise_std(self) -> float:
-        """σ·C, the standard deviation of the noise on the summed gradient."""
+        """σ·C, the standard deviation of the noise on the summed gradient (fixed C; under
+        quantile clipping each step's is σ_Δ·C, :attr:`DPStepReport.noise_std`)."""
         return float(self.noise_multiplier * self.clip_norm)
+
+    def gradient_noise_multiplier(self, expected_size: float) -> float:
+        """The multiplier of the gradient sum's noise: σ, or σ_Δ > σ under quantile clipping
+        (its count takes the rest; raises :class:`ConfigError` if σ_b ≤ σ/2 at this size)."""
+        if self.quantile is None:
+            return float(self.noise_multiplier)
+        return self.quantile.gradient_noise_multiplier(self.noise_multiplier, expected_size)
 
 
 @dataclass(frozen=True)
@@ -100,8 +135,11 @@ class DPStepReport:
         expected_size: the normaliser q·|eligible|.
         clipped_fraction: fraction of units whose gradient norm exceeded C.
         loss: mean per-example loss over real rows (NaN for an empty batch).
-        noise_std: σ·C.
+        noise_std: the std of the noise on the summed gradient: σ·C (σ_Δ·C under quantile
+            clipping).
         nonfinite_units: units dropped because their gradient had a NaN or infinity.
+        clip_norm: the C this step clipped at (``None``: not recorded).
+        noisy_count: quantile clipping's released count b̃ (a DP output; ``None``: fixed C).
     """
 
     num_examples: int
@@ -112,6 +150,8 @@ class DPStepReport:
     loss: float
     noise_std: float
     nonfinite_units: int = 0
+    clip_norm: float | None = None
+    noisy_count: float | None = None
 
 
 def example_ce_loss(
@@ -218,6 +258,9 @@ class DPStep:
     Build it with :func:`make_dp_step`; call it with a :class:`UnitBatch` per step, or
     :meth:`empty` when the Poisson sample drew no unit (the step must still happen: releasing
     pure noise is part of the mechanism the accountant analyses).
+
+    :attr:`clip_norm` is the C of the next step: the configuration's, or under quantile
+    clipping the one the last release steered it to (set it to resume from an earlier C).
     """
 
     def __init__(
@@ -233,6 +276,8 @@ class DPStep:
     ) -> None:
         self.model, self.optimizer, self.config, self.noise = model, optimizer, config, noise
         self.on_release, self.transform = on_release, transform
+        self.clip_norm = float(config.clip_norm)
+        self._noisy_count: float | None = None
         optimizer.init(model.trainable_parameters())
         core: _UnitSum = partial(clipped_unit_sum, model, loss)
         update = self._update
@@ -258,12 +303,22 @@ class DPStep:
         _check_expected_size(batch.expected_size)
         if batch.num_units == 0:
             return self.empty(batch.expected_size, slots=batch.slots)
-        clip = mx.array(self.config.clip_norm, dtype=mx.float32)
+        # The noise multiplier first: a quantile step that cannot be private fails untouched.
+        multiplier = self.config.gradient_noise_multiplier(batch.expected_size)
+        limit = self.clip_norm
+        clip = mx.array(limit, dtype=mx.float32)
         sums, norms, rows, losses = self._core(batch.arrays, batch.units, batch.valid, clip)
         mx.eval(sums, norms, rows, losses)
-        self._release(sums, batch.expected_size, batch.slots)
         real = rows > 0  # (S,) unit slots that hold a unit
-        clipped = scalar(((norms > self.config.clip_norm * CLIP_SAFETY) & real).sum())
+        over = (norms > limit * CLIP_SAFETY) & real  # NaN (dropped) compares False
+        count = None
+        if self.config.quantile is not None:
+            # Σ (1[‖g_i‖ ≤ C] − ½) over the units: ±½ each (sensitivity ½); a dropped unit
+            # contributes 0, a function of its own data only.
+            kept = real & ~mx.isnan(norms)
+            count = scalar(mx.where(kept, mx.where(over, -0.5, 0.5), 0.0).sum())
+        noise_std = self._release(sums, batch.expected_size, batch.slots, multiplier, count)
+        clipped = scalar(over.sum())
         nonfinite = scalar((mx.isnan(norms) & real).sum())
         mean_loss = scalar((losses * batch.valid).sum() / batch.num_examples)
         return DPStepReport(
@@ -273,29 +328,59 @@ class DPStep:
             expected_size=batch.expected_size,
             clipped_fraction=clipped / batch.num_units,
             loss=float(mean_loss),
-            noise_std=self.config.noise_std,
+            noise_std=noise_std,
             nonfinite_units=int(nonfinite),
+            clip_norm=limit,
+            noisy_count=self._noisy_count,
         )
 
     def empty(self, expected_size: float, *, slots: int = 0) -> DPStepReport:
-        """The step for a sample that drew no unit: the update is noise alone."""
+        """The step for a sample that drew no unit: the update is noise alone (and, under
+        quantile clipping, the count is noise alone too)."""
         _check_expected_size(expected_size)
+        multiplier = self.config.gradient_noise_multiplier(expected_size)
+        limit = self.clip_norm
         zeros = {k: mx.zeros_like(v) for k, v in flat_params(self.model.trainable_parameters())}
-        self._release(zeros, expected_size, max(slots, 1))
-        return DPStepReport(0, 0, slots, expected_size, 0.0, math.nan, self.config.noise_std)
+        count = None if self.config.quantile is None else 0.0
+        std = self._release(zeros, expected_size, max(slots, 1), multiplier, count)
+        return DPStepReport(
+            0, 0, slots, expected_size, 0.0, math.nan, std, clip_norm=limit,
+            noisy_count=self._noisy_count,
+        )  # fmt: skip
 
-    def _release(self, sums: dict[str, mx.array], expected_size: float, slots: int) -> None:
-        """Steps 4-6: noise (outside the graph), normalise by the expected size, optimise."""
+    def _release(
+        self,
+        sums: dict[str, mx.array],
+        expected_size: float,
+        slots: int,
+        multiplier: float,
+        count: float | None,
+    ) -> float:
+        """Steps 4-6: noise (outside the graph), normalise by the expected size, optimise;
+        under quantile clipping also release ``count`` and move C. Returns the noise std."""
         # Each coordinate of the sum is at most C per unit, and there are at most `slots`
         # units: a bound from the configuration, never from the data.
-        bound = slots * self.config.clip_norm
-        noised = self.noise.privatize_tree(sums, self.config.noise_std, bound=bound)
+        clip = self.clip_norm
+        std = float(multiplier * clip)
+        noised = self.noise.privatize_tree(sums, std, bound=slots * clip)
+        self._noisy_count = None
+        quantile = self.config.quantile
+        if quantile is not None and count is not None:
+            # |count| <= slots / 2: a public bound again. The new C is a function of releases
+            # and public values only (post-processing); the next step clips at it.
+            released = self.noise.privatize_count(
+                count, quantile.count_std(expected_size), bound=slots / 2
+            )
+            self._noisy_count = released
+            self.clip_norm = quantile.next_clip(clip, released, expected_size)
         scale = mx.array(1.0 / expected_size, dtype=mx.float32)
         if self.on_release is not None or self.transform is not None:
             # Everything below sees only the released (noised) gradient: post-processing.
             noised = {name: value * scale for name, value in noised.items()}
             mx.eval(noised)
             scale = mx.array(1.0, dtype=mx.float32)
+            if isinstance(self.on_release, NoiseObserver):
+                self.on_release.observe_noise_std(std)
             if self.on_release is not None:
                 self.on_release(dict(noised))
             if self.transform is not None:
@@ -303,6 +388,7 @@ class DPStep:
                 noised = dict(self.transform(noised, params))
         self._apply(noised, scale)
         mx.eval(self.model.parameters(), self.optimizer.state)
+        return std
 
 
 def _check_expected_size(expected_size: float) -> None:

@@ -226,6 +226,11 @@ class GaussianNoise:
         snapped = np.rint(noisy / grid) * grid
         return snapped.astype(np.float32).reshape(np.shape(values))
 
+    def privatize_count(self, value: float, std: float, *, bound: float) -> float:
+        """:meth:`privatize` one count (e.g. quantile clipping's unclipped-unit count), as a
+        float: the same sampler, snapping and public-bound check as every other release."""
+        return float(self.privatize(np.array([value], dtype=np.float64), std, bound=bound)[0])
+
     def privatize_tree(
         self, values: Mapping[str, mx.array], std: float, *, bound: float | None = None
     ) -> dict[str, mx.array]:

@@ -300,11 +300,13 @@ class FisherFromNoisedGradients:
     Pass it as ``make_dp_step(..., on_release=fisher)``; it is called with every released
     (noised, normalised) gradient g̃ and keeps the running mean of g̃ ⊙ g̃. :meth:`estimate`
     subtracts the noise's contribution σ²C²/B² and floors at 0 (derivation in the module
-    docstring). Post-processing of DP outputs: free.
+    docstring). Post-processing of DP outputs: free. Under quantile clipping the noise std
+    changes from step to step: the DP step reports each one (:meth:`observe_noise_std`, a
+    :class:`~personal.privacy.dpsgd.NoiseObserver`) and the bias is their mean of squares.
 
     Args:
         noise_std: σ·C, the std of the noise added to the *sum* of clipped gradients
-            (``DPConfig.noise_std``).
+            (``DPConfig.noise_std``); the std of every release not otherwise reported.
         expected_size: B, the expected batch size the sum was divided by.
     """
 
@@ -317,11 +319,22 @@ class FisherFromNoisedGradients:
         self.expected_size = float(expected_size)
         self.steps = 0
         self._sum_sq: dict[str, mx.array] = {}
+        self._next_std: float | None = None
+        self._sum_var = 0.0  # Σ over recorded steps of (noise std)²
+
+    def observe_noise_std(self, std: float) -> None:
+        """The noise std of the release the next call records (a public value)."""
+        if not (math.isfinite(std) and std >= 0):
+            raise ConfigError(f"noise std must be a finite number >= 0, got {std!r}.")
+        self._next_std = float(std)
 
     @property
     def bias(self) -> float:
-        """σ²C²/B²: what the noise adds to E[g̃²] in every coordinate."""
-        return (self.noise_std / self.expected_size) ** 2
+        """σ²C²/B² (the mean over the recorded steps when their std differed): what the noise
+        adds to E[g̃²] in every coordinate."""
+        if not self.steps:
+            return (self.noise_std / self.expected_size) ** 2
+        return self._sum_var / self.steps / self.expected_size**2
 
     def __call__(self, grads: Mapping[str, mx.array]) -> None:
         """Record one released gradient (the ``on_release`` hook of a DP step)."""
@@ -331,6 +344,9 @@ class FisherFromNoisedGradients:
         for name, g in flat.items():
             sq = g.astype(mx.float32) ** 2
             self._sum_sq[name] = self._sum_sq[name] + sq if name in self._sum_sq else sq
+        std = self.noise_std if self._next_std is None else self._next_std
+        self._sum_var += std * std
+        self._next_std = None
         self.steps += 1
         mx.eval(self._sum_sq)
 

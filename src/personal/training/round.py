@@ -15,6 +15,10 @@ The round, top to bottom (:func:`run_round`):
    *expected* batch size ``q·|eligible|``). A step that sampled nobody still releases noise.
 5. **Close**: the ledger appends the round's completion (or abortion) entry.
 
+Under quantile clipping (``RoundPlan.quantile``; :mod:`personal.privacy.quantile`) ``C`` is the
+first step's clip norm and each step moves it; the ledger records that first C, the round's end
+entry and report the last one, and the charge is the same σ.
+
 The sampling rate is fixed before the filter from the number of *candidate* units
 (``q = min(1, B / |candidates|)`` for an expected batch of B units); the unit count is
 cleartext metadata of the store and treated as public (docs/privacy.md says so).
@@ -41,6 +45,7 @@ from personal.privacy.dpsgd import (
 from personal.privacy.filter import Charge
 from personal.privacy.ledger import Ledger
 from personal.privacy.noise import GaussianNoise
+from personal.privacy.quantile import QuantileClipping
 from personal.privacy.sampler import PoissonSampler, pack_token_units
 from personal.runtime import peak_memory_bytes, reset_peak_memory
 from personal.store.log import InteractionLog
@@ -58,7 +63,8 @@ class RoundPlan:
 
     Attributes:
         noise_multiplier: σ (noise std / clip norm), > 0 for a private round.
-        clip_norm: C, the L2 bound on each unit's gradient contribution.
+        clip_norm: C, the L2 bound on each unit's gradient contribution (under ``quantile``:
+            the first step's).
         expected_batch_size: B, expected units per step; ``q = min(1, B / |candidates|)``.
         steps: DP-SGD steps in the round.
         learning_rate: the optimiser's step size.
@@ -67,6 +73,7 @@ class RoundPlan:
         examples_per_unit: the most recent examples a unit contributes (a session or a day can
             hold many; the unit is clipped as one whatever this is).
         purpose: what the ledger records the round as (``"training"``, ``"replay"``, ...).
+        quantile: quantile clipping (``None``: C is fixed for the round).
     """
 
     noise_multiplier: float
@@ -78,6 +85,7 @@ class RoundPlan:
     max_tokens: int = 128
     examples_per_unit: int = 4
     purpose: str = "training"
+    quantile: QuantileClipping | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -96,6 +104,15 @@ class RoundPlan:
                 raise ConfigError(f"RoundPlan.{name} is invalid: {value!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"RoundPlan.optimizer must be one of {OPTIMIZERS}.")
+        if self.quantile is not None and not isinstance(self.quantile, QuantileClipping):
+            raise ConfigError("RoundPlan.quantile must be a QuantileClipping or None.")
+
+    def gradient_noise_multiplier(self, expected_size: float) -> float:
+        """The gradient sum's noise multiplier at expected batch ``expected_size``: σ, or σ_Δ
+        under quantile clipping (:class:`ConfigError` when σ_b ≤ σ/2 there)."""
+        if self.quantile is None:
+            return self.noise_multiplier
+        return self.quantile.gradient_noise_multiplier(self.noise_multiplier, expected_size)
 
     def sample_rate(self, candidates: int) -> float:
         """``q`` for ``candidates`` units: the expected batch over the candidate count."""
@@ -132,6 +149,8 @@ class RoundReport:
     adapter_version: int | None = None
     gates: dict[str, Any] | None = None
     replayed: int = 0
+    clip: str = "fixed"
+    clip_norm_final: float | None = None
 
     def public_summary(self) -> dict[str, Any]:
         """Only what may leave the device with the adapter: public parameters and charges.
@@ -139,9 +158,20 @@ class RoundReport:
         Training losses, clipped fractions and realised batch sizes are computed on private
         data without noise; they stay in the local report and never go into a manifest.
         """
-        keys = ("round_id", "status", "eligible", "noise_multiplier", "sample_rate", "steps",
-                "clip_norm", "expected_batch_size", "epsilon_max")  # fmt: skip
+        keys: tuple[str, ...] = (
+            "round_id", "status", "eligible", "noise_multiplier", "sample_rate", "steps",
+            "clip_norm", "expected_batch_size", "epsilon_max",
+        )  # fmt: skip
+        if self.clip != "fixed":  # the last C is a DP release's output: public
+            keys += ("clip", "clip_norm_final")
         return {k: getattr(self, k) for k in keys}
+
+    def end_summary(self) -> dict[str, Any]:
+        """What the ledger's end entry of the round records besides its outcome: the last
+        clip norm under quantile clipping (public; nothing for a fixed C)."""
+        if self.clip == "fixed":
+            return {}
+        return {"clip": self.clip, "clip_norm_final": self.clip_norm_final}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (NaN losses of empty steps become ``None``)."""
@@ -251,6 +281,7 @@ def run_round(
             f"all {len(candidates)} units have spent their lifetime privacy budget: log new "
             "interactions, or erase old ones (nothing was charged for this round)"
         )
+    plan.gradient_noise_multiplier(q * len(eligible))  # quantile: σ_b > σ/2, before the charge
     round_id = ledger.begin_round(
         charge, eligible, **{"clip_norm": plan.clip_norm, **(context or {})}
     )
@@ -258,20 +289,24 @@ def run_round(
         round_id, "running", len(candidates), len(eligible), len(candidates) - len(eligible),
         plan.noise_multiplier, q, plan.steps, plan.clip_norm, q * len(eligible),
     )  # fmt: skip
+    if plan.quantile is not None:
+        report.clip, report.clip_norm_final = "quantile", plan.clip_norm
     try:
         _train(
             model, tokenizer, log, plan, eligible, report, noise, sampler, progress, canaries,
             hooks(len(eligible)) if hooks else {},
         )  # fmt: skip
     except BaseException:
-        ledger.finish_round(round_id, "aborted", {"completed_steps": len(report.train_loss)})
+        done = {"completed_steps": len(report.train_loss), **report.end_summary()}
+        ledger.finish_round(round_id, "aborted", done)
         raise
     report.status = "completed"
     report.epsilon_max = max(ledger.epsilon_of(u) for u in eligible)
     report.seconds = round(time.perf_counter() - started, 3)
     report.peak_memory_bytes = peak_memory_bytes()
     if finish:
-        ledger.finish_round(round_id, "completed", {"completed_steps": plan.steps})
+        done = {"completed_steps": plan.steps, **report.end_summary()}
+        ledger.finish_round(round_id, "completed", done)
     return report
 
 
@@ -315,9 +350,9 @@ def _train(
         loss = canaries.loss(plan.clip_norm)
     else:
         loss = scored_ce_loss if scored_only else example_ce_loss
+    config = DPConfig(plan.noise_multiplier, plan.clip_norm, quantile=plan.quantile)
     step = make_dp_step(
-        model, _optimizer(plan), DPConfig(plan.noise_multiplier, plan.clip_norm), noise=noise,
-        loss=loss, **step_hooks,
+        model, _optimizer(plan), config, noise=noise, loss=loss, **step_hooks
     )  # fmt: skip
     clipped = 0.0
     for t in range(plan.steps):
@@ -338,6 +373,8 @@ def _train(
                 batch = canaries.attach(batch, units, sequences)
             result = step(batch)
         clipped += result.clipped_fraction * result.num_units
+        if plan.quantile is not None:
+            report.clip_norm_final = step.clip_norm
         report.sampled_units.append(result.num_units)
         report.train_loss.append(float(result.loss))
         if progress is not None:

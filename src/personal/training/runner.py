@@ -14,6 +14,11 @@
 5. **Save and activate** the new adapter if the gates pass (else the previous one stays live),
    close the ledger's rounds with the outcome, and **count** the round for the trigger.
 
+Under ``privacy.clip = "quantile"`` it also carries the adaptive clip norm from round to round:
+each round starts at the C the last one ended at (a DP output, stored in the store's sealed
+settings under :data:`CLIP_KEY`), or at the policy's ``clip_norm`` on a new store, after the
+policy's ``clip_norm`` changed, or on another base.
+
 It also owns the live base (a migration moves it with :meth:`RoundRunner.rebase`), the
 public data the gates and the continual hooks read, and the **warm start**: under
 ``training.warm_start = "population"`` the base's public population adapter
@@ -58,6 +63,8 @@ from personal.training.validation import Validation
 import mlx.core as mx
 
 TRIGGER_KEY = "update_trigger"
+#: The sealed setting holding quantile clipping's current C (post-processing of DP releases).
+CLIP_KEY = "adaptive_clip"
 
 
 class Draw(NamedTuple):
@@ -200,13 +207,14 @@ class RoundRunner:
             candidates = len(self._drawn[1].train)
         plan = RoundPlan(
             noise_multiplier=privacy.noise_multiplier or 1.0,
-            clip_norm=privacy.clip_norm,
+            clip_norm=self.clip_norm(),
             expected_batch_size=training.expected_batch_size,
             steps=training.steps,
             learning_rate=training.learning_rate,
             optimizer=training.optimizer,
             max_tokens=training.max_tokens,
             examples_per_unit=training.examples_per_unit,
+            quantile=privacy.quantile_clipping(),
         )
         if privacy.noise_multiplier is None:
             # Calibrated against the per-unit filter rule (the Rényi filter's conversion runs
@@ -219,6 +227,32 @@ class RoundRunner:
             )
             plan = RoundPlan(**{**plan.__dict__, "noise_multiplier": sigma})
         return plan
+
+    def clip_norm(self) -> float:
+        """The C the next round starts from: the policy's ``clip_norm``, or under quantile
+        clipping the C the last round on this base ended at under the same ``clip_norm``."""
+        privacy = self.policy.privacy
+        saved = self.settings.get(CLIP_KEY) if privacy.clip == "quantile" else None
+        if (
+            isinstance(saved, dict)
+            and saved.get("policy_clip_norm") == privacy.clip_norm
+            and saved.get("base_fingerprint") == self.base.fingerprint
+        ):
+            return float(saved["clip_norm"])
+        return float(privacy.clip_norm)
+
+    def _save_clip_norm(self, report: RoundReport) -> None:
+        """Keep the C a quantile round ended at for the next round (public: a DP output)."""
+        if report.clip_norm_final is None:
+            return
+        self.settings.set(
+            CLIP_KEY,
+            {
+                "clip_norm": report.clip_norm_final,
+                "policy_clip_norm": self.policy.privacy.clip_norm,
+                "base_fingerprint": self.base.fingerprint,
+            },
+        )
 
     @property
     def drawn(self) -> Draw | None:
@@ -303,8 +337,12 @@ class RoundRunner:
         self._check_draw(draw, max_budget_share)
         plan = self.plan(len(draw.train))
         # Fail before anything is charged: the validation charge comes first and is never
-        # refunded, so a round that cannot train must not open it (a pure check on past charges).
-        self.ledger.select(plan.charge(len(draw.train)), draw.train, max_share=max_budget_share)
+        # refunded, so a round that cannot train must not open it (a pure check on past charges;
+        # under quantile clipping also σ_b > σ/2 at the round's expected batch).
+        charge = plan.charge(len(draw.train))
+        admitted = self.ledger.select(charge, draw.train, max_share=max_budget_share).eligible
+        if admitted:
+            plan.gradient_noise_multiplier(charge.sample_rate * len(admitted))
         public, public_train = self.public_batches()
         # The gate's reference: the active adapter (this round's step) or the bare base (the
         # total drift; the base is frozen, so measuring it before the round is the same).
@@ -337,9 +375,8 @@ class RoundRunner:
             if validation:
                 validation.abort()
             if report is not None:
-                self.ledger.finish_round(
-                    report.round_id, "aborted", {"completed_steps": plan.steps}
-                )
+                done = {"completed_steps": plan.steps, **report.end_summary()}
+                self.ledger.finish_round(report.round_id, "aborted", done)
             raise
         gate = decide(
             general_before=general_before,
@@ -353,6 +390,7 @@ class RoundRunner:
         if validation:
             validation.finish(gate)
         report.gates, report.replayed = gate.to_dict(), len(draw.replayed)
+        self._save_clip_norm(report)  # the last C stands whatever the gates say
         self._conclude(report, gate, previous, validation, plan.steps)
         self.continual.after_round(model, draw.new, gate.passed, public_train)
         self._count_round(len(self.interactions.units()), now)
@@ -373,6 +411,7 @@ class RoundRunner:
             "gate": "passed" if gate.passed else "refused",
             "adapter_version": None,
             "validation_round": validation.round_id if validation else None,
+            **report.end_summary(),
         }
         try:
             if gate.passed:

@@ -1,8 +1,9 @@
 """The compliance checks a reviewer reads: each round held to the rule for its purpose.
 
-Training rounds to the policy's clip norm and σ, held-out validation rounds to their own clip
-norm, one release and the policy's validation σ, migration rounds to charging nothing; every unit
-to the lifetime budget; the policy a reviewer names to the contract the ledger binds.
+Training rounds to the policy's clip norm (any finite C > 0 under quantile clipping, whose
+charge does not depend on C) and σ, held-out validation rounds to their own clip norm, one
+release and the policy's validation σ, migration rounds to charging nothing; every unit to the
+lifetime budget; the policy a reviewer names to the contract the ledger binds.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ VALIDATION_CLIP_NORM = 1.0  # the held-out gain metric's own sensitivity (clip o
 class RoundRules:
     """What each purpose of round must satisfy under one policy (see :func:`rules_of`)."""
 
-    clip_norm: float
+    clip_norm: float  # fixed clipping: every training round's C; quantile: the first C
     noise_multiplier: float | None  # None: calibrated per round (only σ > 0 is checked)
     validation_noise_multiplier: float
     lifetime_epsilon: float
     name: str = ""
+    clip: str = "fixed"  # "quantile": C adapts from round to round (privacy.clip)
 
 
 def rules_of(policy: Any) -> RoundRules:
@@ -37,6 +39,7 @@ def rules_of(policy: Any) -> RoundRules:
         validation_noise_multiplier=validation_noise_multiplier(policy),
         lifetime_epsilon=float(policy.privacy.lifetime_epsilon),
         name=str(policy.name),
+        clip=str(policy.privacy.clip),
     )
 
 
@@ -59,7 +62,11 @@ def _purpose_problems(r: AuditRound, rules: RoundRules) -> list[str]:
                 f"{rules.validation_noise_multiplier:.4g}"
             )
         return problems
-    if r.clip_norm is not None and not math.isclose(r.clip_norm, rules.clip_norm):
+    if rules.clip == "quantile":
+        # C adapts (a DP output); the charge is σ's whatever C is, so any finite C > 0 is valid.
+        if r.clip_norm is not None and not (math.isfinite(r.clip_norm) and r.clip_norm > 0):
+            problems.append(f"{r.purpose} at C={r.clip_norm!r}, not a finite C > 0")
+    elif r.clip_norm is not None and not math.isclose(r.clip_norm, rules.clip_norm):
         problems.append(f"{r.purpose} at C={r.clip_norm:g}, not {rules.clip_norm:g}")
     if rules.noise_multiplier is not None and r.noise_multiplier < rules.noise_multiplier * (
         1 - tol
@@ -68,6 +75,12 @@ def _purpose_problems(r: AuditRound, rules: RoundRules) -> list[str]:
             f"{r.purpose} σ={r.noise_multiplier:.4g} below the policy's {rules.noise_multiplier:g}"
         )
     return problems
+
+
+def _clip_rule(rules: RoundRules) -> str:
+    if rules.clip == "quantile":
+        return f"C adaptive (quantile clipping from C={rules.clip_norm:g}; any C > 0 charges σ)"
+    return f"C={rules.clip_norm:g}"
 
 
 def compliance_checks(
@@ -131,7 +144,8 @@ def compliance_checks(
                 "; ".join(f"round {i}: {', '.join(p)}" for i, p in bad.items())
                 if bad
                 else f"every round follows policy {rules.name!r} for its purpose "
-                f"({', '.join(purposes) or 'no rounds'}): training C={rules.clip_norm:g}"
+                f"({', '.join(purposes) or 'no rounds'}): training "
+                + _clip_rule(rules)
                 + (f" σ≥{rules.noise_multiplier:g}" if rules.noise_multiplier else "")
                 + f", validation C={VALIDATION_CLIP_NORM:g} σ≥"
                 f"{rules.validation_noise_multiplier:.4g}, migration uncharged",
