@@ -36,7 +36,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "personal.charts",
         "personal.policy",  # the policy, its sections (LoRA settings: personal.model) and specs
         "personal.policy_sections",
-        "personal._policy_specs",
+        "personal.policy_specs",
     ),
     "bottom": (
         "personal.store",

@@ -37,18 +37,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from personal._policy_specs import (
-    _NAME,
-    _error,
-    _join,
-    _parse,
-    _Section,
-    _show,
-    _spec,
-    _spec_of,
-    _Text,
-    _Validated,
-)
 from personal.errors import PolicyError
 from personal.policy_sections import (
     ContinualPolicy,
@@ -60,6 +48,18 @@ from personal.policy_sections import (
     StorePolicy,
     TrainingPolicy,
 )
+from personal.policy_specs import (
+    NAME_PATTERN,
+    Section,
+    Text,
+    Validated,
+    join_key,
+    parse_section,
+    policy_error,
+    show_value,
+    spec_field,
+    spec_of,
+)
 
 #: Directory of the policies shipped with the package (the single copy; see policies/README.md).
 BUNDLED_DIR = Path(__file__).with_name("policies")
@@ -69,7 +69,7 @@ MAX_FILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class Policy(_Validated):
+class Policy(Validated):
     """A complete, validated policy. ``Policy()`` is the default policy.
 
     Attributes:
@@ -80,8 +80,8 @@ class Policy(_Validated):
 
     _REQUIRED: ClassVar[tuple[str, ...]] = ("privacy",)
 
-    name: str = _spec(_Text(_NAME, 64), "custom")
-    description: str = _spec(_Text(None, 2000), "")
+    name: str = spec_field(Text(NAME_PATTERN, 64), "custom")
+    description: str = spec_field(Text(None, 2000), "")
     privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
     training: TrainingPolicy = field(default_factory=TrainingPolicy)
     continual: ContinualPolicy = field(default_factory=ContinualPolicy)
@@ -122,17 +122,19 @@ class Policy(_Validated):
             PolicyError: naming every bad key, its value, the allowed type/range and the fix.
         """
         if not isinstance(data, Mapping):
-            raise _error([f"the policy is {_show(data)}: must be a table of sections"], source)
-        values, problems = _parse(cls, data, strict=True)
+            raise policy_error(
+                [f"the policy is {show_value(data)}: must be a table of sections"], source
+            )
+        values, problems = parse_section(cls, data, strict=True)
         if problems:
-            raise _error(problems, source)
+            raise policy_error(problems, source)
         return cls(**values)
 
     @classmethod
     def from_toml(cls, text: str, *, source: str = "<string>") -> Policy:
         """Parse and validate TOML text; malformed TOML is a :class:`PolicyError` too."""
         if not isinstance(text, str):
-            raise _error([f"the policy text is {_show(text)}: must be a string"], source)
+            raise policy_error([f"the policy text is {show_value(text)}: must be a string"], source)
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -184,7 +186,7 @@ class Policy(_Validated):
             for part in parts[:-1]:
                 nxt = table.get(part)
                 if not isinstance(nxt, dict):
-                    raise _error([f"{dotted}: no such section {part!r}"], "override")
+                    raise policy_error([f"{dotted}: no such section {part!r}"], "override")
                 table = nxt
             if value is None:
                 table.pop(parts[-1], None)
@@ -248,7 +250,7 @@ def load_policy(path_or_name: str | os.PathLike[str] | Policy) -> Policy:
     else:
         raise PolicyError(
             f"a policy is a bundled name ({names}) or a path to a TOML file, "
-            f"not {_show(path_or_name)}."
+            f"not {show_value(path_or_name)}."
         )
     data = _read(path, names)
     try:
@@ -296,11 +298,11 @@ def policy_keys() -> dict[str, str]:
 
     def walk(cls: Any) -> None:
         for f in fields(cls):
-            spec = _spec_of(f)
-            if isinstance(spec, _Section):
+            spec = spec_of(f)
+            if isinstance(spec, Section):
                 walk(spec.cls)
             else:
-                keys[_join(cls._PATH, f.name)] = spec.describe()
+                keys[join_key(cls._PATH, f.name)] = spec.describe()
 
     walk(Policy)
     return keys

@@ -10,24 +10,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from personal._policy_specs import (
-    _Choice,
-    _Layers,
-    _Number,
-    _one_of,
-    _spec,
-    _Targets,
-    _Validated,
+from personal.policy_specs import (
+    Choice,
+    Layers,
+    Number,
+    Targets,
+    Validated,
+    one_of,
+    spec_field,
 )
 from personal.privacy.quantile import QuantileClipping
 
 # --- the sections ------------------------------------------------------------------------------
 
-_EPS = _Number(float, 0.1, 100.0)
+_EPS = Number(float, 0.1, 100.0)
 
 
 @dataclass(frozen=True)
-class PrivacyPolicy(_Validated):
+class PrivacyPolicy(Validated):
     """The privacy contract (what a reviewer checks first; docs/privacy.md).
 
     Attributes:
@@ -64,22 +64,26 @@ class PrivacyPolicy(_Validated):
     _PATH: ClassVar[str] = "privacy"
     _REQUIRED: ClassVar[tuple[str, ...]] = ("unit", "lifetime_epsilon", "delta")
 
-    unit: str = _spec(_Choice(("interaction", "session", "day")), "interaction")
-    lifetime_epsilon: float = _spec(_EPS, 8.0)
-    delta: float = _spec(_Number(float, 0.0, 1e-3, low_open=True), 1e-6)
-    round_epsilon: float | None = _spec(
-        _Number(float, 0.0, 100.0, low_open=True, optional=True), None
+    unit: str = spec_field(Choice(("interaction", "session", "day")), "interaction")
+    lifetime_epsilon: float = spec_field(_EPS, 8.0)
+    delta: float = spec_field(Number(float, 0.0, 1e-3, low_open=True), 1e-6)
+    round_epsilon: float | None = spec_field(
+        Number(float, 0.0, 100.0, low_open=True, optional=True), None
     )
-    noise_multiplier: float | None = _spec(_Number(float, 0.1, 1000.0, optional=True), None)
-    clip_norm: float = _spec(_Number(float, 0.0, 1000.0, low_open=True), 0.5)
-    accountant: str = _spec(_Choice(("rdp", "prv")), "rdp")
-    filter: str = _spec(_Choice(("renyi", "gaussian"), implicit="renyi"), "renyi")
-    clip: str = _spec(_Choice(("fixed", "quantile"), implicit="fixed"), "fixed")
-    target_quantile: float = _spec(
-        _Number(float, 0.0, 1.0, low_open=True, high_open=True, implicit=0.5), 0.5
+    noise_multiplier: float | None = spec_field(Number(float, 0.1, 1000.0, optional=True), None)
+    clip_norm: float = spec_field(Number(float, 0.0, 1000.0, low_open=True), 0.5)
+    accountant: str = spec_field(Choice(("rdp", "prv")), "rdp")
+    filter: str = spec_field(Choice(("renyi", "gaussian"), implicit="renyi"), "renyi")
+    clip: str = spec_field(Choice(("fixed", "quantile"), implicit="fixed"), "fixed")
+    target_quantile: float = spec_field(
+        Number(float, 0.0, 1.0, low_open=True, high_open=True, implicit=0.5), 0.5
     )
-    clip_learning_rate: float = _spec(_Number(float, 0.0, 1.0, low_open=True, implicit=0.2), 0.2)
-    clip_count_noise: float = _spec(_Number(float, 0.0, 1.0, low_open=True, implicit=0.05), 0.05)
+    clip_learning_rate: float = spec_field(
+        Number(float, 0.0, 1.0, low_open=True, implicit=0.2), 0.2
+    )
+    clip_count_noise: float = spec_field(
+        Number(float, 0.0, 1.0, low_open=True, implicit=0.05), 0.05
+    )
 
     def quantile_clipping(self) -> QuantileClipping | None:
         """The :class:`~personal.privacy.quantile.QuantileClipping` of ``clip = "quantile"``;
@@ -96,7 +100,7 @@ class PrivacyPolicy(_Validated):
     def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
         keys = ("round_epsilon", "noise_multiplier")
         # Neither given: the default policy's measured noise (docs/dp-utility.md).
-        problems = _one_of(out, cls._PATH, keys, 1.6, required=strict, fallback=1)
+        problems = one_of(out, cls._PATH, keys, 1.6, required=strict, fallback=1)
         eps = out["round_epsilon"]
         if not problems and eps is not None and eps > out["lifetime_epsilon"]:
             problems.append(
@@ -108,7 +112,7 @@ class PrivacyPolicy(_Validated):
 
 
 @dataclass(frozen=True)
-class LoRAPolicy(_Validated):
+class LoRAPolicy(Validated):
     """The adapter trained (see :class:`personal.model.lora.LoRAConfig`).
 
     Attributes:
@@ -123,11 +127,11 @@ class LoRAPolicy(_Validated):
 
     _PATH: ClassVar[str] = "training.lora"
 
-    rank: int = _spec(_Number(int, 1, 256), 1)
-    scale: float = _spec(_Number(float, 0.0, 1000.0, low_open=True), 20.0)
-    dropout: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.0)
-    targets: tuple[str, ...] | None = _spec(_Targets(), ("self_attn.o_proj", "mlp.down_proj"))
-    num_layers: int | None = _spec(_Layers(), 2)
+    rank: int = spec_field(Number(int, 1, 256), 1)
+    scale: float = spec_field(Number(float, 0.0, 1000.0, low_open=True), 20.0)
+    dropout: float = spec_field(Number(float, 0.0, 1.0, high_open=True), 0.0)
+    targets: tuple[str, ...] | None = spec_field(Targets(), ("self_attn.o_proj", "mlp.down_proj"))
+    num_layers: int | None = spec_field(Layers(), 2)
 
     def to_lora_config(self) -> Any:
         """The :class:`~personal.model.lora.LoRAConfig` (imports MLX)."""
@@ -143,7 +147,7 @@ class LoRAPolicy(_Validated):
 
 
 @dataclass(frozen=True)
-class TrainingPolicy(_Validated):
+class TrainingPolicy(Validated):
     """When a round runs and what it does.
 
     Attributes:
@@ -168,20 +172,20 @@ class TrainingPolicy(_Validated):
 
     _PATH: ClassVar[str] = "training"
 
-    min_new_units: int = _spec(_Number(int, 1, 1_000_000), 64)
-    max_rounds_per_day: int = _spec(_Number(int, 1, 1440), 1)
-    steps: int = _spec(_Number(int, 1, 100_000), 4)
-    learning_rate: float = _spec(_Number(float, 0.0, 10.0, low_open=True), 0.3)
-    optimizer: str = _spec(_Choice(("adam", "sgd")), "sgd")
-    expected_batch_size: float = _spec(_Number(float, 1.0, 65536.0), 4096.0)
-    max_tokens: int = _spec(_Number(int, 8, 32768), 64)
-    examples_per_unit: int = _spec(_Number(int, 1, 1024), 4)
-    warm_start: str = _spec(_Choice(("none", "population")), "population")
+    min_new_units: int = spec_field(Number(int, 1, 1_000_000), 64)
+    max_rounds_per_day: int = spec_field(Number(int, 1, 1440), 1)
+    steps: int = spec_field(Number(int, 1, 100_000), 4)
+    learning_rate: float = spec_field(Number(float, 0.0, 10.0, low_open=True), 0.3)
+    optimizer: str = spec_field(Choice(("adam", "sgd")), "sgd")
+    expected_batch_size: float = spec_field(Number(float, 1.0, 65536.0), 4096.0)
+    max_tokens: int = spec_field(Number(int, 8, 32768), 64)
+    examples_per_unit: int = spec_field(Number(int, 1, 1024), 4)
+    warm_start: str = spec_field(Choice(("none", "population")), "population")
     lora: LoRAPolicy = field(default_factory=LoRAPolicy)
 
 
 @dataclass(frozen=True)
-class ContinualPolicy(_Validated):
+class ContinualPolicy(Validated):
     """Forgetting mitigation: replay of past units and public text, and online EWC.
 
     Attributes:
@@ -202,13 +206,13 @@ class ContinualPolicy(_Validated):
 
     _PATH: ClassVar[str] = "continual"
 
-    replay_share: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.0)
-    buffer_capacity: int = _spec(_Number(int, 0, 1_000_000), 1024)
-    public_replay_share: float = _spec(_Number(float, 0.0, 1.0, high_open=True), 0.0)
-    public_distill_weight: float = _spec(_Number(float, 0.0, 1e4), 5.0)
-    public_batch_size: int = _spec(_Number(int, 1, 256), 32)
-    ewc_lambda: float = _spec(_Number(float, 0.0, 1e6), 10.0)
-    fisher_source: str = _spec(_Choice(("public", "dp_gradients")), "dp_gradients")
+    replay_share: float = spec_field(Number(float, 0.0, 1.0, high_open=True), 0.0)
+    buffer_capacity: int = spec_field(Number(int, 0, 1_000_000), 1024)
+    public_replay_share: float = spec_field(Number(float, 0.0, 1.0, high_open=True), 0.0)
+    public_distill_weight: float = spec_field(Number(float, 0.0, 1e4), 5.0)
+    public_batch_size: int = spec_field(Number(int, 1, 256), 32)
+    ewc_lambda: float = spec_field(Number(float, 0.0, 1e6), 10.0)
+    fisher_source: str = spec_field(Choice(("public", "dp_gradients")), "dp_gradients")
 
     @classmethod
     def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
@@ -228,7 +232,7 @@ class ContinualPolicy(_Validated):
 
 
 @dataclass(frozen=True)
-class GatesPolicy(_Validated):
+class GatesPolicy(Validated):
     """What a new adapter must show before it becomes active.
 
     Attributes:
@@ -248,24 +252,24 @@ class GatesPolicy(_Validated):
 
     _PATH: ClassVar[str] = "gates"
 
-    max_general_regression: float = _spec(_Number(float, 0.0, 1.0), 0.01)
-    general_reference: str = _spec(_Choice(("active", "base")), "base")
-    min_personal_gain: float = _spec(_Number(float, -1.0, 1.0), -0.5)
-    validation_noise_multiplier: float | None = _spec(
-        _Number(float, 0.1, 1000.0, optional=True), None
+    max_general_regression: float = spec_field(Number(float, 0.0, 1.0), 0.01)
+    general_reference: str = spec_field(Choice(("active", "base")), "base")
+    min_personal_gain: float = spec_field(Number(float, -1.0, 1.0), -0.5)
+    validation_noise_multiplier: float | None = spec_field(
+        Number(float, 0.1, 1000.0, optional=True), None
     )
-    validation_epsilon: float | None = _spec(
-        _Number(float, 0.0, 100.0, low_open=True, optional=True), None
+    validation_epsilon: float | None = spec_field(
+        Number(float, 0.0, 100.0, low_open=True, optional=True), None
     )
 
     @classmethod
     def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
         keys = ("validation_noise_multiplier", "validation_epsilon")
-        return _one_of(out, cls._PATH, keys, 4.0, required=False)
+        return one_of(out, cls._PATH, keys, 4.0, required=False)
 
 
 @dataclass(frozen=True)
-class RetentionPolicy(_Validated):
+class RetentionPolicy(Validated):
     """How long private data lives.
 
     Attributes:
@@ -276,8 +280,8 @@ class RetentionPolicy(_Validated):
 
     _PATH: ClassVar[str] = "retention"
 
-    days: int = _spec(_Number(int, 1, 36500), 365)
-    epoch_days: int = _spec(_Number(int, 1, 3650), 30)
+    days: int = spec_field(Number(int, 1, 36500), 365)
+    epoch_days: int = spec_field(Number(int, 1, 3650), 30)
 
     @classmethod
     def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
@@ -290,7 +294,7 @@ class RetentionPolicy(_Validated):
 
 
 @dataclass(frozen=True)
-class MigrationPolicy(_Validated):
+class MigrationPolicy(Validated):
     """What happens to the adapter when a new base model arrives.
 
     Attributes:
@@ -306,10 +310,10 @@ class MigrationPolicy(_Validated):
 
     _PATH: ClassVar[str] = "migration"
 
-    strategy: str = _spec(_Choice(("distill", "retrain", "both", "drop")), "distill")
-    distill_steps: int = _spec(_Number(int, 1, 1_000_000), 24)
-    distill_learning_rate: float = _spec(_Number(float, 1e-6, 1.0), 1e-3)
-    retrain_budget_share: float = _spec(_Number(float, 0.0, 1.0), 0.25)
+    strategy: str = spec_field(Choice(("distill", "retrain", "both", "drop")), "distill")
+    distill_steps: int = spec_field(Number(int, 1, 1_000_000), 24)
+    distill_learning_rate: float = spec_field(Number(float, 1e-6, 1.0), 1e-3)
+    retrain_budget_share: float = spec_field(Number(float, 0.0, 1.0), 0.25)
 
     @classmethod
     def _cross(cls, out: dict[str, Any], strict: bool) -> list[str]:
@@ -322,7 +326,7 @@ class MigrationPolicy(_Validated):
 
 
 @dataclass(frozen=True)
-class StorePolicy(_Validated):
+class StorePolicy(Validated):
     """The encrypted store.
 
     Attributes:
@@ -332,7 +336,7 @@ class StorePolicy(_Validated):
 
     _PATH: ClassVar[str] = "store"
 
-    synchronous: str = _spec(_Choice(("FULL", "NORMAL")), "FULL")
+    synchronous: str = spec_field(Choice(("FULL", "NORMAL")), "FULL")
 
 
 # --- the policy --------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Value specifications and validation shared by the policy dataclasses (:mod:`personal.policy`).
 
-Private: each spec knows its type and range and how to say what is wrong with a value; the
-:class:`_Validated` base parses a section from plain data and collects every problem.
+Internal to the policy modules (not public API): each spec knows its type and range and how to
+say what is wrong with a value; the :class:`Validated` base parses a section from plain data and
+collects every problem.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ def _num(x: float) -> str:
 
 
 @dataclass(frozen=True)
-class _Number:
+class Number:
     """An int or float in a closed/open interval; ``optional``: ``None`` (key absent) allowed.
-    ``implicit``: a value :meth:`_Validated._dump` leaves out, as for :class:`_Choice`."""
+    ``implicit``: a value :meth:`Validated._dump` leaves out, as for :class:`Choice`."""
 
     kind: type
     low: float
@@ -71,8 +72,8 @@ class _Number:
 
 
 @dataclass(frozen=True)
-class _Choice:
-    """One of ``options``. ``implicit``: a value :meth:`_Validated._dump` leaves out (a key
+class Choice:
+    """One of ``options``. ``implicit``: a value :meth:`Validated._dump` leaves out (a key
     added later with its historical behaviour as default, so older policies keep their digest).
     """
 
@@ -88,13 +89,13 @@ class _Choice:
         return value
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
-class _Text:
+class Text:
     """A name (``pattern``) or free text (at most ``max_len`` characters, no control chars)."""
 
     pattern: re.Pattern[str] | None
@@ -118,7 +119,7 @@ class _Text:
         return value
 
 
-class _Targets:
+class Targets:
     """LoRA targets: ``"all-linear"`` (stored as ``None``) or a list of module-path suffixes."""
 
     ALL = "all-linear"
@@ -137,7 +138,7 @@ class _Targets:
         for item in value:
             if not isinstance(item, str) or _MODULE.fullmatch(item) is None:
                 raise _Invalid(
-                    f"item {_show(item)} is not a module path; must be {self.describe()}"
+                    f"item {show_value(item)} is not a module path; must be {self.describe()}"
                 )
         if len(set(value)) != len(value):
             raise _Invalid(f"lists a module twice; must be {self.describe()}")
@@ -145,10 +146,10 @@ class _Targets:
 
     @staticmethod
     def dump(value: tuple[str, ...] | None) -> Any:
-        return _Targets.ALL if value is None else list(value)
+        return Targets.ALL if value is None else list(value)
 
 
-class _Layers:
+class Layers:
     """``num_layers``: ``"all"`` (stored as ``None``) or an integer number of last blocks."""
 
     def describe(self) -> str:
@@ -167,20 +168,20 @@ class _Layers:
 
 
 @dataclass(frozen=True)
-class _Section:
-    cls: Any  # a _Validated dataclass
+class Section:
+    cls: Any  # a Validated dataclass
 
 
-def _spec(spec: Any, default: Any) -> Any:
+def spec_field(spec: Any, default: Any) -> Any:
     """A dataclass field carrying its specification in ``metadata["spec"]``."""
     return field(default=default, metadata={"spec": spec})
 
 
-def _spec_of(f: Any) -> Any:  # f: dataclasses.Field
+def spec_of(f: Any) -> Any:  # f: dataclasses.Field
     """A field's specification; a field defaulting to a section class is that section."""
     factory = f.default_factory
-    if isinstance(factory, type) and issubclass(factory, _Validated):
-        return _Section(factory)
+    if isinstance(factory, type) and issubclass(factory, Validated):
+        return Section(factory)
     return f.metadata["spec"]
 
 
@@ -188,7 +189,7 @@ def _default(f: Any) -> Any:  # f: dataclasses.Field
     return f.default_factory() if f.default is MISSING else f.default
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     """A short, safe rendering of an arbitrary value with its type."""
     if value is True or value is False:
         return f"{str(value).lower()} (boolean)"
@@ -201,7 +202,7 @@ def _show(value: Any) -> str:
     return f"{text} ({type(value).__name__})"
 
 
-def _join(prefix: str, key: object) -> str:
+def join_key(prefix: str, key: object) -> str:
     name = key if isinstance(key, str) and _MODULE.fullmatch(key) else repr(key)
     return f"{prefix}.{name}" if prefix else str(name)
 
@@ -209,7 +210,9 @@ def _join(prefix: str, key: object) -> str:
 # --- parsing and validation (shared by from_dict and __post_init__) ----------------------------
 
 
-def _parse(cls: Any, raw: Mapping[Any, Any], *, strict: bool) -> tuple[dict[str, Any], list[str]]:
+def parse_section(
+    cls: Any, raw: Mapping[Any, Any], *, strict: bool
+) -> tuple[dict[str, Any], list[str]]:
     """Validate ``raw`` against section class ``cls``: ``(normalised values, problems)``.
 
     ``strict`` (a file or dict): unknown keys and missing required keys are problems, and
@@ -223,7 +226,7 @@ def _parse(cls: Any, raw: Mapping[Any, Any], *, strict: bool) -> tuple[dict[str,
             if key not in names:
                 problems.append(_unknown(prefix, key, names))
     for f in fields(cls):
-        spec, path = _spec_of(f), _join(prefix, f.name)
+        spec, path = spec_of(f), join_key(prefix, f.name)
         if f.name in raw:
             value = raw[f.name]
         elif strict and f.name in cls._REQUIRED:
@@ -231,30 +234,30 @@ def _parse(cls: Any, raw: Mapping[Any, Any], *, strict: bool) -> tuple[dict[str,
             continue
         else:
             value = _default(f)
-        if isinstance(spec, _Section):
+        if isinstance(spec, Section):
             if isinstance(value, spec.cls):
                 out[f.name] = value
             elif isinstance(value, Mapping) and strict:
-                sub, sub_problems = _parse(spec.cls, value, strict=True)
+                sub, sub_problems = parse_section(spec.cls, value, strict=True)
                 problems += sub_problems
                 if not sub_problems:
                     out[f.name] = spec.cls(**sub)
             else:
                 problems.append(
-                    f"{path} = {_show(value)}: must be a table (a [{spec.cls._PATH}] section)"
+                    f"{path} = {show_value(value)}: must be a table (a [{spec.cls._PATH}] section)"
                 )
             continue
         try:
             out[f.name] = spec.parse(value)
         except _Invalid as exc:
-            problems.append(f"{path} = {_show(value)}: {exc}.")
+            problems.append(f"{path} = {show_value(value)}: {exc}.")
     if not problems:
         problems += cls._cross(out, strict)
     return out, problems
 
 
 def _describe(spec: Any) -> str:
-    if isinstance(spec, _Section):
+    if isinstance(spec, Section):
         return f"a [{spec.cls._PATH}] table"
     return str(spec.describe())
 
@@ -264,12 +267,12 @@ def _unknown(prefix: str, key: object, names: list[str]) -> str:
     close = difflib.get_close_matches(key, names, n=1) if isinstance(key, str) else []
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return (
-        f"{_join(prefix, key)}: unknown key.{hint} Keys allowed in {where}: "
+        f"{join_key(prefix, key)}: unknown key.{hint} Keys allowed in {where}: "
         f"{', '.join(names)}. Remove it or fix its spelling."
     )
 
 
-def _one_of(
+def one_of(
     out: dict[str, Any],
     prefix: str,
     keys: tuple[str, str],
@@ -280,7 +283,7 @@ def _one_of(
     """Exactly one of two optional keys; when neither is set, ``keys[fallback]`` takes
     ``default`` unless ``required`` (a file must then set one)."""
     given = [k for k in keys if out[k] is not None]
-    a, b = (_join(prefix, k) for k in keys)
+    a, b = (join_key(prefix, k) for k in keys)
     if len(given) == 2:
         return [f"{a} and {b} are both set: set exactly one of them and remove the other."]
     if not given:
@@ -290,14 +293,14 @@ def _one_of(
     return []
 
 
-def _error(problems: list[str], source: str | None) -> PolicyError:
+def policy_error(problems: list[str], source: str | None) -> PolicyError:
     where = f" {source}" if source else ""
     count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
     lines = "\n".join(f"  - {p}" for p in problems)
     return PolicyError(f"invalid policy{where} ({count}):\n{lines}\n({_DOCS}.)")
 
 
-class _Validated:
+class Validated:
     """Mixin: validate and normalise a frozen section dataclass on construction."""
 
     _PATH: ClassVar[str] = ""
@@ -305,9 +308,9 @@ class _Validated:
 
     def __post_init__(self) -> None:
         own = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
-        values, problems = _parse(type(self), own, strict=False)
+        values, problems = parse_section(type(self), own, strict=False)
         if problems:
-            raise _error(problems, None)
+            raise policy_error(problems, None)
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -318,12 +321,12 @@ class _Validated:
     def _dump(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
         for f in fields(self):  # type: ignore[arg-type]
-            spec, value = _spec_of(f), getattr(self, f.name)
-            if isinstance(spec, _Section):
+            spec, value = spec_of(f), getattr(self, f.name)
+            if isinstance(spec, Section):
                 data[f.name] = value._dump()
-            elif isinstance(spec, _Targets | _Layers):
+            elif isinstance(spec, Targets | Layers):
                 data[f.name] = spec.dump(value)
-            elif isinstance(spec, _Choice | _Number) and (
+            elif isinstance(spec, Choice | Number) and (
                 spec.implicit is not None and value == spec.implicit
             ):
                 continue  # the implicit default is left out (the digest stays the same)
