@@ -67,9 +67,9 @@ LORA = LoRAConfig(rank=8)
 
 
 def random_model(config: dict[str, Any]) -> Any:
-    from mlx_lm.utils import _get_classes
+    from personal.model.base import model_classes
 
-    model_cls, args_cls = _get_classes(config)
+    model_cls, args_cls = model_classes(config)
     mx.random.seed(0)
     model = model_cls(args_cls.from_dict(config))
     mx.eval(model.parameters())

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import personal  # noqa: F401  (fast BLAS before mlx)
-from personal.model.base import load_base, save_base
+from personal.model.base import load_base, model_classes, save_base
 from personal.model.batching import Batch, make_batch
 from personal.model.evaluate import evaluate
 from personal.model.fit import train
@@ -39,7 +39,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
-from mlx_lm.utils import _get_classes, load_tokenizer
+from mlx_lm.utils import load_tokenizer
 
 from personal_sim.public_corpus import split
 
@@ -135,7 +135,7 @@ def schedule(lr: float, steps: int) -> optim.Optimizer:
 
 
 def new_model(config: dict, seed: int) -> nn.Module:
-    model_cls, args_cls = _get_classes(config)
+    model_cls, args_cls = model_classes(config)
     mx.random.seed(seed)
     model = model_cls(args_cls.from_dict(config))
     mx.eval(model.parameters())

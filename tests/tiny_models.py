@@ -9,13 +9,13 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from personal.model.base import save_base
+from personal.model.base import model_classes, save_base
 from personal.model.lora import get_adapter_weights
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
-from mlx_lm.utils import _get_classes, quantize_model
+from mlx_lm.utils import quantize_model
 
 _COMMON = {
     "hidden_size": 64,
@@ -72,7 +72,7 @@ def tiny_config(arch: str, vocab_size: int) -> dict[str, Any]:
 def build_tiny_model(arch: str, vocab_size: int, *, seed: int = 0, quantize: bool = False):
     """(model, config) with random weights; optionally 4-bit quantized (group size 32)."""
     config = tiny_config(arch, vocab_size)
-    model_cls, args_cls = _get_classes(config)
+    model_cls, args_cls = model_classes(config)
     mx.random.seed(seed)
     model = model_cls(args_cls.from_dict(config))
     mx.eval(model.parameters())

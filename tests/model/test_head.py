@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+from personal.model.base import model_classes
 from personal.model.head import SPLIT_FAMILIES, output_head, scored_logits
 from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora
 from personal.model.per_example import per_example_grads
@@ -24,7 +25,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mlx_lm.utils import _get_classes
 from tiny_models import build_tiny_model, perturb_lora_b, tiny_config
 
 VOCAB = 96
@@ -44,7 +44,7 @@ KINDS = [
 def _model(arch: str, quantize: bool, tied: bool) -> nn.Module:
     if tied:
         config = {**tiny_config(arch, VOCAB), "tie_word_embeddings": True}
-        model_cls, args_cls = _get_classes(config)
+        model_cls, args_cls = model_classes(config)
         mx.random.seed(4)
         model = model_cls(args_cls.from_dict(config))
         if quantize:

@@ -160,7 +160,7 @@ def _vocab_size(config: dict[str, Any]) -> int:
     return int(config.get("text_config", {}).get("vocab_size", 0))
 
 
-def _model_classes(config: dict[str, Any]) -> tuple[type, type]:
+def model_classes(config: dict[str, Any]) -> tuple[type, type]:
     """mlx-lm's ``Model`` and ``ModelArgs`` for ``config``, through its public module layout.
 
     mlx-lm keeps one module per architecture, ``mlx_lm.models.<model_type>``, each defining
@@ -216,11 +216,11 @@ def _load_weights(path: Path) -> dict[str, mx.array]:
 def _build_model(path: Path, config: dict[str, Any], lazy: bool) -> nn.Module:
     from mlx_lm.utils import load_model
 
-    _model_classes(config)  # fail early with a clear message
+    model_classes(config)  # fail early with a clear message
     weights = _load_weights(path)  # validates every file before mlx-lm touches them
     del weights
     try:
-        model, _ = load_model(path, lazy=lazy, strict=True, get_model_classes=_model_classes)
+        model, _ = load_model(path, lazy=lazy, strict=True, get_model_classes=model_classes)
     except ValueError as exc:
         text = str(exc)
         if "Missing" in text:
