@@ -238,3 +238,42 @@ def test_a_round_on_too_few_new_units_does_not_run_and_charges_nothing(
         _fill(p, 1)
         report = _update(p)  # five new units: it runs
         assert report.status == "completed"
+
+
+@pytest.mark.slow
+def test_the_default_policy_helps_one_realistic_user(tmp_path: Path) -> None:
+    """Issue 17, item 1: 300 interactions of one simulated user (messages, reminders, music,
+    weather), one `default` round on base-v1: an adapter is activated, its loss on the user's
+    next requests is below the bare base's, and general drift stays within 1 % (about 40 s)."""
+    import dataclasses
+
+    from personal.model.batching import make_batch
+    from personal.model.evaluate import evaluate
+    from personal.model.lora import lora_off
+    from personal.model.tokenizer import encode_interaction
+
+    from personal_sim.population import User
+
+    user = dataclasses.replace(User.draw(7, 0), rate=30.0)
+    logged: list[tuple[str, str, object]] = []
+    day = 0
+    while len(logged) < 300:
+        logged += [(it.prompt, it.response, ts) for ts, it in user.day(day, 30)]
+        day += 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SeededNoiseWarning)
+        with Personalizer.open(tmp_path / "s", "base-v1", "default", KEY, create=True) as p:
+            for prompt, response, ts in logged[:300]:
+                p.log(prompt, response, ts=ts)
+            report = p.update(noise=GaussianNoise(seed=3), sampler_seed=3)
+            encoded = [encode_interaction(p.base.tokenizer, it.prompt, it.response)
+                       for it in user.held_out(day, 30, 64)]  # fmt: skip
+            batch = [make_batch([ids for ids, _ in encoded], [start for _, start in encoded])]
+            served = evaluate(p.base.model, batch).loss
+            with lora_off(p.base.model):
+                bare = evaluate(p.base.model, batch).loss
+    gates = report.gates
+    assert gates is not None and gates["passed"], gates
+    assert report.adapter_version == 1
+    assert served < bare, (served, bare)
+    assert gates["general_regression"] <= 0.01
