@@ -100,6 +100,8 @@ def personalization(args: argparse.Namespace) -> dict[str, Any]:
             "general_drift": s["final_general_drift"],
             "rounds": s["rounds"],
             "passed": s["passed"],
+            "refused_general": s.get("refused_general"),  # the general-skill gate refused
+            "refused_personal": s.get("refused_personal"),  # the held-out gain gate refused
             "epsilon_max": s["epsilon_max"],
             "gain_by_day": s["gain_by_day"],
             "slot_accuracy": s.get("final_slot_accuracy"),
