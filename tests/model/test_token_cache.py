@@ -109,6 +109,26 @@ def test_kept_rows_are_dropped_when_the_weights_change(base) -> None:
     assert not rows._rows
 
 
+def test_kept_rows_are_dropped_when_lora_is_switched_off(base) -> None:
+    from personal.model.lora import LoRAConfig, inject_lora, lora_off
+
+    from tiny_models import perturb_lora_b
+
+    model = load_base("base-v1").model
+    inject_lora(model, LoRAConfig(rank=2))
+    perturb_lora_b(model, scale=0.5)  # an adapter that changes the hidden states
+    rows = ReplyRows()
+    with_adapter = TokenCache.build(model, base.tokenizer, EXCHANGES[:1], rows=rows)
+    with lora_off(model):  # the same arrays, another served model
+        bare = TokenCache.build(model, base.tokenizer, EXCHANGES[:1], rows=rows)
+        fresh_bare = TokenCache.build(model, base.tokenizer, EXCHANGES[:1])
+    again = TokenCache.build(model, base.tokenizer, EXCHANGES[:1], rows=rows)
+    assert with_adapter is not None and bare is not None and fresh_bare is not None
+    assert again is not None
+    assert _same_cache(bare, fresh_bare) and not _same_cache(bare, with_adapter)
+    assert _same_cache(again, with_adapter)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     rows=st.integers(1, 6),

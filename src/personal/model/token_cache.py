@@ -34,6 +34,7 @@ from personal.errors import ConfigError
 from personal.model.batching import make_batch
 from personal.model.evaluate import EvalResult
 from personal.model.head import output_head
+from personal.model.lora import lora_modules
 from personal.model.mlx_typing import flat_params, scalar
 from personal.model.tokenizer import encode_interaction
 
@@ -202,7 +203,8 @@ class ReplyRows:
     ``benchmarks/memory.py``). Their rows depend on the served model, so they are kept only
     while its weights are the very same arrays: a round that activates an adapter, a rollback
     or a base update assigns new arrays (MLX never changes a parameter array in place through
-    ``Module.update``), and the next :meth:`get` starts afresh. The rows are derived from
+    ``Module.update``; :func:`~personal.model.lora.lora_off` changes the LoRA scales, which
+    are compared too), and the next :meth:`get` starts afresh. The rows are derived from
     decrypted records and live only in RAM; the owner drops them with the store
     (:meth:`clear`).
 
@@ -218,11 +220,13 @@ class ReplyRows:
         self.reused = self.computed = 0
         self._rows: OrderedDict[tuple[str, str], tuple[mx.array, mx.array]] = OrderedDict()
         self._weights: list[mx.array] = []  # held, so their identities cannot be reused
+        self._scales: tuple[float, ...] = ()  # LoRA scales: lora_off changes them, not arrays
 
     def clear(self) -> None:
         """Forget every kept row."""
         self._rows.clear()
         self._weights = []
+        self._scales = ()
 
     def get(
         self, model: nn.Module, tokenizer: object, exchanges: Sequence[tuple[str, str]]
@@ -231,11 +235,13 @@ class ReplyRows:
         kept for this model's current weights, in one batched forward."""
         if self.capacity:
             weights = [w for _, w in flat_params(model.parameters())]
-            if len(weights) != len(self._weights) or any(
-                a is not b for a, b in zip(weights, self._weights, strict=True)
-            ):
+            scales = tuple(float(m.scale) for m in lora_modules(model).values())
+            same = len(weights) == len(self._weights) and all(
+                a is b for a, b in zip(weights, self._weights, strict=True)
+            )
+            if not same or scales != self._scales:
                 self.clear()
-                self._weights = weights
+                self._weights, self._scales = weights, scales
         missing = [e for e in exchanges if e not in self._rows]
         self.computed += len(missing)
         self.reused += len(exchanges) - len(missing)
