@@ -199,12 +199,13 @@ class ReplyRows:
     """Per-exchange token-cache rows kept between requests (least recently used evicted).
 
     A user repeats requests, so the exchanges recalled for one request are often recalled for
-    the next (42 % of them over 64 held-out requests of a simulated user,
-    ``benchmarks/memory.py``). Their rows depend on the served model, so they are kept only
-    while its weights are the very same arrays: a round that activates an adapter, a rollback
-    or a base update assigns new arrays (MLX never changes a parameter array in place through
-    ``Module.update``; :func:`~personal.model.lora.lora_off` changes the LoRA scales, which
-    are compared too), and the next :meth:`get` starts afresh. The rows are derived from
+    the next (22 % of the recalled exchanges over a stream of 64 held-out requests of a
+    simulated user, ``benchmarks/memory.py``'s ``rows_reused_share``). Their rows depend on
+    the served model, so they are kept only while its weights are the very same arrays: a
+    round that activates an adapter, a rollback or a base update assigns new arrays (MLX never
+    changes a parameter array in place through ``Module.update``;
+    :func:`~personal.model.lora.lora_off` changes the LoRA scales, which are compared too), and
+    the next :meth:`get` starts afresh. The rows are derived from
     decrypted records and live only in RAM; the owner drops them with the store
     (:meth:`clear`).
 
