@@ -153,6 +153,12 @@ ARMS: dict[str, Arm] = {
             "the bare base is served until the first round, which starts from a zero adapter",
             overrides={"training.warm_start": "none"},
         ),
+        Arm(
+            "dp-no-guard",
+            'DP without the step-size guard (training.step_guard = "off"): every step at the '
+            "policy's learning rate, whatever it does to the public loss",
+            overrides={"training.step_guard": "off"},
+        ),
         # A candidate recipe, measured against "dp" before it may become the default.
         Arm(
             "dp-gaussian",
@@ -225,6 +231,7 @@ ABLATION_ARMS = (
     "dp-no-distill",
     "dp-wide",
     "dp-cold",
+    "dp-no-guard",
 )
 #: Recipes measured against the shipped one before they may replace it.
 CANDIDATE_ARMS = ("dp-gaussian", "dp-quantile", "dp-warm", "warm-only")

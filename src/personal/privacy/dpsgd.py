@@ -28,6 +28,12 @@ noised, normalised gradient (e.g. :class:`personal.training.ewc.FisherFromNoised
 :func:`personal.training.ewc.ewc_gradient_transform` adds the EWC penalty's gradient). Both take
 and give flat ``name -> array`` dicts of the trainable parameters.
 
+An optional ``guard`` (:class:`StepGuard`; e.g. ``personal.training.step_guard``) checks each
+optimiser update on public data: a rejected update is undone and retried at half the learning
+rate, down to ``2**-max_halvings`` of it (then the step is skipped), and the smaller rate is
+kept for the rest of the steps (:attr:`DPStep.step_scale`). It too sees only the released
+gradient and public data: post-processing, no privacy cost.
+
 Steps 1-3 are one ``mx.compile`` graph; :func:`~personal.privacy.sampler.pack_units` pads rows
 to power-of-two buckets so only a few shapes are ever compiled. The accountant charges every
 eligible unit ``(σ, q)`` per step; that is done by the ledger, not here.
@@ -53,7 +59,7 @@ from personal.privacy.sampler import UnitBatch
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 #: ``loss(model, *arrays) -> (S,)`` per-row losses of a batch (see :data:`RowLoss`).
 ExampleLoss = RowLoss
@@ -61,6 +67,19 @@ ExampleLoss = RowLoss
 ReleaseHook = Callable[[dict[str, mx.array]], None]
 # (noised gradient, current trainable parameters) -> the gradient the optimiser sees.
 GradientTransform = Callable[[dict[str, mx.array], dict[str, mx.array]], dict[str, mx.array]]
+
+
+class StepGuard(Protocol):
+    """Decides after each optimiser update whether to keep it (public data only)."""
+
+    #: how many times a step's learning rate may be halved before the step is skipped.
+    max_halvings: int
+
+    def accepts(self, model: nn.Module) -> bool:
+        """Whether ``model``, just updated, may keep the update."""
+        ...
+
+
 # clipped_unit_sum bound to a model and loss: (arrays, units, valid, clip_norm) -> its result.
 _UnitSum = Callable[
     [tuple[mx.array, ...], mx.array, mx.array, float | mx.array],
@@ -273,12 +292,18 @@ class DPStep:
         compile: bool,
         on_release: ReleaseHook | None = None,
         transform: GradientTransform | None = None,
+        guard: StepGuard | None = None,
     ) -> None:
         self.model, self.optimizer, self.config, self.noise = model, optimizer, config, noise
-        self.on_release, self.transform = on_release, transform
+        self.on_release, self.transform, self.guard = on_release, transform, guard
+        #: the share of the optimiser's learning rate the guard settled on (1.0 without one).
+        self.step_scale = 1.0
+        #: updates the guard undid (each one retried at half the rate, or skipped at the end).
+        self.guard_rejections = 0
         self.clip_norm = float(config.clip_norm)
         self._noisy_count: float | None = None
         optimizer.init(model.trainable_parameters())
+        self._learning_rate = optimizer.learning_rate  # the guard's 100 %
         core: _UnitSum = partial(clipped_unit_sum, model, loss)
         update = self._update
         if compile:
@@ -293,6 +318,32 @@ class DPStep:
     def _update(self, flat_grads: dict[str, mx.array], scale: mx.array) -> None:
         grads = tree_unflatten([(name, value * scale) for name, value in flat_grads.items()])
         self.optimizer.update(self.model, grads)
+
+    def _optimise(self, flat_grads: dict[str, mx.array], scale: mx.array) -> None:
+        """The optimiser's update; under a guard, undone and retried at half the learning rate
+        while the guard rejects it (skipped once the rate reached ``2**-max_halvings``)."""
+        if self.guard is None:
+            self._apply(flat_grads, scale)
+            return
+        params = self.model.trainable_parameters()
+        state = self.optimizer.state
+        saved = tree_map(lambda x: x, state)  # new containers: Adam mutates its state dicts
+        floor = 2.0**-self.guard.max_halvings
+        while True:
+            self.optimizer.learning_rate = self._learning_rate * self.step_scale
+            self._apply(flat_grads, scale)
+            mx.eval(self.model.parameters(), state)
+            if self.guard.accepts(self.model):
+                return
+            self.guard_rejections += 1
+            # Undo in place: the compiled update holds these very containers.
+            self.model.update(params)
+            for key, value in tree_map(lambda x: x, saved).items():
+                state[key] = value
+            if self.step_scale <= floor:  # no step size left to try: skip this step
+                self.optimizer.learning_rate = self._learning_rate * self.step_scale
+                return
+            self.step_scale = max(self.step_scale / 2, floor)
 
     def __call__(self, batch: UnitBatch) -> DPStepReport:
         """One DP-SGD step on ``batch``; returns its (non-private) report.
@@ -386,7 +437,7 @@ class DPStep:
             if self.transform is not None:
                 params = dict(tree_flatten(self.model.trainable_parameters()))
                 noised = dict(self.transform(noised, params))
-        self._apply(noised, scale)
+        self._optimise(noised, scale)
         mx.eval(self.model.parameters(), self.optimizer.state)
         return std
 
@@ -411,6 +462,7 @@ def make_dp_step(
     compile: bool = True,
     on_release: ReleaseHook | None = None,
     transform: GradientTransform | None = None,
+    guard: StepGuard | None = None,
 ) -> DPStep:
     """A DP-SGD step for ``model``'s trainable parameters (freeze the rest first).
 
@@ -429,6 +481,9 @@ def make_dp_step(
             to the one the optimiser sees, given the current trainable parameters (flat
             dicts); e.g. adding the EWC penalty's gradient. Post-processing: free, provided
             it reads no private data.
+        guard: checks every optimiser update (:class:`StepGuard`): a rejected one is undone
+            and retried at half the learning rate (see the module doc). It must read public
+            data only; the optimiser's learning rate must be a constant, not a schedule.
 
     Raises:
         ConfigError: the model has no trainable parameters.
@@ -444,4 +499,5 @@ def make_dp_step(
         compile,
         on_release=on_release,
         transform=transform,
+        guard=guard,
     )

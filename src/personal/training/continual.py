@@ -47,6 +47,7 @@ from personal.training.ewc import (
 )
 from personal.training.replay import ReplayBuffer
 from personal.training.round import RoundPlan
+from personal.training.step_guard import PublicLossGuard
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -178,7 +179,9 @@ class ContinualState:
     def hooks(
         self, model: nn.Module, plan: RoundPlan, eligible: int, public: Sequence[Any]
     ) -> dict[str, Any]:
-        """``on_release`` / ``transform`` for the round's DP step (all post-processing)."""
+        """``on_release`` / ``transform`` / ``guard`` for the round's DP step (all
+        post-processing; the guard checks updates on the first public batch,
+        :mod:`personal.training.step_guard`)."""
         continual = self.policy.continual
         transforms: list[Transform] = []
         if self.ewc is not None and continual.ewc_lambda > 0:
@@ -199,7 +202,13 @@ class ContinualState:
                 noise_std=plan.noise_multiplier * plan.clip_norm,
                 expected_size=plan.sample_rate(eligible) * eligible,
             )
-        return {"transform": compose(transforms), "on_release": self._fisher}
+        hooks: dict[str, Any] = {"transform": compose(transforms), "on_release": self._fisher}
+        if public and self.policy.training.step_guard == "public":
+            hooks["guard"] = PublicLossGuard.for_round(
+                model, public[0], max_rise=self.policy.gates.max_general_regression,
+                reference=self.policy.gates.general_reference,
+            )  # fmt: skip
+        return hooks
 
     def after_round(
         self, model: nn.Module, new_units: Sequence[str], accepted: bool, public: Sequence[Any]

@@ -151,6 +151,10 @@ class RoundReport:
     replayed: int = 0
     clip: str = "fixed"
     clip_norm_final: float | None = None
+    #: the share of the learning rate the step guard left (``training.step_guard``) ...
+    step_scale: float = 1.0
+    #: ... and how many updates it undid to get there.
+    guard_rejections: int = 0
 
     def public_summary(self) -> dict[str, Any]:
         """Only what may leave the device with the adapter: public parameters and charges.
@@ -248,8 +252,9 @@ def run_round(
         canaries: audit only (:mod:`personal.canary_audit`): units whose gradient is
             replaced by a gradient canary.
         candidates: the units the round may draw from (default: every unit in the log).
-        hooks: ``hooks(num_eligible)`` returns ``on_release`` / ``transform`` for the DP step
-            (post-processing of the released gradient: replay of public data, EWC, Fisher).
+        hooks: ``hooks(num_eligible)`` returns ``on_release`` / ``transform`` / ``guard`` for
+            the DP step (post-processing of the released gradient: replay of public data, EWC,
+            Fisher, the step-size guard).
         sampler: a custom sampler; it must be a :class:`PoissonSampler` at the round's rate
             ``q``, the only sampling the charge is valid for.
         max_budget_share: exclude units the round would cost more than this share of their
@@ -377,6 +382,7 @@ def _train(
             report.clip_norm_final = step.clip_norm
         report.sampled_units.append(result.num_units)
         report.train_loss.append(float(result.loss))
+        report.step_scale, report.guard_rejections = step.step_scale, step.guard_rejections
         if progress is not None:
             progress(t, result)
     report.clipped_fraction = clipped / max(sum(report.sampled_units), 1)
