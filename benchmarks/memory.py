@@ -155,14 +155,14 @@ def measure_latency(
                                          "stop_plain": [], "stop_memory": []}  # fmt: skip
         lengths: dict[str, list[int]] = {"plain": [], "memory": [], "context": []}
         tokens: dict[str, list[int]] = {"stop_plain": [], "stop_memory": []}
-        rows = p._reply_rows  # the token-cache rows kept between requests
+        rows = p.reply_rows  # the token-cache rows kept between requests
         reused = [0, 0]  # recalled exchanges whose rows were kept / computed, cache mode
         for r in range(rounds):
             # Each round is a fresh stream of requests: nothing kept from the round before
             # (the same prompts again would find every row kept).
             rows.clear()
             for i, prompt in enumerate(prompts):
-                kept = rows._rows.copy()  # what the stream kept before this request
+                kept = rows.snapshot()  # what the stream kept before this request
                 before = rows.reused, rows.computed
                 order = [("plain", plain), ("memory", cached), ("context", in_context)]
                 for name, fn in order if (i + r) % 2 else reversed(order):
@@ -172,7 +172,7 @@ def measure_latency(
                 reused[0] += rows.reused - before[0]
                 reused[1] += rows.computed - before[1]
                 for name, memory in (("stop_plain", False), ("stop_memory", True)):
-                    rows._rows = kept.copy()  # not this request's own rows, just computed
+                    rows.restore(kept)  # not this request's own rows, just computed
                     start = time.perf_counter()
                     reply = p.generate(prompt, memory=memory, max_tokens=REPLY_TOKENS)
                     timed[name].append(time.perf_counter() - start)

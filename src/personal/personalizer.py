@@ -370,6 +370,12 @@ class Personalizer:
         return self.rounds.active_adapter
 
     @property
+    def reply_rows(self) -> ReplyRows:
+        """The token cache's rows of recently recalled exchanges, kept in RAM between
+        requests while the served weights are unchanged (dropped on close)."""
+        return self._reply_rows
+
+    @property
     def warm_start(self) -> PopulationAdapter | None:
         """The base's public population adapter, served while :attr:`active_adapter` is
         ``None`` and the start of the first round, under ``training.warm_start =

@@ -150,20 +150,35 @@ def test_train_defaults_its_base_respects_the_trigger_and_numbers_rounds_as_the_
     assert data["training_round"] == 2 and data["round_id"] == _rounds(store)[-1]["round_id"]
 
 
+#: A large step on noise (Adam at 0.5) raises the general loss; the gate allows no rise at all.
+RISKY = POLICY.replace("max_general_regression = 1.0", "max_general_regression = 0.0").replace(
+    "learning_rate = 0.01", "learning_rate = 0.5"
+)
+
+
 def test_train_exits_3_when_the_gates_refuse(store, tmp_path, tiny_model_factory):
     policy = tmp_path / "p.toml"
-    # A large step on noise (Adam at 0.5) raises the general loss; the gate allows none.
-    policy.write_text(
-        POLICY.replace("max_general_regression = 1.0", "max_general_regression = 0.0").replace(
-            "learning_rate = 0.01", "learning_rate = 0.5"
-        )
-    )
+    # The step guard would keep the public loss where it was: off, the gate sees the rise.
+    policy.write_text(RISKY.replace("[training]\n", '[training]\nstep_guard = "off"\n'))
     _fill(store, 24)
     result = _run("train", str(store), "--base", str(tiny_model_factory()), "--policy", str(policy))
     assert result.exit_code == 3, result.output
-    assert "the gates refused the new adapter" in result.output
+    assert (
+        "the gates refused the new adapter" in result.output and "step guard" not in result.output
+    )
     training = [r for r in _rounds(store) if r["purpose"] == "training"]
     assert training[-1]["status"] == "refused" and training[-1]["adapter_produced"] is None
+
+
+def test_train_says_when_the_step_guard_shrank_the_learning_rate(
+    store, tmp_path, tiny_model_factory
+):
+    policy = tmp_path / "p.toml"
+    policy.write_text(RISKY)  # the guard is on by default
+    _fill(store, 24)
+    result = _run("train", str(store), "--base", str(tiny_model_factory()), "--policy", str(policy))
+    assert result.exit_code in (0, 3), result.output
+    assert "step guard: " in result.output and "the policy's learning rate" in result.output
 
 
 def test_init_without_a_terminal_says_how_to_give_the_passphrase(tmp_path):

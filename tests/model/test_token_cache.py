@@ -90,6 +90,12 @@ def test_kept_rows_give_the_cache_built_from_scratch(base) -> None:
     assert _same_cache(again, fresh)
     assert np.allclose(np.array(again.log_counts), np.array(fresh.log_counts))
     assert _same_cache(first, TokenCache.build(base.model, base.tokenizer, [a, b]))
+    # A snapshot replays the stream from here: restoring it forgets what came after.
+    kept = rows.snapshot()
+    TokenCache.build(base.model, base.tokenizer, [b], rows=rows)
+    assert list(rows.snapshot()) == [a, b] and list(kept) == [c, a]
+    rows.restore(kept)
+    assert list(rows.snapshot()) == [c, a] and rows.snapshot()[a] is kept_a
 
 
 def test_kept_rows_are_dropped_when_the_weights_change(base) -> None:

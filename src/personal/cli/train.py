@@ -145,6 +145,12 @@ def train_command(
         f"steps, σ={report.noise_multiplier:.4g}, q={report.sample_rate:.4g}, "
         f"C={report.clip_norm:g}"
     )
+    if report.guard_rejections:
+        click.echo(
+            f"step guard: {report.guard_rejections} update(s) broke the general-loss bound on "
+            f"public text and were retried smaller; the round ended at {report.step_scale:g}× "
+            "the policy's learning rate (training.step_guard)"
+        )
     for reason in (report.gates or {}).get("reasons", []):
         click.echo(f"gate: {reason}")
     outcome = (

@@ -229,6 +229,14 @@ class ReplyRows:
         self._weights = []
         self._scales = ()
 
+    def snapshot(self) -> OrderedDict[tuple[str, str], tuple[mx.array, mx.array]]:
+        """A copy of the kept rows, oldest first (e.g. to replay a request stream from here)."""
+        return self._rows.copy()
+
+    def restore(self, rows: OrderedDict[tuple[str, str], tuple[mx.array, mx.array]]) -> None:
+        """Keep exactly ``rows`` (a :meth:`snapshot` taken under the same weights)."""
+        self._rows = rows.copy()
+
     def get(
         self, model: nn.Module, tokenizer: object, exchanges: Sequence[tuple[str, str]]
     ) -> list[tuple[mx.array, mx.array]]:
