@@ -198,3 +198,14 @@ def test_rounds_report_the_guard(tmp_path, tiny_model_factory, guard):
         assert report.step_scale == 1.0 and report.guard_rejections == 0
     else:
         assert report.guard_rejections >= 1 and report.step_scale < 1.0
+
+
+def test_the_guard_is_on_by_default_in_every_bundled_policy():
+    from personal.policy import Policy, load_policy
+
+    assert Policy().training.step_guard == "public"
+    assert {load_policy(n).training.step_guard for n in ("default", "strict", "research")} == {
+        "public"
+    }
+    off = Policy().with_overrides({"training.step_guard": "off"})
+    assert off.to_dict()["training"]["step_guard"] == "off" and off.digest() != Policy().digest()
