@@ -173,6 +173,17 @@ ARMS: dict[str, Arm] = {
             "same charge; Andrew et al. 2021; docs/dp-utility.md)",
             overrides={"privacy.clip": "quantile"},
         ),
+        Arm(
+            "dp-lr0.6",
+            "DP at twice the learning rate (0.6), the step-size guard on: does a larger step "
+            "pay now that the guard stops the blow-ups? (docs/dp-utility.md)",
+            overrides={"training.learning_rate": 0.6},
+        ),
+        Arm(
+            "dp-lr1.2",
+            "DP at four times the learning rate (1.2), the step-size guard on",
+            overrides={"training.learning_rate": 1.2},
+        ),
         # The public population warm start (docs/dp-utility.md): public, so it charges nothing.
         Arm(
             "dp-warm",
@@ -234,7 +245,7 @@ ABLATION_ARMS = (
     "dp-no-guard",
 )
 #: Recipes measured against the shipped one before they may replace it.
-CANDIDATE_ARMS = ("dp-gaussian", "dp-quantile", "dp-warm", "warm-only")
+CANDIDATE_ARMS = ("dp-gaussian", "dp-quantile", "dp-warm", "warm-only", "dp-lr0.6", "dp-lr1.2")
 
 
 class PassThroughNoise(GaussianNoise):
