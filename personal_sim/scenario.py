@@ -184,6 +184,16 @@ ARMS: dict[str, Arm] = {
             "DP at four times the learning rate (1.2), the step-size guard on",
             overrides={"training.learning_rate": 1.2},
         ),
+        Arm(
+            "non-dp-lr1.2",
+            "non-dp at learning rate 1.2: the reference dp-lr1.2's share of the gain is taken of",
+            dp=False,
+            overrides={
+                "privacy.lifetime_epsilon": NON_DP_EPSILON,
+                "continual.fisher_source": "public",
+                "training.learning_rate": 1.2,
+            },
+        ),
         # The public population warm start (docs/dp-utility.md): public, so it charges nothing.
         Arm(
             "dp-warm",
@@ -245,7 +255,15 @@ ABLATION_ARMS = (
     "dp-no-guard",
 )
 #: Recipes measured against the shipped one before they may replace it.
-CANDIDATE_ARMS = ("dp-gaussian", "dp-quantile", "dp-warm", "warm-only", "dp-lr0.6", "dp-lr1.2")
+CANDIDATE_ARMS = (
+    "dp-gaussian",
+    "dp-quantile",
+    "dp-warm",
+    "warm-only",
+    "dp-lr0.6",
+    "dp-lr1.2",
+    "non-dp-lr1.2",
+)
 
 
 class PassThroughNoise(GaussianNoise):
