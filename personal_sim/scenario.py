@@ -27,6 +27,9 @@ DEFAULT_POLICY = "default"
 
 #: Lifetime ε of the non-DP arm: the ledger still accounts its rounds, so it needs room.
 NON_DP_EPSILON = 100.0
+#: What makes an arm non-private besides ``dp=False``: a budget the ledger never reaches, and
+#: the EWC Fisher from public text (there are no noised gradients to estimate it from).
+NON_DP_OVERRIDES = {"privacy.lifetime_epsilon": NON_DP_EPSILON, "continual.fisher_source": "public"}
 SEEDED_NOISE_NOTE = (
     "Simulated runs use seeded noise and sampling (GaussianNoise(seed=...), sampler_seed=...) "
     "so that the same seed reproduces the same metrics on every backend: seeded randomness is "
@@ -93,10 +96,7 @@ ARMS: dict[str, Arm] = {
             "no noise at all (gradients and gate metrics released as is); lifetime ε "
             f"{NON_DP_EPSILON:g} so the ledger never stops it; EWC Fisher from public text",
             dp=False,
-            overrides={
-                "privacy.lifetime_epsilon": NON_DP_EPSILON,
-                "continual.fisher_source": "public",
-            },
+            overrides=NON_DP_OVERRIDES,
         ),
         Arm(
             "no-replay-ewc",
@@ -186,13 +186,9 @@ ARMS: dict[str, Arm] = {
         ),
         Arm(
             "non-dp-lr1.2",
-            "non-dp at learning rate 1.2: the reference dp-lr1.2's share of the gain is taken of",
+            "non-dp at learning rate 1.2: the reference for dp-lr1.2's share of the gain",
             dp=False,
-            overrides={
-                "privacy.lifetime_epsilon": NON_DP_EPSILON,
-                "continual.fisher_source": "public",
-                "training.learning_rate": 1.2,
-            },
+            overrides={**NON_DP_OVERRIDES, "training.learning_rate": 1.2},
         ),
         # The public population warm start (docs/dp-utility.md): public, so it charges nothing.
         Arm(

@@ -341,7 +341,6 @@ class DPStep:
             for key, value in tree_map(lambda x: x, saved).items():
                 state[key] = value
             if self.step_scale <= floor:  # no step size left to try: skip this step
-                self.optimizer.learning_rate = self._learning_rate * self.step_scale
                 return
             self.step_scale = max(self.step_scale / 2, floor)
 

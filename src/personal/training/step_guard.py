@@ -20,7 +20,6 @@ public training text, never the gate's held-out set, so the gate stays an indepe
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from typing import Any
 
 from personal.errors import ConfigError
@@ -67,9 +66,10 @@ class PublicLossGuard:
             raise ConfigError(f"reference must be one of {REFERENCES}, got {reference!r}.")
         if not (math.isfinite(max_rise) and max_rise >= 0):
             raise ConfigError(f"max_rise must be a finite number >= 0, got {max_rise!r}.")
-        start = _loss(model, check)
-        with lora_off(model) if reference == "base" else nullcontext():
-            before = _loss(model, check) if reference == "base" else start
+        start = before = _loss(model, check)
+        if reference == "base":
+            with lora_off(model):
+                before = _loss(model, check)
         return cls(check, max(before * (1 + max_rise), start), max_halvings)
 
     def accepts(self, model: nn.Module) -> bool:
