@@ -13,12 +13,18 @@ fingerprint of the base it fits, what the build measured):
   evaluates seed :data:`~personal_sim.population.PUBLIC_SEED` (``SimConfig`` refuses it), so
   the adapter has never seen an evaluated user;
 * **recipe**: the ``default`` policy's LoRA shape, plain SGD at its learning rate, its pull to
-  the base (``continual.public_distill_weight`` · KL(p_base ‖ p_θ) on the simulator's public
-  corpus, the ``train`` split a simulation passes to the library), ``STEPS`` steps of
-  ``BATCH`` examples drawn with ``random.Random(SEED)``: the same seed rebuilds the same bytes;
+  the base (``continual.public_distill_weight`` · KL(p_base ‖ p_θ) on public text), its
+  step-size guard (``training.step_guard = "public"``: an update that raises the loss of the
+  first public batch more than ``gates.max_general_regression`` over the bare base is undone
+  and retried at half the rate), ``STEPS`` steps of ``BATCH`` examples drawn with
+  ``random.Random(SEED)``: the same seed rebuilds the same bytes;
+* **public text**: for the bundled bases the simulator's public corpus (the ``train`` split a
+  simulation passes to the library); for any other base (SmolLM2-135M-Instruct:
+  ``make population-adapters-real``) the base's self-generated set, the library's default
+  public data for it (:class:`personal.public.SelfGenerated`);
 * **measured** every ``--eval-every`` steps: the gain on held-out requests of *other* public
-  users (indices ``VALIDATION_USERS``, last day) and the general drift on the simulator's
-  public probe, both against the bare base.
+  users (indices ``VALIDATION_USERS``, last day) and the general drift on a public probe
+  (the simulator's, or the self-generated set's gate split), both against the bare base.
 
 Public data only: the adapters cost no ε (docs/privacy.md).
 """
@@ -37,9 +43,10 @@ from personal.model.base import BaseModel, load_base
 from personal.model.evaluate import evaluate
 from personal.model.lora import inject_lora, lora_off
 from personal.policy import load_policy
-from personal.public import PublicExample, public_batches
+from personal.public import PublicData, PublicExample, SelfGenerated, public_batches
 from personal.training.gates import general_loss
 from personal.training.population import train_population_adapter
+from personal.training.step_guard import PublicLossGuard
 
 from personal_sim.population import PUBLIC_SEED, User
 from personal_sim.public_data import GATE_SEED, TRAIN_SEED, corpus_eval_examples, corpus_public_data
@@ -76,10 +83,10 @@ def validation_examples(days: int, seed: int = PUBLIC_SEED) -> list[PublicExampl
 class _Probe:
     """Gain on the validation users and general drift, both against the bare base."""
 
-    def __init__(self, base: BaseModel, days: int) -> None:
+    def __init__(self, base: BaseModel, days: int, general: list[PublicExample]) -> None:
         self.base = base
         self.personal = public_batches(base.tokenizer, validation_examples(days))
-        self.general = public_batches(base.tokenizer, corpus_eval_examples(PROBE))
+        self.general = public_batches(base.tokenizer, general)
         with lora_off(base.model):
             self.bare = self._losses()
 
@@ -98,7 +105,7 @@ class _Probe:
 
 def build(
     base_name: str | Path,
-    out: Path,
+    out: Path | None = None,
     *,
     steps: int = STEPS,
     users: int = USERS,
@@ -108,21 +115,33 @@ def build(
     eval_every: int = 100,
     log: Any = None,
 ) -> PopulationAdapter:
-    """Train and write ``base_name``'s population adapter to ``out/<base name>/population``."""
+    """Train and write ``base_name``'s population adapter to ``out/<base name>/population``
+    (``out`` ``None``: into the base's own directory, where the library looks for it)."""
     policy = load_policy(POLICY)
     training, continual = policy.training, policy.continual
     base = load_base(base_name)
     inject_lora(base.model, training.lora.to_lora_config())
     examples = population_examples(users, days)
-    public = corpus_public_data().train
-    probe = _Probe(base, days)
+    bundled = base.name in BASES
+    public_data: PublicData = corpus_public_data() if bundled else SelfGenerated().for_base(base)
+    public = public_data.train
+    general = corpus_eval_examples(PROBE) if bundled else list(public_data.gate[:PROBE])
+    probe = _Probe(base, days, general)
+    guard = None
+    if training.step_guard == "public":
+        check = public_batches(base.tokenizer, public, batch_size=continual.public_batch_size)[0]
+        guard = PublicLossGuard.for_round(
+            base.model, check, max_rise=policy.gates.max_general_regression
+        )
     curve: list[dict[str, Any]] = []
+    scale = [1.0]
     started = time.perf_counter()
 
-    def callback(step: int, loss: float) -> None:
+    def callback(step: int, loss: float, step_scale: float) -> None:
         done = step + 1
+        scale[0] = step_scale
         if eval_every and (done % eval_every == 0 or done == steps):
-            curve.append(probe(done))
+            curve.append({**probe(done), "step_scale": step_scale})
             if log is not None:
                 log(f"{base.name} step {done}: {curve[-1]} ({time.perf_counter() - started:.0f} s)")
 
@@ -130,7 +149,7 @@ def build(
         base, examples, public, steps=steps, learning_rate=training.learning_rate,
         batch_size=batch_size, distill_weight=continual.public_distill_weight,
         public_batch_size=continual.public_batch_size, max_tokens=training.max_tokens,
-        seed=seed, callback=callback,
+        seed=seed, callback=callback, guard=guard,
     )  # fmt: skip
     built = {
         "by": "python -m personal_sim.build_population_adapter (make population-adapters)",
@@ -141,19 +160,32 @@ def build(
         "policy": POLICY, "policy_digest": policy.digest(), "optimizer": "sgd",
         "learning_rate": training.learning_rate, "steps": steps, "batch_size": batch_size,
         "max_tokens": training.max_tokens, "distill_weight": continual.public_distill_weight,
-        "public_data": {"name": "simulator public corpus", "split": "train", "seed": TRAIN_SEED,
-                        "examples": len(public)},
+        "public_data": (
+            {"name": "simulator public corpus", "split": "train", "seed": TRAIN_SEED,
+             "examples": len(public)}
+            if bundled else
+            {"name": public_data.name, "split": "train", "digest": public_data.digest(),
+             "examples": len(public)}
+        ),
+        "step_guard": training.step_guard,
+        "max_general_regression": policy.gates.max_general_regression,
+        "step_scale": scale[0],
         "seed": seed, "dp": False,
     }  # fmt: skip
     measured = {
         "validation": {"seed": PUBLIC_SEED, "users": list(VALIDATION_USERS), "day": days - 1,
                        "held_out": HELD_OUT},
-        "general_probe": {"name": "simulator public corpus", "seed": GATE_SEED, "examples": PROBE},
+        "general_probe": (
+            {"name": "simulator public corpus", "seed": GATE_SEED, "examples": PROBE}
+            if bundled else
+            {"name": public_data.name, "split": "gate", "examples": len(general)}
+        ),
         "curve": curve,
         **({k: v for k, v in curve[-1].items() if k != "step"} if curve else {}),
     }  # fmt: skip
     return write_population_adapter(
-        out / base.name, weights, base_fingerprint=base.fingerprint, base_name=base.name,
+        Path(base.path) if out is None else out / base.name, weights,
+        base_fingerprint=base.fingerprint, base_name=base.name,
         lora=training.lora.to_lora_config(), built=built, measured=measured,
     )  # fmt: skip
 
@@ -163,7 +195,10 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m personal_sim.build_population_adapter",
         description=__doc__.split("\n")[0],
     )
-    parser.add_argument("--out", type=Path, default=Path("src/personal/data/models"))
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="write OUT/<base>/population/ (default: into each base's own directory)",
+    )  # fmt: skip
     parser.add_argument("--bases", nargs="+", default=list(BASES))
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--users", type=int, default=USERS)

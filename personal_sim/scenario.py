@@ -180,6 +180,12 @@ ARMS: dict[str, Arm] = {
             overrides={"training.learning_rate": 0.6},
         ),
         Arm(
+            "non-dp-lr0.6",
+            "non-dp at learning rate 0.6: the reference for dp-lr0.6's share of the gain",
+            dp=False,
+            overrides={**NON_DP_OVERRIDES, "training.learning_rate": 0.6},
+        ),
+        Arm(
             "dp-lr1.2",
             "DP at four times the learning rate (1.2), the step-size guard on",
             overrides={"training.learning_rate": 1.2},
@@ -257,6 +263,7 @@ CANDIDATE_ARMS = (
     "dp-warm",
     "warm-only",
     "dp-lr0.6",
+    "non-dp-lr0.6",
     "dp-lr1.2",
     "non-dp-lr1.2",
 )

@@ -28,11 +28,12 @@ noised, normalised gradient (e.g. :class:`personal.training.ewc.FisherFromNoised
 :func:`personal.training.ewc.ewc_gradient_transform` adds the EWC penalty's gradient). Both take
 and give flat ``name -> array`` dicts of the trainable parameters.
 
-An optional ``guard`` (:class:`StepGuard`; e.g. ``personal.training.step_guard``) checks each
-optimiser update on public data: a rejected update is undone and retried at half the learning
-rate, down to ``2**-max_halvings`` of it (then the step is skipped), and the smaller rate is
-kept for the rest of the steps (:attr:`DPStep.step_scale`). It too sees only the released
-gradient and public data: post-processing, no privacy cost.
+An optional ``guard`` (:class:`~personal.model.guarded_update.StepGuard`; e.g.
+``personal.training.step_guard``) checks each optimiser update on public data: a rejected
+update is undone and retried at half the learning rate, down to ``2**-max_halvings`` of it
+(then the step is skipped), and the smaller rate is kept for the rest of the steps
+(:attr:`DPStep.step_scale`). It too sees only the released gradient and public data:
+post-processing, no privacy cost.
 
 Steps 1-3 are one ``mx.compile`` graph; :func:`~personal.privacy.sampler.pack_units` pads rows
 to power-of-two buckets so only a few shapes are ever compiled. The accountant charges every
@@ -49,6 +50,7 @@ from typing import Protocol, runtime_checkable
 
 from personal.errors import ConfigError
 from personal.model.fastmath import cross_entropy
+from personal.model.guarded_update import GuardedUpdate, StepGuard
 from personal.model.head import scored_logits
 from personal.model.mlx_typing import array_sum, flat_params, scalar
 from personal.model.per_example import RowLoss, per_example_grads
@@ -59,7 +61,7 @@ from personal.privacy.sampler import UnitBatch
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 #: ``loss(model, *arrays) -> (S,)`` per-row losses of a batch (see :data:`RowLoss`).
 ExampleLoss = RowLoss
@@ -67,17 +69,6 @@ ExampleLoss = RowLoss
 ReleaseHook = Callable[[dict[str, mx.array]], None]
 # (noised gradient, current trainable parameters) -> the gradient the optimiser sees.
 GradientTransform = Callable[[dict[str, mx.array], dict[str, mx.array]], dict[str, mx.array]]
-
-
-class StepGuard(Protocol):
-    """Decides after each optimiser update whether to keep it (public data only)."""
-
-    #: how many times a step's learning rate may be halved before the step is skipped.
-    max_halvings: int
-
-    def accepts(self, model: nn.Module) -> bool:
-        """Whether ``model``, just updated, may keep the update."""
-        ...
 
 
 # clipped_unit_sum bound to a model and loss: (arrays, units, valid, clip_norm) -> its result.
@@ -296,14 +287,10 @@ class DPStep:
     ) -> None:
         self.model, self.optimizer, self.config, self.noise = model, optimizer, config, noise
         self.on_release, self.transform, self.guard = on_release, transform, guard
-        #: the share of the optimiser's learning rate the guard settled on (1.0 without one).
-        self.step_scale = 1.0
-        #: updates the guard undid (each one retried at half the rate, or skipped at the end).
-        self.guard_rejections = 0
         self.clip_norm = float(config.clip_norm)
         self._noisy_count: float | None = None
         optimizer.init(model.trainable_parameters())
-        self._learning_rate = optimizer.learning_rate  # the guard's 100 %
+        self._guarded = None if guard is None else GuardedUpdate(model, optimizer, guard)
         core: _UnitSum = partial(clipped_unit_sum, model, loss)
         update = self._update
         if compile:
@@ -319,30 +306,23 @@ class DPStep:
         grads = tree_unflatten([(name, value * scale) for name, value in flat_grads.items()])
         self.optimizer.update(self.model, grads)
 
+    @property
+    def step_scale(self) -> float:
+        """The share of the optimiser's learning rate the guard settled on (1.0 without one)."""
+        return 1.0 if self._guarded is None else self._guarded.step_scale
+
+    @property
+    def guard_rejections(self) -> int:
+        """Updates the guard undid (each retried at half the rate, or skipped at the end)."""
+        return 0 if self._guarded is None else self._guarded.rejections
+
     def _optimise(self, flat_grads: dict[str, mx.array], scale: mx.array) -> None:
         """The optimiser's update; under a guard, undone and retried at half the learning rate
-        while the guard rejects it (skipped once the rate reached ``2**-max_halvings``)."""
-        if self.guard is None:
+        while the guard rejects it (:class:`~personal.model.guarded_update.GuardedUpdate`)."""
+        if self._guarded is None:
             self._apply(flat_grads, scale)
-            return
-        params = self.model.trainable_parameters()
-        state = self.optimizer.state
-        saved = tree_map(lambda x: x, state)  # new containers: Adam mutates its state dicts
-        floor = 2.0**-self.guard.max_halvings
-        while True:
-            self.optimizer.learning_rate = self._learning_rate * self.step_scale
-            self._apply(flat_grads, scale)
-            mx.eval(self.model.parameters(), state)
-            if self.guard.accepts(self.model):
-                return
-            self.guard_rejections += 1
-            # Undo in place: the compiled update holds these very containers.
-            self.model.update(params)
-            for key, value in tree_map(lambda x: x, saved).items():
-                state[key] = value
-            if self.step_scale <= floor:  # no step size left to try: skip this step
-                return
-            self.step_scale = max(self.step_scale / 2, floor)
+        else:
+            self._guarded(lambda: self._apply(flat_grads, scale))
 
     def __call__(self, batch: UnitBatch) -> DPStepReport:
         """One DP-SGD step on ``batch``; returns its (non-private) report.
