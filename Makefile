@@ -5,8 +5,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+REAL_POPULATION_STEPS ?= 200
 
-.PHONY: install system-deps test test-slow test-all lint typecheck demo bench bench-long build-models population-adapters real-v2 clean
+.PHONY: install system-deps test test-slow test-all lint typecheck demo bench bench-long build-models population-adapters population-adapter-real real-v2 clean
 
 install: $(STAMP)
 
@@ -85,6 +86,12 @@ build-models: install
 # 2 cores).
 population-adapters: install
 	$(BIN)/python -m personal_sim.build_population_adapter --out src/personal/data/models
+
+# SmolLM2-135M-Instruct's public population adapter (the default policy's warm start on the real
+# base), built on its self-generated public text into the model cache (never committed).
+population-adapter-real: install
+	$(BIN)/python -m personal_sim.build_population_adapter --bases smollm2-135m-instruct \
+		--steps $(REAL_POPULATION_STEPS) --batch-size 16 --eval-every 50 --validation-users 4 --guard-max-rise 0.005
 
 # A real OS update: smollm2-135m-instruct-v2, depth-pruned and re-distilled from SmolLM2 on
 # self-generated public text, built into the cache (~15 min on 2 cores; never committed).

@@ -12,12 +12,15 @@ fingerprint of the base it fits, what the build measured):
   ``0 .. USERS-1``, log over ``DAYS`` days (:mod:`personal_sim.population`). No simulation
   evaluates seed :data:`~personal_sim.population.PUBLIC_SEED` (``SimConfig`` refuses it), so
   the adapter has never seen an evaluated user;
-* **recipe**: the ``default`` policy's LoRA shape, plain SGD at its learning rate, its pull to
-  the base (``continual.public_distill_weight`` · KL(p_base ‖ p_θ) on public text), its
-  step-size guard (``training.step_guard = "public"``: an update that raises the loss of the
-  first public batch more than ``gates.max_general_regression`` over the bare base is undone
-  and retried at half the rate), ``STEPS`` steps of ``BATCH`` examples drawn with
-  ``random.Random(SEED)``: the same seed rebuilds the same bytes;
+* **recipe**: the ``default`` policy's LoRA shape, plain SGD at :data:`LEARNING_RATE`, its
+  pull to the base (``continual.public_distill_weight`` · KL(p_base ‖ p_θ) on public text),
+  ``STEPS`` steps of ``BATCH`` examples drawn with ``random.Random(SEED)``: the same seed
+  rebuilds the same bytes;
+* **step-size guard** (``--guard-max-rise R``, off by default: the bundled adapters were built
+  without it): an update that raises the loss of the first public batch more than ``R`` over
+  the bare base is undone and retried at half the rate (:mod:`personal.training.step_guard`).
+  A base the rate is too large for needs it (SmolLM2-135M: ``make population-adapter-real``
+  passes half the general-loss gate, 0.005, leaving the other half to the user's rounds);
 * **public text**: for the bundled bases the simulator's public corpus (the ``train`` split a
   simulation passes to the library); for any other base (SmolLM2-135M-Instruct:
   ``make population-adapters-real``) the base's self-generated set, the library's default
@@ -57,6 +60,10 @@ USERS, DAYS = 64, 14
 VALIDATION_USERS = (1000, 1016)
 HELD_OUT = 32
 STEPS, BATCH, SEED = 600, 32, 0
+#: Plain SGD's rate for the population adapter: its own measured recipe (docs/dp-utility.md),
+#: not the DP rounds' ``training.learning_rate`` (0.3 when the bundled adapters were built; the
+#: rounds have since moved to 0.6, which the bundled adapters were not rebuilt for).
+LEARNING_RATE = 0.3
 PROBE = 64  # public examples of the general-drift probe (the simulator's)
 POLICY = "default"
 
@@ -71,11 +78,15 @@ def population_examples(users: int, days: int, seed: int = PUBLIC_SEED) -> list[
     return out
 
 
-def validation_examples(days: int, seed: int = PUBLIC_SEED) -> list[PublicExample]:
-    """Held-out requests of the validation users on the last day (never trained on)."""
+def validation_examples(
+    days: int, seed: int = PUBLIC_SEED, users: int | None = None
+) -> list[PublicExample]:
+    """Held-out requests of the first ``users`` validation users (default: all of
+    ``VALIDATION_USERS``) on the last day (never trained on)."""
+    first, last = VALIDATION_USERS
     return [
         PublicExample(it.prompt, it.response)
-        for index in range(*VALIDATION_USERS)
+        for index in range(first, last if users is None else min(last, first + users))
         for it in User.draw(seed, index).held_out(days - 1, days, HELD_OUT)
     ]
 
@@ -83,9 +94,11 @@ def validation_examples(days: int, seed: int = PUBLIC_SEED) -> list[PublicExampl
 class _Probe:
     """Gain on the validation users and general drift, both against the bare base."""
 
-    def __init__(self, base: BaseModel, days: int, general: list[PublicExample]) -> None:
+    def __init__(
+        self, base: BaseModel, days: int, general: list[PublicExample], users: int | None
+    ) -> None:
         self.base = base
-        self.personal = public_batches(base.tokenizer, validation_examples(days))
+        self.personal = public_batches(base.tokenizer, validation_examples(days, users=users))
         self.general = public_batches(base.tokenizer, general)
         with lora_off(base.model):
             self.bare = self._losses()
@@ -113,6 +126,8 @@ def build(
     batch_size: int = BATCH,
     seed: int = SEED,
     eval_every: int = 100,
+    validation_users: int | None = None,
+    guard_max_rise: float | None = None,
     log: Any = None,
 ) -> PopulationAdapter:
     """Train and write ``base_name``'s population adapter to ``out/<base name>/population``
@@ -126,13 +141,12 @@ def build(
     public_data: PublicData = corpus_public_data() if bundled else SelfGenerated().for_base(base)
     public = public_data.train
     general = corpus_eval_examples(PROBE) if bundled else list(public_data.gate[:PROBE])
-    probe = _Probe(base, days, general)
+    probe = _Probe(base, days, general, validation_users)
+    probe_users = range(*VALIDATION_USERS)[:validation_users]
     guard = None
-    if training.step_guard == "public":
+    if guard_max_rise is not None:
         check = public_batches(base.tokenizer, public, batch_size=continual.public_batch_size)[0]
-        guard = PublicLossGuard.for_round(
-            base.model, check, max_rise=policy.gates.max_general_regression
-        )
+        guard = PublicLossGuard.for_round(base.model, check, max_rise=guard_max_rise)
     curve: list[dict[str, Any]] = []
     scale = [1.0]
     started = time.perf_counter()
@@ -146,7 +160,7 @@ def build(
                 log(f"{base.name} step {done}: {curve[-1]} ({time.perf_counter() - started:.0f} s)")
 
     weights = train_population_adapter(
-        base, examples, public, steps=steps, learning_rate=training.learning_rate,
+        base, examples, public, steps=steps, learning_rate=LEARNING_RATE,
         batch_size=batch_size, distill_weight=continual.public_distill_weight,
         public_batch_size=continual.public_batch_size, max_tokens=training.max_tokens,
         seed=seed, callback=callback, guard=guard,
@@ -158,7 +172,7 @@ def build(
             "users": [0, users], "days": days, "examples": len(examples),
         },
         "policy": POLICY, "policy_digest": policy.digest(), "optimizer": "sgd",
-        "learning_rate": training.learning_rate, "steps": steps, "batch_size": batch_size,
+        "learning_rate": LEARNING_RATE, "steps": steps, "batch_size": batch_size,
         "max_tokens": training.max_tokens, "distill_weight": continual.public_distill_weight,
         "public_data": (
             {"name": "simulator public corpus", "split": "train", "seed": TRAIN_SEED,
@@ -167,14 +181,13 @@ def build(
             {"name": public_data.name, "split": "train", "digest": public_data.digest(),
              "examples": len(public)}
         ),
-        "step_guard": training.step_guard,
-        "max_general_regression": policy.gates.max_general_regression,
+        "guard_max_rise": guard_max_rise,
         "step_scale": scale[0],
         "seed": seed, "dp": False,
     }  # fmt: skip
     measured = {
-        "validation": {"seed": PUBLIC_SEED, "users": list(VALIDATION_USERS), "day": days - 1,
-                       "held_out": HELD_OUT},
+        "validation": {"seed": PUBLIC_SEED, "day": days - 1, "held_out": HELD_OUT,
+                       "users": [VALIDATION_USERS[0], VALIDATION_USERS[0] + len(probe_users)]},
         "general_probe": (
             {"name": "simulator public corpus", "seed": GATE_SEED, "examples": PROBE}
             if bundled else
@@ -206,11 +219,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=BATCH)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--eval-every", type=int, default=100, help="0: measure only at the end")
+    parser.add_argument(
+        "--guard-max-rise", type=float, default=None,
+        help="the step-size guard's bound on the public loss's rise over the bare base "
+        "(e.g. 0.005; default: no guard, as the bundled adapters were built)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--validation-users", type=int, default=None,
+        help=f"measure on the first N of the {VALIDATION_USERS[1] - VALIDATION_USERS[0]} "
+        "validation users (default: all; fewer for a large base)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     for name in args.bases:
         adapter = build(
             name, args.out, steps=args.steps, users=args.users, days=args.days,
             batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every or args.steps,
+            validation_users=args.validation_users, guard_max_rise=args.guard_max_rise,
             log=print,
         )  # fmt: skip
         summary = {"base": name, "digest": adapter.digest, **adapter.manifest["measured"]}

@@ -173,17 +173,18 @@ ARMS: dict[str, Arm] = {
             "same charge; Andrew et al. 2021; docs/dp-utility.md)",
             overrides={"privacy.clip": "quantile"},
         ),
+        # The learning rate: the ablation (the earlier 0.3) and a larger candidate (1.2).
         Arm(
-            "dp-lr0.6",
-            "DP at twice the learning rate (0.6), the step-size guard on: does a larger step "
-            "pay now that the guard stops the blow-ups? (docs/dp-utility.md)",
-            overrides={"training.learning_rate": 0.6},
+            "dp-lr0.3",
+            "DP at the learning rate shipped before the step-size guard (0.3, half the "
+            "default's): what the doubled rate buys (docs/dp-utility.md)",
+            overrides={"training.learning_rate": 0.3},
         ),
         Arm(
-            "non-dp-lr0.6",
-            "non-dp at learning rate 0.6: the reference for dp-lr0.6's share of the gain",
+            "non-dp-lr0.3",
+            "non-dp at learning rate 0.3: the reference for dp-lr0.3's share of the gain",
             dp=False,
-            overrides={**NON_DP_OVERRIDES, "training.learning_rate": 0.6},
+            overrides={**NON_DP_OVERRIDES, "training.learning_rate": 0.3},
         ),
         Arm(
             "dp-lr1.2",
@@ -255,6 +256,8 @@ ABLATION_ARMS = (
     "dp-wide",
     "dp-cold",
     "dp-no-guard",
+    "dp-lr0.3",
+    "non-dp-lr0.3",
 )
 #: Recipes measured against the shipped one before they may replace it.
 CANDIDATE_ARMS = (
@@ -262,8 +265,6 @@ CANDIDATE_ARMS = (
     "dp-quantile",
     "dp-warm",
     "warm-only",
-    "dp-lr0.6",
-    "non-dp-lr0.6",
     "dp-lr1.2",
     "non-dp-lr1.2",
 )

@@ -178,7 +178,7 @@ class TrainingPolicy(Validated):
     min_new_units: int = spec_field(Number(int, 1, 1_000_000), 64)
     max_rounds_per_day: int = spec_field(Number(int, 1, 1440), 1)
     steps: int = spec_field(Number(int, 1, 100_000), 4)
-    learning_rate: float = spec_field(Number(float, 0.0, 10.0, low_open=True), 0.3)
+    learning_rate: float = spec_field(Number(float, 0.0, 10.0, low_open=True), 0.6)
     optimizer: str = spec_field(Choice(("adam", "sgd")), "sgd")
     expected_batch_size: float = spec_field(Number(float, 1.0, 65536.0), 4096.0)
     max_tokens: int = spec_field(Number(int, 8, 32768), 64)

@@ -32,6 +32,18 @@ def test_the_build_is_a_pure_function_of_its_seed(tmp_path, tiny_model_factory):
     assert [point["step"] for point in manifest["measured"]["curve"]] == [2]
 
 
+def test_the_build_records_its_guard_and_public_text(tmp_path, tiny_model_factory):
+    source = tiny_model_factory()
+    guarded = build(source, tmp_path / "g", **TINY_BUILD, guard_max_rise=0.005)
+    built = read_population_adapter(guarded.path.parent).manifest["built"]
+    assert built["guard_max_rise"] == 0.005 and 0 < built["step_scale"] <= 1.0
+    # Not a bundled base: trained on its own self-generated public text.
+    assert built["public_data"]["name"] == "self-generated"
+    plain = read_population_adapter(build(source, tmp_path / "p", **TINY_BUILD).path.parent)
+    assert plain.manifest["built"]["guard_max_rise"] is None
+    assert plain.manifest["built"]["step_scale"] == 1.0
+
+
 def test_no_simulation_evaluates_the_public_population():
     with pytest.raises(ConfigError, match="public population"):
         SimConfig(seed=PUBLIC_SEED)
