@@ -88,7 +88,8 @@ population-adapters: install
 	$(BIN)/python -m personal_sim.build_population_adapter --out src/personal/data/models
 
 # SmolLM2-135M-Instruct's public population adapter (the default policy's warm start on the real
-# base), built on its self-generated public text into the model cache (never committed).
+# base), built on its self-generated public text into the model cache (never committed). Its
+# step count is not yet measured (docs/base-models.md): SmolLM2 starts cold without it.
 population-adapter-real: install
 	$(BIN)/python -m personal_sim.build_population_adapter --bases smollm2-135m-instruct \
 		--steps $(REAL_POPULATION_STEPS) --batch-size 16 --eval-every 50 --validation-users 4 --guard-max-rise 0.005
