@@ -87,6 +87,19 @@ class Arm:
         return self.dp, self.train, json.dumps(self.overrides, sort_keys=True)
 
 
+def _rate_arms(rate: float, why: str) -> tuple[Arm, Arm]:
+    """``dp-lr{rate}`` and its non-DP reference ``non-dp-lr{rate}`` (the DP share's
+    denominator at that rate)."""
+    dp = Arm(f"dp-lr{rate}", f"DP at {why}", overrides={"training.learning_rate": rate})
+    reference = Arm(
+        f"non-dp-lr{rate}",
+        f"non-dp at learning rate {rate}: the reference for dp-lr{rate}'s share of the gain",
+        dp=False,
+        overrides={**NON_DP_OVERRIDES, "training.learning_rate": rate},
+    )
+    return dp, reference
+
+
 ARMS: dict[str, Arm] = {
     arm.name: arm
     for arm in (
@@ -174,29 +187,12 @@ ARMS: dict[str, Arm] = {
             overrides={"privacy.clip": "quantile"},
         ),
         # The learning rate: the ablation (the earlier 0.3) and a larger candidate (1.2).
-        Arm(
-            "dp-lr0.3",
-            "DP at the learning rate shipped before the step-size guard (0.3, half the "
-            "default's): what the doubled rate buys (docs/dp-utility.md)",
-            overrides={"training.learning_rate": 0.3},
+        *_rate_arms(
+            0.3,
+            "the learning rate shipped before the step-size guard (half the default's): what "
+            "the doubled rate buys (docs/dp-utility.md)",
         ),
-        Arm(
-            "non-dp-lr0.3",
-            "non-dp at learning rate 0.3: the reference for dp-lr0.3's share of the gain",
-            dp=False,
-            overrides={**NON_DP_OVERRIDES, "training.learning_rate": 0.3},
-        ),
-        Arm(
-            "dp-lr1.2",
-            "DP at four times the learning rate (1.2), the step-size guard on",
-            overrides={"training.learning_rate": 1.2},
-        ),
-        Arm(
-            "non-dp-lr1.2",
-            "non-dp at learning rate 1.2: the reference for dp-lr1.2's share of the gain",
-            dp=False,
-            overrides={**NON_DP_OVERRIDES, "training.learning_rate": 1.2},
-        ),
+        *_rate_arms(1.2, "twice the default learning rate, the step-size guard on"),
         # The public population warm start (docs/dp-utility.md): public, so it charges nothing.
         Arm(
             "dp-warm",

@@ -10,23 +10,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from guards import Scripted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlx.utils import tree_flatten
 
 GRAD = {"weight": mx.full((3, 2), 1.0), "bias": mx.full((3,), -2.0)}
-
-
-class Scripted:
-    """Rejects the first ``rejections`` updates it sees, then accepts."""
-
-    def __init__(self, rejections: int, max_halvings: int = 3) -> None:
-        self.left, self.max_halvings, self.seen = rejections, max_halvings, 0
-
-    def accepts(self, model: nn.Module) -> bool:
-        self.seen += 1
-        self.left -= 1
-        return self.left < 0
 
 
 def _layer() -> nn.Linear:

@@ -5,15 +5,13 @@ breaks it unguarded."""
 from __future__ import annotations
 
 from personal.model.base import load_base
-from personal.model.batching import make_batch
 from personal.model.lora import LoRAConfig, inject_lora
 from personal.public import PublicExample
 from personal.training.population import train_population_adapter
 from personal.training.step_guard import PublicLossGuard
 
-import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from guards import greedy_public_batch
 
 EXAMPLES = [
     PublicExample(f"text {name} about the weekend plans", f"sure, {name} is set for saturday")
@@ -25,23 +23,11 @@ PUBLIC = [
 ]
 
 
-def _greedy_batch(model: nn.Module, vocab: int):
-    """Public text in the manner of self-generated data: random 6-token prompts answered
-    greedily by the bare model, scored on the answers (so any drift raises its loss)."""
-    rng = np.random.default_rng(11)
-    rows = [rng.integers(1, vocab, 6).tolist() for _ in range(8)]
-    for _ in range(10):
-        logits = model(mx.array(rows))[:, -1, :]
-        for row, token in zip(rows, np.array(mx.argmax(logits, axis=-1)).tolist(), strict=True):
-            row.append(int(token))
-    return make_batch(rows, [6] * 8)
-
-
 def _train(factory, learning_rate: float, guarded: bool, seed: int = 0):
     base = load_base(factory())
     # A large LoRA scale makes a step's effect big enough for the rate to break the base.
     inject_lora(base.model, LoRAConfig(rank=2, scale=20.0), seed=0)
-    check = _greedy_batch(base.model, base.tokenizer.vocab_size)
+    check = greedy_public_batch(base.model, base.tokenizer.vocab_size)
     guard = PublicLossGuard.for_round(base.model, check, max_rise=0.01) if guarded else None
     scales: list[float] = []
     weights = train_population_adapter(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import warnings
 
 from personal.errors import ConfigError, SeededNoiseWarning
-from personal.model.batching import make_batch
 from personal.model.lora import LoRAConfig, inject_lora
 from personal.personalizer import Personalizer
 from personal.privacy.dpsgd import DPConfig, make_dp_step
@@ -21,6 +20,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
+from guards import Scripted, greedy_public_batch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlx.utils import tree_flatten
@@ -31,18 +31,6 @@ VOCAB = 96
 RNG = np.random.default_rng(3)
 SEQS = [RNG.integers(1, VOCAB, n).tolist() for n in (14, 9, 12)]
 KEY = RawKey(bytes(range(32)))
-
-
-class Scripted:
-    """A guard that rejects the first ``rejections`` updates it sees, then accepts."""
-
-    def __init__(self, rejections: int, max_halvings: int = 3) -> None:
-        self.left, self.max_halvings, self.seen = rejections, max_halvings, 0
-
-    def accepts(self, model: nn.Module) -> bool:
-        self.seen += 1
-        self.left -= 1
-        return self.left < 0
 
 
 def _model() -> nn.Module:
@@ -108,22 +96,10 @@ def test_a_rejected_adam_update_leaves_the_optimiser_state_untouched():
         np.testing.assert_array_equal(value, _flat(_model())[name])
 
 
-def _public_batch(model: nn.Module):
-    """Eight "public" sequences in the manner of self-generated public data: random prompts
-    of 6 tokens answered greedily by the (bare) model, scored on the answers."""
-    rng = np.random.default_rng(11)
-    rows = [rng.integers(1, VOCAB, 6).tolist() for _ in range(8)]
-    for _ in range(10):
-        logits = model(mx.array(rows))[:, -1, :]
-        for row, token in zip(rows, np.array(mx.argmax(logits, axis=-1)).tolist(), strict=True):
-            row.append(int(token))
-    return make_batch(rows, [6] * 8)
-
-
 def test_public_loss_guard_holds_the_public_loss_under_a_rate_that_breaks_it():
     model, _ = build_tiny_model("llama", VOCAB, seed=1)
     inject_lora(model, LoRAConfig(rank=2, scale=20.0), seed=1)
-    check = _public_batch(model)
+    check = greedy_public_batch(model, VOCAB)
     guard = PublicLossGuard.for_round(model, check, max_rise=0.01, reference="base")
     assert guard.accepts(model)  # the zero adapter is the base itself
     batch = pack_token_units([[s] for s in SEQS], 3.0, width=16)
@@ -159,7 +135,7 @@ def _loss(model: nn.Module, batch) -> float:
 def test_guard_limits_follow_the_gate_reference_and_never_sit_below_the_start():
     model, _ = build_tiny_model("llama", VOCAB, seed=1)
     inject_lora(model, LoRAConfig(rank=2, scale=20.0), seed=1)
-    check = _public_batch(model)
+    check = greedy_public_batch(model, VOCAB)
     bare = _loss(model, check)
     assert PublicLossGuard.for_round(model, check, max_rise=0.05).limit == pytest.approx(
         bare * 1.05, rel=1e-6
