@@ -15,7 +15,7 @@ fingerprint of the base it fits, what the build measured):
 * **recipe**: the ``default`` policy's LoRA shape, plain SGD at :data:`LEARNING_RATE`, its
   pull to the base (``continual.public_distill_weight`` · KL(p_base ‖ p_θ) on public text),
   ``STEPS`` steps of ``BATCH`` examples drawn with ``random.Random(SEED)``: the same seed
-  rebuilds the same bytes;
+  rebuilds the same bytes with the same code on the same machine;
 * **step-size guard** (``--guard-max-rise R``, off by default: the bundled adapters were built
   without it): an update that raises the loss of the first public batch more than ``R`` over
   the bare base is undone and retried at half the rate (:mod:`personal.training.step_guard`).
