@@ -91,6 +91,7 @@ def arm_metrics(config: SimConfig, users: list[dict[str, Any]], arm: str) -> dic
         "rounds": sum(s["rounds"] for s in per_user),
         "passed": sum(s["passed"] for s in per_user),
         "skipped": sum(s["skipped"] for s in per_user),
+        "guarded": sum(s["guarded"] for s in per_user),  # rounds the step guard slowed
     }
 
 

@@ -102,6 +102,7 @@ def personalization(args: argparse.Namespace) -> dict[str, Any]:
             "passed": s["passed"],
             "refused_general": s.get("refused_general"),  # the general-skill gate refused
             "refused_personal": s.get("refused_personal"),  # the held-out gain gate refused
+            "guarded": s.get("guarded"),  # rounds whose learning rate the step guard cut
             "epsilon_max": s["epsilon_max"],
             "gain_by_day": s["gain_by_day"],
             "slot_accuracy": s.get("final_slot_accuracy"),

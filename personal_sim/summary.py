@@ -69,6 +69,9 @@ def arm_user_summary(config: SimConfig, arm: dict[str, Any]) -> dict[str, Any]:
         "refused_general": len(general_refused),
         "refused_personal": len(ran) - len(passed) - len(general_refused),
         "skipped": len(rounds) - len(ran),
+        # Rounds where the step-size guard cut the learning rate (metrics from before the
+        # guard have no such field: 0).
+        "guarded": sum(1 for r in ran if r.get("guard_rejections", 0) > 0),
         "migration_accepted": migration["accepted"] if migration else None,
         "round_seconds": _mean([r["seconds"] for r in ran]),
         "peak_memory_bytes": max((r["peak_memory_bytes"] for r in ran), default=0),
@@ -121,6 +124,7 @@ def summarize(config: SimConfig, users: list[dict[str, Any]]) -> dict[str, Any]:
             "refused_general": sum(s["refused_general"] for s in per_user),
             "refused_personal": sum(s["refused_personal"] for s in per_user),
             "skipped": sum(s["skipped"] for s in per_user),
+            "guarded": sum(s["guarded"] for s in per_user),
             "migrations_accepted": sum(bool(s["migration_accepted"]) for s in per_user),
             "round_seconds": _mean([s["round_seconds"] for s in per_user]),
             "peak_memory_bytes": max(s["peak_memory_bytes"] for s in per_user),

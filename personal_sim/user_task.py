@@ -251,6 +251,10 @@ def _round(p: Personalizer, run: _UserRun, arm: Arm, day: int) -> dict[str, Any]
         "clip_norm": report.clip_norm,  # the first step's C (quantile clipping moves it)
         "clip_norm_final": report.clip_norm_final,  # None under a fixed C
         "epsilon_max": report.epsilon_max,
+        # The step-size guard (training.step_guard): updates undone, and the share of the
+        # learning rate the round ended at (1.0: it never fired).
+        "guard_rejections": report.guard_rejections,
+        "step_scale": report.step_scale,
         "adapter_version": report.adapter_version,
         "gate": {
             "passed": bool(gates.get("passed")),

@@ -95,8 +95,12 @@ def test_end_to_end_run_writes_the_report(cli_run):
         for r in rounds:
             assert r["seconds"] > 0 and r["peak_memory_bytes"] > 0
             assert isinstance(r["gate"]["passed"], bool) and r["gate"]["reasons"]
+            # The step guard's record: 1.0 exactly when it undid nothing.
+            assert 0 < r["step_scale"] <= 1.0
+            assert (r["guard_rejections"] == 0) == (r["step_scale"] == 1.0)
     summary = metrics["summary"]["dp"]
     assert len(summary["gain_by_day"]) == 3 and summary["rounds"] >= 2
+    assert 0 <= summary["guarded"] <= summary["rounds"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "Not private" in html
     assert all((out / f"{name}.png").stat().st_size > 1000 for name in
