@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-REAL_POPULATION_STEPS ?= 200
+REAL_POPULATION_STEPS ?= 10
 
 .PHONY: install system-deps test test-slow test-all lint typecheck demo bench bench-long build-models population-adapters population-adapter-real real-v2 clean
 
@@ -88,8 +88,10 @@ population-adapters: install
 	$(BIN)/python -m personal_sim.build_population_adapter --out src/personal/data/models
 
 # SmolLM2-135M-Instruct's public population adapter (the default policy's warm start on the real
-# base), built on its self-generated public text into the model cache (never committed). Its
-# step count is not yet measured (docs/base-models.md): SmolLM2 starts cold without it.
+# base), built on its self-generated public text into the model cache (never committed). 10
+# steps reach the guard's bound (drift +0.5 %, the rate at its floor, lr/256): ~20-25 min on 2
+# cores. Its effect on the rounds is not measured yet (docs/base-models.md); without it SmolLM2
+# starts cold.
 population-adapter-real: install
 	$(BIN)/python -m personal_sim.build_population_adapter --bases smollm2-135m-instruct \
 		--steps $(REAL_POPULATION_STEPS) --batch-size 16 --eval-every 50 --validation-users 4 --guard-max-rise 0.005
