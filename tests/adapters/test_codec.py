@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from personal.adapters import codec
 from personal.errors import AdapterCorrupt, ConfigError
@@ -38,17 +39,19 @@ def test_agrees_with_mlx(arrays, meta):
     weights = {f"t{i}.lora_a": mx.array(a).astype(_DTYPES[d]) for i, (a, d) in enumerate(arrays)}
     data = codec.encode(weights, meta)
     ours, our_meta = codec.decode(data, where="x")
-    theirs, their_meta = mx.load(_write(data), return_metadata=True)
+    theirs, their_meta = _mlx_load(data)
     assert same(ours, weights) and same(ours, theirs)
     assert our_meta == their_meta == meta
 
 
-def _write(data: bytes) -> str:
+def _mlx_load(data: bytes):
+    """mx.load of ``data`` through a file that is removed afterwards (no junk in /tmp)."""
     import tempfile
 
-    with tempfile.NamedTemporaryFile(suffix=".safetensors", delete=False) as f:
-        f.write(data)
-    return f.name
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "adapter.safetensors"
+        path.write_bytes(data)
+        return mx.load(str(path), return_metadata=True)
 
 
 def _blob(header: dict, body: bytes) -> bytes:
