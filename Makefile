@@ -82,8 +82,8 @@ build-models: install
 	$(BIN)/python -m personal_sim.build_base_models --out src/personal/data/models
 
 # Rebuild the bundled bases' public population adapters (the training.warm_start = "population"
-# warm start; seeded: the same bytes for the same code and machine): src/personal/data/models/*/population/ (~15 min on
-# 2 cores).
+# warm start; seeded: the same bytes for the same code and machine):
+# src/personal/data/models/*/population/ (~15 min on 2 cores).
 population-adapters: install
 	$(BIN)/python -m personal_sim.build_population_adapter --out src/personal/data/models
 

@@ -23,7 +23,7 @@ fingerprint of the base it fits, what the build measured):
   passes half the general-loss gate, 0.005, leaving the other half to the user's rounds);
 * **public text**: for the bundled bases the simulator's public corpus (the ``train`` split a
   simulation passes to the library); for any other base (SmolLM2-135M-Instruct:
-  ``make population-adapters-real``) the base's self-generated set, the library's default
+  ``make population-adapter-real``) the base's self-generated set, the library's default
   public data for it (:class:`personal.public.SelfGenerated`);
 * **measured** every ``--eval-every`` steps: the gain on held-out requests of *other* public
   users (indices ``VALIDATION_USERS``, last day) and the general drift on a public probe
@@ -83,12 +83,16 @@ def validation_examples(
 ) -> list[PublicExample]:
     """Held-out requests of the first ``users`` validation users (default: all of
     ``VALIDATION_USERS``) on the last day (never trained on)."""
-    first, last = VALIDATION_USERS
     return [
         PublicExample(it.prompt, it.response)
-        for index in range(first, last if users is None else min(last, first + users))
+        for index in validation_indices(users)
         for it in User.draw(seed, index).held_out(days - 1, days, HELD_OUT)
     ]
+
+
+def validation_indices(users: int | None = None) -> range:
+    """The indices of the first ``users`` validation users (``None``: all of them)."""
+    return range(*VALIDATION_USERS)[:users]
 
 
 class _Probe:
@@ -142,7 +146,7 @@ def build(
     public = public_data.train
     general = corpus_eval_examples(PROBE) if bundled else list(public_data.gate[:PROBE])
     probe = _Probe(base, days, general, validation_users)
-    probe_users = range(*VALIDATION_USERS)[:validation_users]
+    probed = validation_indices(validation_users)
     guard = None
     if guard_max_rise is not None:
         check = public_batches(base.tokenizer, public, batch_size=continual.public_batch_size)[0]
@@ -187,7 +191,7 @@ def build(
     }  # fmt: skip
     measured = {
         "validation": {"seed": PUBLIC_SEED, "day": days - 1, "held_out": HELD_OUT,
-                       "users": [VALIDATION_USERS[0], VALIDATION_USERS[0] + len(probe_users)]},
+                       "users": [probed.start, probed.stop]},
         "general_probe": (
             {"name": "simulator public corpus", "seed": GATE_SEED, "examples": PROBE}
             if bundled else
