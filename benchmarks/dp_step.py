@@ -22,6 +22,12 @@ LoRA then goes on every linear layer (MoE experts included, routers excluded). A
 base trains as is (``--quantized-path keep``) or on a float32 copy made at load
 (``--quantized-path dequantize``).
 
+``--noise-baseline`` also times the DP step with its noise drawn three ways: on one thread
+after the gradients (as before), on every core after them, and on every core prefetched beside
+them (``dp_noise_1thread_step_s``, ``dp_noise_threads_step_s``,
+``dp_noise_threads_prefetch_step_s``), and the draw alone on every core and on one
+(``noise_draw_s``, ``noise_draw_1thread_s``).
+
 ``--scored-share S`` scores only the last ``S`` of each row's positions (the reply of a chat
 interaction; 0.25 is what the simulator's interactions measure on smollm2-135m-instruct's chat
 template, 0.58 on the bundled format). Both MLX steps then project to the vocabulary at those
@@ -63,10 +69,12 @@ from personal.model.head import output_head  # noqa: E402
 from personal.model.lora import LoRAConfig, inject_lora, trainable_parameter_count  # noqa: E402
 from personal.privacy.dpsgd import (  # noqa: E402
     DPConfig,
+    DPStep,
     example_ce_loss,
     make_dp_step,
     scored_ce_loss,
 )
+from personal.privacy.noise import NOISE_THREADS_ENV, GaussianNoise  # noqa: E402
 from personal.privacy.sampler import UnitBatch, pack_token_units  # noqa: E402
 from personal.runtime import blas_status, peak_memory_bytes, reset_peak_memory  # noqa: E402
 
@@ -146,10 +154,11 @@ def dequantize_per_call(model: nn.Module) -> None:
 
 def mlx_steps(
     model: nn.Module, tokens: np.ndarray, scored: int
-) -> tuple[Callable[[], None], Callable[[], None]]:
-    """(non-DP step, DP step) on one MLX model; the last ``scored`` positions of every row
-    count in the loss. Both steps compute logits at scored positions only where the model
-    allows it, as a training round does (:func:`personal.model.head.output_head`)."""
+) -> tuple[Callable[[], None], Callable[[], None], DPStep]:
+    """(non-DP step, DP step, the DP step object) on one MLX model; the last ``scored``
+    positions of every row count in the loss. Both steps compute logits at scored positions
+    only where the model allows it, as a training round does
+    (:func:`personal.model.head.output_head`)."""
     batch_size, width = tokens.shape[0], tokens.shape[1] - 1
     starts = [[width + 1 - scored]] * batch_size
     compact = output_head(model) is not None
@@ -170,7 +179,7 @@ def mlx_steps(
     def run_dp() -> None:
         dp(units)
 
-    return run_plain, run_dp
+    return run_plain, run_dp, dp
 
 
 def make_plain_step(
@@ -238,6 +247,32 @@ def without_kernels(run: Callable[[], None]) -> Callable[[], None]:
     return run_without
 
 
+def noise_setting(
+    run: Callable[[], None], threads: int | None, step: DPStep | None = None, prefetch: bool = False
+) -> Callable[[], None]:
+    """``run`` with the DP noise drawn on ``threads`` threads (``None``: the default, every
+    core) and, for a DP ``step``, prefetched beside the gradients or drawn after them."""
+
+    def run_with() -> None:
+        before = os.environ.get(NOISE_THREADS_ENV)
+        if threads is not None:
+            os.environ[NOISE_THREADS_ENV] = str(threads)
+        default = None if step is None else step.prefetch_noise
+        if step is not None:
+            step.prefetch_noise = prefetch
+        try:
+            run()
+        finally:
+            if step is not None and default is not None:
+                step.prefetch_noise = default
+            if before is None:
+                os.environ.pop(NOISE_THREADS_ENV, None)
+            else:
+                os.environ[NOISE_THREADS_ENV] = before
+
+    return run_with
+
+
 def peak_of(step: Callable[[], None]) -> int:
     reset_peak_memory()
     step()
@@ -271,6 +306,10 @@ def main() -> None:
         "--kernels-baseline", action="store_true",
         help="also time both steps on MLX's own ops (personal.kernels off), interleaved",
     )  # fmt: skip
+    parser.add_argument(
+        "--noise-baseline", action="store_true",
+        help="also time the DP step with its noise drawn on one thread, and the draw alone",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -280,17 +319,31 @@ def main() -> None:
     if not 0 < args.scored_share <= 1:
         parser.error("--scored-share must be in (0, 1]")
     scored = max(1, math.ceil(args.scored_share * args.seq))
-    run_plain, run_dp = mlx_steps(model, tokens, scored)
+    run_plain, run_dp, dp_step = mlx_steps(model, tokens, scored)
     runs: dict[str, Callable[[], float]] = {
         "nondp": lambda: timed(run_plain),
         "dp": lambda: timed(run_dp),
     }
     warm = [run_plain, run_dp]
     if args.kernels_baseline:  # the same steps traced and run without personal.kernels
-        ops_plain, ops_dp = (without_kernels(run) for run in mlx_steps(model, tokens, scored))
+        ops_plain, ops_dp = (without_kernels(run) for run in mlx_steps(model, tokens, scored)[:2])
         runs["nondp_mlx_ops"] = lambda: timed(ops_plain)
         runs["dp_mlx_ops"] = lambda: timed(ops_dp)
         warm += [ops_plain, ops_dp]
+    if args.noise_baseline:  # the same DP step, its noise drawn as before; the draw alone
+        for label, threads, prefetch in (
+            ("dp_noise_1thread", 1, False),  # as every draw was made before
+            ("dp_noise_threads", None, False),
+            ("dp_noise_threads_prefetch", None, True),
+        ):
+            runs[label] = partial(timed, noise_setting(run_dp, threads, dp_step, prefetch))
+        size, source = trainable_parameter_count(model), GaussianNoise()
+
+        def draw() -> None:
+            source.sample(size, SIGMA * CLIP)
+
+        runs["noise_draw"] = lambda: timed(draw)
+        runs["noise_draw_1thread"] = lambda: timed(noise_setting(draw, 1))
     peer = None
     if name == "reference" and not args.no_torch:
         peer = OpacusPeer(args.batch, args.seq, scored)  # warms itself up
@@ -333,6 +386,11 @@ def main() -> None:
         result["dp_mlx_ops_step_s"] = round(median["dp_mlx_ops"], 4)
         result["dp_kernels_speedup"] = round(median["dp_mlx_ops"] / median["dp"], 3)
         result["nondp_kernels_speedup"] = round(median["nondp_mlx_ops"] / median["nondp"], 3)
+    if args.noise_baseline:
+        for label in ("dp_noise_1thread", "dp_noise_threads", "dp_noise_threads_prefetch"):
+            result[f"{label}_step_s"] = round(median[label], 4)
+        result["noise_draw_s"] = round(median["noise_draw"], 4)
+        result["noise_draw_1thread_s"] = round(median["noise_draw_1thread"], 4)
     if not args.json:
         for key, values in times.items():
             print(key, " ".join(f"{v:.3f}" for v in values))

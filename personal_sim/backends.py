@@ -14,9 +14,14 @@ from personal_sim.population import User
 from personal_sim.scenario import SimConfig
 from personal_sim.user_task import run_user
 
-#: Worker environment: one BLAS thread per worker (W workers use W cores; results do not depend
-#: on the thread count).
-WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+#: Worker environment: one BLAS thread and one noise thread per worker (W workers use W cores;
+#: results do not depend on the thread count).
+WORKER_ENV = {
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "PERSONAL_NOISE_THREADS": "1",
+}
 
 Progress = Callable[[int], None]
 

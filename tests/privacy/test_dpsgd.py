@@ -219,6 +219,24 @@ def test_only_lora_parameters_change_and_steps_are_reproducible() -> None:
         np.testing.assert_array_equal(np.array(params[name]), np.array(again[name]))
 
 
+def test_prefetched_noise_changes_no_value() -> None:
+    """Drawing the noise on a background thread while the gradients are computed gives the
+    same parameters, bit for bit, as drawing it after them (seeded noise, empty steps too)."""
+
+    def run(prefetch: bool) -> np.ndarray:
+        model = _model()
+        step = make_dp_step(
+            model, optim.Adam(learning_rate=1e-2), DPConfig(0.8, 1.0), noise=_noise(6)
+        )
+        step.prefetch_noise = prefetch
+        for groups in ([[0], [1, 2]], [[3]], [[4], [0]]):
+            step(_units_batch(groups))
+        step.empty(2.0)
+        return _flat(dict(tree_flatten(model.trainable_parameters())))
+
+    np.testing.assert_array_equal(run(True), run(False))
+
+
 def test_compiled_and_eager_steps_agree() -> None:
     results = []
     for compile in (True, False):

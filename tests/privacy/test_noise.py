@@ -6,10 +6,14 @@ import math
 import warnings
 
 from personal.errors import ConfigError, SeededNoiseWarning
+from personal.privacy import noise as noise_module
 from personal.privacy.noise import (
+    DRAWS,
     GRID_BITS,
+    NOISE_THREADS_ENV,
     GaussianNoise,
     RandomBytes,
+    keystream_words,
     snapping_grid,
     standard_normal,
     uniform_open,
@@ -18,6 +22,8 @@ from personal.privacy.noise import (
 import mlx.core as mx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 N = 200_000
 
@@ -119,3 +125,79 @@ def test_csprng_mode_is_fresh_and_silent() -> None:
     words = RandomBytes().words(N)
     bits = np.unpackbits(words.view(np.uint8))
     assert abs(bits.mean() - 0.5) < 6 * 0.5 / math.sqrt(bits.size)
+
+
+@settings(max_examples=60, deadline=None)
+@given(start=st.integers(0, 300), count=st.integers(0, 300))
+def test_keystream_words_at_any_offset_are_that_slice_of_the_stream(start: int, count: int) -> None:
+    key = bytes(range(32))
+    whole = keystream_words(key, 0, 700)
+    np.testing.assert_array_equal(keystream_words(key, start, count), whole[start : start + count])
+
+
+def test_counter_carries_across_the_low_64_bits() -> None:
+    """OpenSSL increments the whole 128-bit counter block: a range that starts just below
+    2^64 blocks continues into the next one as one stream would."""
+    key = bytes(32)
+    below = 2 * (2**64 - 1)  # word index of block 2^64 - 1
+    np.testing.assert_array_equal(
+        keystream_words(key, below, 4)[2:], keystream_words(key, below + 2, 2)
+    )
+
+
+def _unchunked(seed: int, size: int, std: float) -> np.ndarray:
+    """The draw as one unchunked pass over one key's stream (the reference)."""
+    with pytest.warns(SeededNoiseWarning):
+        words = RandomBytes(seed, purpose="noise").words(DRAWS * size)
+    return standard_normal(words).reshape(DRAWS, size).sum(axis=0) * (std / math.sqrt(DRAWS))
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(1, 70), chunk=st.integers(1, 16), threads=st.sampled_from(["1", "3"]))
+def test_chunked_threaded_draw_is_the_unchunked_stream(size: int, chunk: int, threads: str) -> None:
+    """Splitting a draw into chunks on threads changes no value: same key, same words, same
+    order of additions, for any chunk size, size and thread count."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(noise_module, "NOISE_CHUNK", chunk)
+        patch.setenv(NOISE_THREADS_ENV, threads)
+        drawn = _seeded(11).sample(size, 2.5)
+    np.testing.assert_array_equal(drawn, _unchunked(11, size, 2.5))
+
+
+def test_default_chunking_matches_the_stream_across_chunk_boundaries() -> None:
+    size = 2 * noise_module.NOISE_CHUNK + 3
+    np.testing.assert_array_equal(_seeded(4).sample(size, 1.0), _unchunked(4, size, 1.0))
+
+
+def test_noise_threads_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(NOISE_THREADS_ENV, "3")
+    assert noise_module.noise_threads() == 3
+    monkeypatch.setenv(NOISE_THREADS_ENV, "lots")
+    assert noise_module.noise_threads() >= 1
+    monkeypatch.delenv(NOISE_THREADS_ENV)
+    assert noise_module.noise_threads() >= 1
+
+
+def test_prefetched_draw_is_the_next_draw_of_its_size() -> None:
+    plain, early = _seeded(8), _seeded(8)
+    expected = plain.sample(50, 3.0)
+    early.prefetch(50)
+    np.testing.assert_array_equal(early.sample(50, 3.0), expected)
+    # used once: the next draw is a new one
+    assert not np.array_equal(early.sample(50, 3.0), expected)
+
+
+def test_a_draw_of_another_size_leaves_the_prefetch_alone() -> None:
+    source = _seeded(9)
+    source.prefetch(40)
+    other = source.sample(3, 1.0)  # the quantile count's draw, say
+    assert other.shape == (3,)
+    reference = _seeded(9)
+    first = reference.sample(40, 1.0)  # the prefetch took the first key
+    np.testing.assert_array_equal(source.sample(40, 1.0), first)
+
+
+def test_prefetch_of_nothing_is_a_no_op() -> None:
+    source = GaussianNoise()
+    source.prefetch(0)
+    assert source.sample(5, 1.0).shape == (5,)

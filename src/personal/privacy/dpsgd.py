@@ -288,6 +288,9 @@ class DPStep:
         self.model, self.optimizer, self.config, self.noise = model, optimizer, config, noise
         self.on_release, self.transform, self.guard = on_release, transform, guard
         self.clip_norm = float(config.clip_norm)
+        #: Draw each step's noise on a background thread while the gradients are computed
+        #: (True), or after them (False, the default: see docs/performance.md).
+        self.prefetch_noise = False
         self._noisy_count: float | None = None
         optimizer.init(model.trainable_parameters())
         self._guarded = None if guard is None else GuardedUpdate(model, optimizer, guard)
@@ -305,6 +308,11 @@ class DPStep:
     def _update(self, flat_grads: dict[str, mx.array], scale: mx.array) -> None:
         grads = tree_unflatten([(name, value * scale) for name, value in flat_grads.items()])
         self.optimizer.update(self.model, grads)
+
+    @property
+    def _noise_size(self) -> int:
+        """Values in one gradient release: every trainable parameter."""
+        return sum(v.size for _, v in flat_params(self.model.trainable_parameters()))
 
     @property
     def step_scale(self) -> float:
@@ -335,6 +343,9 @@ class DPStep:
             return self.empty(batch.expected_size, slots=batch.slots)
         # The noise multiplier first: a quantile step that cannot be private fails untouched.
         multiplier = self.config.gradient_noise_multiplier(batch.expected_size)
+        if multiplier > 0 and self.prefetch_noise:
+            # The noise depends on nothing private: draw it while MLX computes the gradients.
+            self.noise.prefetch(self._noise_size)
         limit = self.clip_norm
         clip = mx.array(limit, dtype=mx.float32)
         sums, norms, rows, losses = self._core(batch.arrays, batch.units, batch.valid, clip)
