@@ -101,6 +101,10 @@ class _UserRun:
         repeats = sum((it.prompt, it.response) in seen for held in self.held for it in held)
         self.repeat_share = repeats / max(1, sum(len(h) for h in self.held))
         self._bare: dict[tuple[str, int], dict[str, float]] = {}
+        self._bare_general: dict[str, float] = {}
+        # The served model's general loss by (base, active adapter version) on the current
+        # store: it changes only when the adapter does (see open_store).
+        self._served_general: dict[tuple[str, int | None], float] = {}
         self._held_batches: dict[tuple[str, int], list[Any]] = {}
         self._bare_slots: dict[tuple[str, int], dict[str, Any]] = {}
 
@@ -119,13 +123,32 @@ class _UserRun:
         if key not in self._bare:
             base = _bare(name)
             personal_eval = evaluate(base.model, self.held_batches(name, base.tokenizer, day))
-            general = general_loss(base.model, _public(base, name, self.config))
+            if name not in self._bare_general:  # the same public set every day
+                self._bare_general[name] = general_loss(
+                    base.model, _public(base, name, self.config)
+                )
             self._bare[key] = {
                 "personal_loss": personal_eval.loss,
                 "personal_accuracy": personal_eval.accuracy,
-                "general_loss": general,
+                "general_loss": self._bare_general[name],
             }
         return self._bare[key]
+
+    def open_store(self) -> None:
+        """A new store starts (an arm group): its adapter versions are its own."""
+        self._served_general.clear()
+
+    def served_general(self, p: Personalizer, name: str) -> float:
+        """The general loss of ``p``'s served model on base ``name``'s public probe, computed
+        once per active adapter version (the weights change only with the version; a
+        refused round restores them): on a real base this probe is most of a day's cost."""
+        active = p.active_adapter
+        key = (name, None if active is None else active.version)
+        if key not in self._served_general:
+            self._served_general[key] = general_loss(
+                p.base.model, _public(p.base, name, self.config)
+            )
+        return self._served_general[key]
 
     def recalled(self, p: Personalizer, day: int, mode: str) -> Recall:
         """Per held-out request of ``day``, what personal memory recalls for it from what
@@ -153,7 +176,7 @@ class _UserRun:
             turns = [r if isinstance(r, list) else [] for r in recall]
             batches = _batches(p.base.tokenizer, self.held[day], histories=turns)
             personal_eval = evaluate(p.base.model, batches)
-        general = general_loss(p.base.model, _public(p.base, name, self.config))
+        general = self.served_general(p, name)
         bare = self.bare(name, day)
         stats = {}
         if recall is not None:  # how much memory recalled for the held-out requests
@@ -336,6 +359,7 @@ def _run_arms(run: _UserRun, arms: Sequence[Arm], home: Path) -> dict[str, dict[
     started = time.perf_counter()
     public = simulation_public_data(config.public_data)  # passed in, like any app's
     memory = any(arm.memory for arm in arms)
+    run.open_store()
     with Personalizer.open(
         home, config.base, policy, key, create=True, seed=run.seed("replay"), public_data=public,
         memory=memory,
