@@ -112,6 +112,30 @@ def test_general_regression_is_measured_against_the_chosen_reference(
         assert "vs the active adapter" in second["reasons"][0]
 
 
+def test_the_bare_base_reference_is_measured_once_per_base(
+    tmp_path, tiny_model_factory, monkeypatch
+):
+    """The base is frozen and the gate's public batches are fixed: one probe of the bare base
+    serves every round's reference; each round still measures its own adapter."""
+    from personal.training import runner
+
+    calls = []
+    real = runner.general_loss
+    monkeypatch.setattr(runner, "general_loss", lambda *a: calls.append(1) or real(*a))
+    policy = _policy(**{
+        "gates.max_general_regression": 1.0, "gates.min_personal_gain": -1.0,
+        "gates.general_reference": "base",
+    })  # fmt: skip
+    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
+        _fill(p, 8)
+        first = _update(p).gates
+        p.log("navigate home", "Starting directions home.")
+        second = _update(p).gates
+        assert p.rounds.bare_general_loss() == first["general_loss_before"]
+    assert second["general_loss_before"] == first["general_loss_before"]
+    assert len(calls) == 1 + 2  # the bare base once, each round's adapter once
+
+
 def test_a_failing_gate_keeps_the_previous_adapter(tmp_path, tiny_model_factory):
     strict = _policy(**{
         "gates.max_general_regression": 0.0, "gates.min_personal_gain": 1.0,

@@ -28,7 +28,6 @@ starts from its weights instead of a zero adapter (public: nothing is charged fo
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -108,6 +107,8 @@ class RoundRunner:
         self.base, self.policy, self.settings = base, policy, settings
         self.continual, self.public = continual, public
         self._public: tuple[list[Batch], list[Batch]] | None = None
+        # The bare base's loss on the gate's public batches: both are fixed until a rebase.
+        self._bare_general: float | None = None
         self._drawn: tuple[tuple[int, str], Draw] | None = None
         self._warm: PopulationAdapter | None = None
 
@@ -146,6 +147,7 @@ class RoundRunner:
         batches and EWC anchor; ``new`` starts from ``warm``, its warm start
         (:func:`~personal.adapters.population.warm_start_for`), if any."""
         self.base, self._public, self._warm = new, None, warm
+        self._bare_general = None
         self.continual.reset_ewc()
         if warm is not None:
             set_adapter_weights(new.model, warm.weights)
@@ -164,6 +166,15 @@ class RoundRunner:
                 public_batches(tokenizer, data.train, batch_size=size),
             )
         return self._public
+
+    def bare_general_loss(self) -> float:
+        """The bare base's loss on the gate's public batches, measured once per base: the
+        base is frozen and the batches are fixed, so every round's reference is the same."""
+        if self._bare_general is None:
+            public, _ = self.public_batches()
+            with lora_off(self.base.model):
+                self._bare_general = general_loss(self.base.model, public)
+        return self._bare_general
 
     def save_and_activate(
         self, report: RoundReport | dict[str, Any], gate: GateResult, parent: int | None = None
@@ -347,7 +358,9 @@ class RoundRunner:
         # The gate's reference: the active adapter (this round's step) or the bare base (the
         # total drift; the base is frozen, so measuring it before the round is the same).
         reference = self.policy.gates.general_reference
-        with lora_off(model) if reference == "base" else contextlib.nullcontext():
+        if reference == "base":
+            general_before = self.bare_general_loss()
+        else:
             general_before = general_loss(model, public)
         validation = None
         if draw.held_out:
