@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import math
 
-from personal.model.base import load_base
+from personal.model.base import load_base, model_classes
 from personal.model.batching import make_batch
 from personal.model.evaluate import evaluate, per_example_loss, token_losses
 from personal.model.fit import train
 from personal.model.generate import generate
+from personal.model.head import output_head
+from personal.model.lora import LoRAConfig, inject_lora
 from personal.model.tokenizer import encode_interaction
 
 import mlx.core as mx
+import mlx.nn as nn
 import mlx.optimizers as optim
 import pytest
+from tiny_models import build_tiny_model, perturb_lora_b, tiny_config
 
 
 def test_generation_reports_confidence(tiny_model_factory):
@@ -81,3 +85,47 @@ def test_evaluate_matches_manual_cross_entropy(tiny_model_factory):
 def test_evaluate_rejects_empty():
     with pytest.raises(ValueError):
         evaluate(None, [])
+
+
+def _full_reference(model, batch) -> tuple[float, float, list[float]]:
+    """Loss, accuracy and per-example loss from every position's logits (the definition)."""
+    logits = model(batch.inputs).astype(mx.float32)
+    losses = nn.losses.cross_entropy(logits, batch.targets, reduction="none") * batch.mask
+    correct = (mx.argmax(logits, axis=-1) == batch.targets).astype(mx.float32) * batch.mask
+    tokens = batch.mask.sum()
+    rows = losses.sum(axis=1) / mx.maximum(batch.mask.sum(axis=1), 1.0)
+    return (losses.sum() / tokens).item(), (correct.sum() / tokens).item(), rows.tolist()
+
+
+@pytest.mark.parametrize(
+    ("arch", "quantize", "tied"),
+    [("llama", False, False), ("llama", True, True), ("qwen3", False, False),
+     ("mixtral", True, False), ("gemma3", False, False)],
+)  # fmt: skip
+def test_scored_only_evaluation_equals_every_position_logits(arch, quantize, tied):
+    """evaluate() and per_example_loss() project to the vocabulary at scored positions only
+    (when the head splits off): the same loss, accuracy and per-row losses as full logits,
+    with rows of different lengths, starts and one row with nothing scored."""
+    vocab = 96
+    if tied:
+        config = {**tiny_config(arch, vocab), "tie_word_embeddings": True}
+        model_cls, args_cls = model_classes(config)
+        mx.random.seed(3)
+        model = model_cls(args_cls.from_dict(config))
+        if quantize:
+            nn.quantize(model, group_size=32, bits=4)
+    else:
+        model, _ = build_tiny_model(arch, vocab, seed=3, quantize=quantize)
+    inject_lora(model, LoRAConfig(rank=2))
+    model = perturb_lora_b(model)
+    model.eval()
+    assert output_head(model) is not None  # the scored path is the one under test
+    rows = [[1, 5, 9, 20, 21, 22, 23, 2], [1, 7, 30, 31, 2], [1, 4, 4, 4, 4, 4, 2], [1, 8, 2]]
+    batch = make_batch(rows, [3, 2, 6, 3])  # the last row scores nothing
+    loss, accuracy, per_row = _full_reference(model, batch)
+    result = evaluate(model, [batch])
+    assert result.loss == pytest.approx(loss, rel=1e-5)
+    assert result.accuracy == pytest.approx(accuracy, abs=1e-6)
+    ours = per_example_loss(model, batch).tolist()
+    assert ours == pytest.approx(per_row, rel=1e-5, abs=1e-6)
+    assert ours[-1] == 0.0

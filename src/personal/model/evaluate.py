@@ -1,7 +1,9 @@
 """Evaluation helpers: per-example loss, perplexity and next-token accuracy.
 
 All metrics are token-weighted over the batch mask (padding and prompt tokens excluded), so a
-long example counts more than a short one, as in perplexity reported by mlx-lm.
+long example counts more than a short one, as in perplexity reported by mlx-lm. Logits are
+computed at the scored positions only when the model's output head can be split off
+(:mod:`personal.model.head`), which on a real chat base skips most of the vocabulary work.
 """
 
 from __future__ import annotations
@@ -11,10 +13,40 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from personal.model.batching import Batch
+from personal.model.fastmath import cross_entropy
+from personal.model.head import output_head, scored_logits
 from personal.model.mlx_typing import scalar
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
+
+
+def _scored(model: nn.Module, batch: Batch) -> tuple[mx.array, mx.array, mx.array] | None:
+    """``(logits, targets, mask)`` at the scored positions only, ``(B, K, V)``, ``(B, K)``,
+    ``(B, K)`` with ``K`` the most scored positions of a row; ``None`` when the model's head
+    cannot be split off (:func:`~personal.model.head.output_head`) or nothing is scored.
+
+    A prompt's positions (a chat template's system prompt and the request) are most of an
+    interaction on a real base, and projecting them to the vocabulary and taking a softmax
+    there is most of an evaluation's element-wise cost: the loss never reads them.
+    """
+    if output_head(model) is None:
+        return None
+    mask = np.asarray(batch.mask) > 0
+    counts = mask.sum(axis=1)
+    width = int(counts.max()) if counts.size else 0
+    if width == 0:
+        return None
+    positions = np.zeros((mask.shape[0], width), dtype=np.int32)
+    valid = np.zeros((mask.shape[0], width), dtype=np.float32)
+    for row, flags in enumerate(mask):
+        where = np.flatnonzero(flags)
+        positions[row, : where.size] = where
+        valid[row, : where.size] = 1.0
+    index = mx.array(positions)
+    logits = scored_logits(model, batch.inputs, index).astype(mx.float32)
+    return logits, mx.take_along_axis(batch.targets, index, axis=1), mx.array(valid)
 
 
 def token_losses(model: nn.Module, batch: Batch) -> mx.array:
@@ -25,8 +57,17 @@ def token_losses(model: nn.Module, batch: Batch) -> mx.array:
 
 
 def per_example_loss(model: nn.Module, batch: Batch) -> mx.array:
-    """Mean token loss of each example, ``(B,)`` (0 for an example with no masked tokens)."""
-    losses = token_losses(model, batch).sum(axis=1)
+    """Mean token loss of each example, ``(B,)`` (0 for an example with no masked tokens).
+
+    Logits are computed at scored positions only where the model allows it (see
+    :func:`_scored`); the values equal the full computation's within float32 rounding.
+    """
+    scored = _scored(model, batch)
+    if scored is None:
+        losses = token_losses(model, batch).sum(axis=1)
+    else:
+        logits, targets, mask = scored
+        losses = (cross_entropy(logits, targets) * mask).sum(axis=1)
     counts = batch.mask.sum(axis=1)
     return losses / mx.maximum(counts, 1.0)
 
@@ -59,10 +100,15 @@ def evaluate(model: nn.Module, batches: Iterable[Batch]) -> EvalResult:
     total_loss = total_correct = 0.0
     tokens = examples = 0
     for batch in batches:
-        logits = model(batch.inputs).astype(mx.float32)  # (B, T, V)
-        losses = nn.losses.cross_entropy(logits, batch.targets, reduction="none")
-        correct = (mx.argmax(logits, axis=-1) == batch.targets).astype(mx.float32)
-        loss_sum, correct_sum = (losses * batch.mask).sum(), (correct * batch.mask).sum()
+        scored = _scored(model, batch)
+        if scored is None:
+            logits = model(batch.inputs).astype(mx.float32)  # (B, T, V)
+            targets, mask = batch.targets, batch.mask
+        else:
+            logits, targets, mask = scored  # (B, K, V): the scored positions only
+        losses = cross_entropy(logits, targets)
+        correct = (mx.argmax(logits, axis=-1) == targets).astype(mx.float32)
+        loss_sum, correct_sum = (losses * mask).sum(), (correct * mask).sum()
         mx.eval(loss_sum, correct_sum)
         total_loss += scalar(loss_sum)
         total_correct += scalar(correct_sum)

@@ -1,0 +1,98 @@
+"""Time ``personal.model.evaluate.evaluate`` with logits at scored positions only against
+every position's logits, in one run, on a base's own public gate set.
+
+The general-loss gate, the validation of a round and the simulator's daily measures all call
+``evaluate`` (or ``per_example_loss``) on chat-formatted text. On a real base most positions are
+the template's system prompt and the request, which the loss never reads; projecting them to the
+vocabulary (49 152 entries on SmolLM2) and taking a softmax there was most of an evaluation's
+element-wise work. ``evaluate`` now projects only where a target is scored (when the model's
+head splits off, :mod:`personal.model.head`); ``full`` below is the previous computation,
+kept here as the baseline. Runs are interleaved (full, scored, repeat); medians.
+
+    python benchmarks/evaluate.py --json                      # base-v1, its public gate set
+    python benchmarks/evaluate.py --json --base smollm2-135m-instruct
+
+Prints ``{"full_s", "scored_s", "speedup", "loss_full", "loss_scored", "scored_share", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import personal
+from personal.model.base import load_base
+from personal.model.batching import Batch
+from personal.model.evaluate import evaluate
+from personal.model.mlx_typing import scalar
+from personal.public import public_batches, public_source
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+def full_evaluate(model: nn.Module, batches: list[Batch]) -> float:
+    """The token-weighted loss from every position's logits (the computation before)."""
+    total, tokens = 0.0, 0
+    for batch in batches:
+        logits = model(batch.inputs).astype(mx.float32)  # (B, T, V)
+        losses = nn.losses.cross_entropy(logits, batch.targets, reduction="none")
+        correct = (mx.argmax(logits, axis=-1) == batch.targets).astype(mx.float32)
+        loss_sum, correct_sum = (losses * batch.mask).sum(), (correct * batch.mask).sum()
+        mx.eval(loss_sum, correct_sum)
+        total += scalar(loss_sum)
+        tokens += batch.num_tokens
+    return total / tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--base", default="base-v1")
+    parser.add_argument("--examples", type=int, default=32, help="gate examples evaluated")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    base = load_base(args.base)
+    base.model.eval()
+    # The library's default public data: the base's own answers to generic prompts (cached).
+    gate = list(public_source().for_base(base).gate)[: args.examples]
+    batches = public_batches(base.tokenizer, gate)
+    scored_tokens = sum(b.num_tokens for b in batches)
+    positions = sum(int(b.inputs.size) for b in batches)
+    runs: dict[str, Any] = {
+        "full": lambda: full_evaluate(base.model, batches),
+        "scored": lambda: evaluate(base.model, batches).loss,
+    }
+    losses = {key: run() for key, run in runs.items()}  # warm-up, and the values compared
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(args.repeats):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - start)
+    median = {key: statistics.median(values) for key, values in times.items()}
+    result = {
+        "base": base.name,
+        "examples": len(gate),
+        "positions": positions,
+        "scored_share": round(scored_tokens / positions, 3),
+        "full_s": round(median["full"], 4),
+        "scored_s": round(median["scored"], 4),
+        "speedup": round(median["full"] / median["scored"], 3),
+        "loss_full": losses["full"],
+        "loss_scored": losses["scored"],
+        "repeats": args.repeats,
+        "personal": personal.__version__,
+    }
+    if not args.json:
+        for key, values in times.items():
+            print(key, " ".join(f"{v:.3f}" for v in values))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
