@@ -35,6 +35,8 @@ import numpy as np
 #: Share of a round's candidates held out for the personal-gain metric (at most MAX_HELD_OUT).
 HELD_OUT_SHARE = 0.1
 MAX_HELD_OUT = 256
+#: Rows per forward pass when scoring held-out units.
+EVAL_BATCH = 32
 MIN_CANDIDATES_FOR_HOLDOUT = 20
 
 
@@ -96,17 +98,24 @@ def unit_losses(
     records: dict[str, list[Any]] = {u: [] for u in units}
     for record in log.iter_records(units=units):
         records[record.unit].append(record)
-    out = np.full(len(units), np.nan)
+    owners: list[int] = []  # the unit of each example, in order
+    encoded: list[tuple[list[int], int]] = []
     for i, unit in enumerate(units):
-        if not records[unit]:
-            continue
         recent = sorted(records[unit], key=lambda r: (r.ts, r.id))[-keep:]
-        encoded = [encode_interaction(tokenizer, r.prompt, r.response) for r in recent]
-        losses = per_example_loss(
-            model, make_batch([e for e, _ in encoded], [s for _, s in encoded])
-        )
-        mx.eval(losses)
-        out[i] = float(np.mean(np.array(losses))) if encoded else 0.0
+        encoded += [encode_interaction(tokenizer, r.prompt, r.response) for r in recent]
+        owners += [i] * len(recent)
+    # Every unit's examples in shared batches (one forward pass per batch, not per unit: on a
+    # real base a pass over a few rows wastes most of the matmuls' width).
+    losses = np.empty(len(encoded))
+    for start in range(0, len(encoded), EVAL_BATCH):
+        chunk = encoded[start : start + EVAL_BATCH]
+        values = per_example_loss(model, make_batch([e for e, _ in chunk], [s for _, s in chunk]))
+        mx.eval(values)
+        losses[start : start + len(chunk)] = np.array(values)
+    out = np.full(len(units), np.nan)
+    where = np.array(owners, dtype=np.int64)
+    for i in set(owners):
+        out[i] = float(np.mean(losses[where == i]))
     return out
 
 
