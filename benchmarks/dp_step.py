@@ -22,10 +22,10 @@ LoRA then goes on every linear layer (MoE experts included, routers excluded). A
 base trains as is (``--quantized-path keep``) or on a float32 copy made at load
 (``--quantized-path dequantize``).
 
-``--noise-baseline`` also times the DP step with its noise drawn three ways: on one thread
-after the gradients (as before), on every core after them, and on every core prefetched beside
-them (``dp_noise_1thread_step_s``, ``dp_noise_threads_step_s``,
-``dp_noise_threads_prefetch_step_s``), and the draw alone on every core and on one
+``--noise-baseline`` also times the DP step with its noise drawn four ways: on one thread or
+on every core, after the gradients (one thread: as before) or prefetched beside them
+(``dp_noise_1thread_step_s``, ``dp_noise_threads_step_s``, ``dp_noise_threads_prefetch_step_s``,
+``dp_noise_1thread_prefetch_step_s``), and the draw alone on every core and on one
 (``noise_draw_s``, ``noise_draw_1thread_s``).
 
 ``--scored-share S`` scores only the last ``S`` of each row's positions (the reply of a chat
@@ -335,6 +335,7 @@ def main() -> None:
             ("dp_noise_1thread", 1, False),  # as every draw was made before
             ("dp_noise_threads", None, False),
             ("dp_noise_threads_prefetch", None, True),
+            ("dp_noise_1thread_prefetch", 1, True),
         ):
             runs[label] = partial(timed, noise_setting(run_dp, threads, dp_step, prefetch))
         size, source = trainable_parameter_count(model), GaussianNoise()
@@ -387,7 +388,12 @@ def main() -> None:
         result["dp_kernels_speedup"] = round(median["dp_mlx_ops"] / median["dp"], 3)
         result["nondp_kernels_speedup"] = round(median["nondp_mlx_ops"] / median["nondp"], 3)
     if args.noise_baseline:
-        for label in ("dp_noise_1thread", "dp_noise_threads", "dp_noise_threads_prefetch"):
+        for label in (
+            "dp_noise_1thread",
+            "dp_noise_threads",
+            "dp_noise_threads_prefetch",
+            "dp_noise_1thread_prefetch",
+        ):
             result[f"{label}_step_s"] = round(median[label], 4)
         result["noise_draw_s"] = round(median["noise_draw"], 4)
         result["noise_draw_1thread_s"] = round(median["noise_draw_1thread"], 4)

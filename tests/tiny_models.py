@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from personal.model.base import model_classes, save_base
-from personal.model.lora import get_adapter_weights
+from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -99,3 +99,21 @@ def perturb_lora_b(model: nn.Module, scale: float = 0.05) -> nn.Module:
     model.update(tree_unflatten(updates))
     mx.eval(model.parameters())
     return model
+
+
+def tiny_lora_model(
+    arch: str, vocab_size: int, *, quantize: bool = False, tied: bool = False, seed: int = 0
+) -> nn.Module:
+    """A tiny model of ``arch`` (tied embeddings and 4-bit on request) with rank-2 LoRA on its
+    default layers, every LoRA B perturbed (so every LoRA tensor has a gradient)."""
+    if tied:
+        config = {**tiny_config(arch, vocab_size), "tie_word_embeddings": True}
+        model_cls, args_cls = model_classes(config)
+        mx.random.seed(seed)
+        model = model_cls(args_cls.from_dict(config))
+        if quantize:
+            nn.quantize(model, group_size=32, bits=4)
+    else:
+        model, _ = build_tiny_model(arch, vocab_size, seed=seed, quantize=quantize)
+    inject_lora(model, LoRAConfig(rank=2))
+    return perturb_lora_b(model)

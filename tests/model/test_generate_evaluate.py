@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import math
 
-from personal.model.base import load_base, model_classes
+from personal.model.base import load_base
 from personal.model.batching import make_batch
 from personal.model.evaluate import evaluate, per_example_loss, token_losses
 from personal.model.fit import train
 from personal.model.generate import generate
 from personal.model.head import output_head
-from personal.model.lora import LoRAConfig, inject_lora
 from personal.model.tokenizer import encode_interaction
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import pytest
-from tiny_models import build_tiny_model, perturb_lora_b, tiny_config
+from tiny_models import tiny_lora_model
 
 
 def test_generation_reports_confidence(tiny_model_factory):
@@ -106,18 +105,7 @@ def test_scored_only_evaluation_equals_every_position_logits(arch, quantize, tie
     """evaluate() and per_example_loss() project to the vocabulary at scored positions only
     (when the head splits off): the same loss, accuracy and per-row losses as full logits,
     with rows of different lengths, starts and one row with nothing scored."""
-    vocab = 96
-    if tied:
-        config = {**tiny_config(arch, vocab), "tie_word_embeddings": True}
-        model_cls, args_cls = model_classes(config)
-        mx.random.seed(3)
-        model = model_cls(args_cls.from_dict(config))
-        if quantize:
-            nn.quantize(model, group_size=32, bits=4)
-    else:
-        model, _ = build_tiny_model(arch, vocab, seed=3, quantize=quantize)
-    inject_lora(model, LoRAConfig(rank=2))
-    model = perturb_lora_b(model)
+    model = tiny_lora_model(arch, 96, quantize=quantize, tied=tied, seed=3)
     model.eval()
     assert output_head(model) is not None  # the scored path is the one under test
     rows = [[1, 5, 9, 20, 21, 22, 23, 2], [1, 7, 30, 31, 2], [1, 4, 4, 4, 4, 4, 2], [1, 8, 2]]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 
-from personal.model.base import model_classes
 from personal.model.head import SPLIT_FAMILIES, output_head, scored_logits
 from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora
 from personal.model.per_example import per_example_grads
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import build_tiny_model, perturb_lora_b, tiny_config
+from tiny_models import build_tiny_model, tiny_lora_model
 
 VOCAB = 96
 WIDTH = 32
@@ -42,17 +41,7 @@ KINDS = [
 
 @functools.cache
 def _model(arch: str, quantize: bool, tied: bool) -> nn.Module:
-    if tied:
-        config = {**tiny_config(arch, VOCAB), "tie_word_embeddings": True}
-        model_cls, args_cls = model_classes(config)
-        mx.random.seed(4)
-        model = model_cls(args_cls.from_dict(config))
-        if quantize:
-            nn.quantize(model, group_size=32, bits=4)
-    else:
-        model, _ = build_tiny_model(arch, VOCAB, seed=4, quantize=quantize)
-    inject_lora(model, LoRAConfig(rank=2))
-    return perturb_lora_b(model)
+    return tiny_lora_model(arch, VOCAB, quantize=quantize, tied=tied, seed=4)
 
 
 def _units(rng: np.random.Generator, lengths: list[int], starts: list[int]):
