@@ -201,3 +201,14 @@ def test_prefetch_of_nothing_is_a_no_op() -> None:
     source = GaussianNoise()
     source.prefetch(0)
     assert source.sample(5, 1.0).shape == (5,)
+
+
+def test_a_prefetch_takes_its_key_when_asked_not_when_its_thread_runs() -> None:
+    """A draw made right after prefetch() (before the thread may have started) gets the next
+    key, not the prefetch's: the seeded order of keys is the order of the calls."""
+    reference = _seeded(12)
+    first, second = reference.sample(30, 1.0), reference.sample(4, 1.0)
+    source = _seeded(12)
+    source.prefetch(30)
+    np.testing.assert_array_equal(source.sample(4, 1.0), second)
+    np.testing.assert_array_equal(source.sample(30, 1.0), first)

@@ -232,8 +232,9 @@ class GaussianNoise:
             return
         if self._prefetched is not None:
             self._prefetched[1].cancel()
+        key = self.random.stream_key()  # taken here, in the caller's order of draws
         pool = ThreadPoolExecutor(max_workers=1)
-        self._prefetched = (size, pool.submit(self._summed_normals, size))
+        self._prefetched = (size, pool.submit(self._summed_normals, size, key))
         pool.shutdown(wait=False)
 
     @property
@@ -257,7 +258,7 @@ class GaussianNoise:
         # The sum of DRAWS iid N(0, 1) has variance DRAWS: rescale to std.
         return summed * (std / math.sqrt(DRAWS))
 
-    def _summed_normals(self, size: int) -> np.ndarray:
+    def _summed_normals(self, size: int, key: bytes | None = None) -> np.ndarray:
         """``size`` sums of DRAWS iid N(0, 1) from one key, computed in chunks on threads.
 
         One draw reads ``DRAWS · size`` keystream words (two uniforms per Box-Muller pair).
@@ -266,9 +267,10 @@ class GaussianNoise:
         needs four disjoint word ranges, which :func:`keystream_words` produces on its own. The
         result is the same whatever the chunking and the thread count: one fresh key per draw,
         one keystream, every word used once. numpy and OpenSSL release the GIL in these loops,
-        so the chunks run in parallel (measured in docs/performance.md).
+        so the chunks run in parallel (measured in docs/performance.md). ``key``: the draw's
+        key when the caller took it already (:meth:`prefetch`); else a fresh one now.
         """
-        key = self.random.stream_key()
+        key = self.random.stream_key() if key is None else key
         out = np.empty(size, dtype=np.float64)
         bounds = [(a, min(a + NOISE_CHUNK, size)) for a in range(0, size, NOISE_CHUNK)]
 
