@@ -23,7 +23,7 @@ import math
 from typing import Any
 
 from personal.errors import ConfigError
-from personal.model.fit import masked_ce_loss
+from personal.model.evaluate import evaluate
 from personal.model.lora import lora_off
 
 import mlx.nn as nn
@@ -79,4 +79,7 @@ class PublicLossGuard:
 
 
 def _loss(model: nn.Module, batch: Any) -> float:
-    return float(masked_ce_loss(model, batch))
+    # evaluate(): the token-weighted loss of masked_ce_loss, with logits at scored positions
+    # only (a check runs after every update and every retry: on a real base most positions
+    # are the chat template's system prompt).
+    return evaluate(model, [batch]).loss
