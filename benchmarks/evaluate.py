@@ -53,13 +53,16 @@ def main() -> None:
     parser.add_argument("--base", default="base-v1")
     parser.add_argument("--examples", type=int, default=32, help="gate examples evaluated")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--public-data", metavar="JSONL", help="gate text from a file (default: self-generated)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     base = load_base(args.base)
     base.model.eval()
     # The library's default public data: the base's own answers to generic prompts (cached).
-    gate = list(public_source().for_base(base).gate)[: args.examples]
+    gate = list(public_source(args.public_data).for_base(base).gate)[: args.examples]
     batches = public_batches(base.tokenizer, gate)
     scored_tokens = sum(b.num_tokens for b in batches)
     positions = sum(int(b.inputs.size) for b in batches)
