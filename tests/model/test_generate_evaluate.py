@@ -6,16 +6,20 @@ import math
 
 from personal.model.base import load_base
 from personal.model.batching import make_batch
-from personal.model.evaluate import evaluate, per_example_loss, token_losses
-from personal.model.fit import train
+from personal.model.distill import logit_kd_loss
+from personal.model.evaluate import evaluate, per_example_loss, scored_mean_loss, token_losses
+from personal.model.fit import masked_ce_loss, train
 from personal.model.generate import generate
 from personal.model.head import output_head
+from personal.model.lora import lora_off
 from personal.model.tokenizer import encode_interaction
+from personal.training.continual import distill_to_base_loss
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import pytest
+from mlx.utils import tree_flatten
 from tiny_models import tiny_lora_model
 
 
@@ -117,3 +121,29 @@ def test_scored_only_evaluation_equals_every_position_logits(arch, quantize, tie
     ours = per_example_loss(model, batch).tolist()
     assert ours == pytest.approx(per_row, rel=1e-5, abs=1e-6)
     assert ours[-1] == 0.0
+
+
+@pytest.mark.parametrize(("arch", "quantize"), [("llama", False), ("mixtral", True)])
+def test_scored_losses_and_their_gradients_equal_the_full_width_ones(arch, quantize):
+    """scored_mean_loss (public replay, the population's loss) and distill_to_base_loss (the
+    pull to the base) at scored positions only: values and LoRA gradients as with every
+    position's logits."""
+
+    def full_distill(model, batch):
+        with lora_off(model):
+            base_logits = mx.stop_gradient(model(batch.inputs))
+        return logit_kd_loss(model(batch.inputs), base_logits, batch.mask)
+
+    model = tiny_lora_model(arch, 96, quantize=quantize, seed=5)
+    model.eval()
+    batch = make_batch([[1, 5, 9, 20, 21, 22, 2], [1, 7, 30, 31, 2], [1, 4, 8, 2]], [3, 2, 2])
+    for ours, reference in (
+        (scored_mean_loss, masked_ce_loss),
+        (distill_to_base_loss, full_distill),
+    ):
+        value, grads = nn.value_and_grad(model, ours)(model, batch)
+        want, want_grads = nn.value_and_grad(model, reference)(model, batch)
+        assert value.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-7)
+        got, expected = dict(tree_flatten(grads)), dict(tree_flatten(want_grads))
+        for name, g in got.items():
+            assert mx.allclose(g, expected[name], rtol=1e-4, atol=1e-6).item(), name

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from personal.model.batching import Batch
 from personal.model.fastmath import cross_entropy
-from personal.model.head import output_head, scored_logits
+from personal.model.fit import masked_ce_loss
+from personal.model.head import output_head, scored_logits, scored_positions
 from personal.model.mlx_typing import scalar
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
 
 def _scored(model: nn.Module, batch: Batch) -> tuple[mx.array, mx.array, mx.array] | None:
@@ -33,20 +33,23 @@ def _scored(model: nn.Module, batch: Batch) -> tuple[mx.array, mx.array, mx.arra
     """
     if output_head(model) is None:
         return None
-    mask = np.asarray(batch.mask) > 0
-    counts = mask.sum(axis=1)
-    width = int(counts.max()) if counts.size else 0
-    if width == 0:
+    scored = scored_positions(batch.mask)
+    if scored is None:
         return None
-    positions = np.zeros((mask.shape[0], width), dtype=np.int32)
-    valid = np.zeros((mask.shape[0], width), dtype=np.float32)
-    for row, flags in enumerate(mask):
-        where = np.flatnonzero(flags)
-        positions[row, : where.size] = where
-        valid[row, : where.size] = 1.0
-    index = mx.array(positions)
+    index, valid = scored
     logits = scored_logits(model, batch.inputs, index).astype(mx.float32)
-    return logits, mx.take_along_axis(batch.targets, index, axis=1), mx.array(valid)
+    return logits, mx.take_along_axis(batch.targets, index, axis=1), valid
+
+
+def scored_mean_loss(model: nn.Module, batch: Batch) -> mx.array:
+    """The token-weighted mean cross-entropy over the batch mask (``masked_ce_loss``), with
+    logits at scored positions only where the head splits off. Differentiable; eager code
+    only (the mask is read on the host), e.g. the public replay and pull gradients."""
+    scored = _scored(model, batch)
+    if scored is None:
+        return masked_ce_loss(model, batch)
+    logits, targets, mask = scored
+    return (cross_entropy(logits, targets) * mask).sum() / mx.maximum(mask.sum(), 1.0)
 
 
 def token_losses(model: nn.Module, batch: Batch) -> mx.array:

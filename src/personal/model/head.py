@@ -20,6 +20,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 #: mlx-lm ``model_type`` values whose ``Model.__call__`` is ``head(self.model(inputs))``
 #: (read in mlx-lm's sources; each is tested against the full forward in tests/model).
@@ -51,6 +52,28 @@ def output_head(model: nn.Module) -> Head | None:
         return head
     embed = getattr(model.model, "embed_tokens", None)
     return embed.as_linear if embed is not None and hasattr(embed, "as_linear") else None
+
+
+def scored_positions(mask: mx.array) -> tuple[mx.array, mx.array] | None:
+    """The scored time indices of each row of a ``(B, T)`` loss mask, left-aligned.
+
+    Returns:
+        ``(positions, valid)``, both ``(B, K)`` with ``K`` the most scored positions of a row:
+        the indices (padded with 0) and 1.0 where an index is real; ``None`` when nothing is
+        scored. Reads the mask on the host: for eager code, not inside ``mx.compile``.
+    """
+    flags = np.asarray(mask) > 0
+    counts = flags.sum(axis=1)
+    width = int(counts.max()) if counts.size else 0
+    if width == 0:
+        return None
+    positions = np.zeros((flags.shape[0], width), dtype=np.int32)
+    valid = np.zeros((flags.shape[0], width), dtype=np.float32)
+    for row, row_flags in enumerate(flags):
+        where = np.flatnonzero(row_flags)
+        positions[row, : where.size] = where
+        valid[row, : where.size] = 1.0
+    return mx.array(positions), mx.array(valid)
 
 
 def scored_logits(model: nn.Module, inputs: mx.array, positions: mx.array) -> mx.array:

@@ -32,7 +32,8 @@ from typing import Any
 
 from personal.errors import ConfigError
 from personal.model.distill import logit_kd_loss
-from personal.model.fit import masked_ce_loss
+from personal.model.evaluate import scored_mean_loss
+from personal.model.head import output_head, scored_logits, scored_positions
 from personal.model.lora import get_adapter_weights, lora_off
 from personal.policy import Policy
 from personal.privacy.noise import RandomBytes
@@ -98,7 +99,7 @@ def public_gradient_transform(
     model: nn.Module, batches: Sequence[Any] | PublicStream, share: float
 ) -> Transform:
     """``g ↦ (1 - share)·g + share·∇L_public`` with a new public batch each step (free)."""
-    next_gradient = _public_gradients(model, _as_stream(batches), masked_ce_loss)
+    next_gradient = _public_gradients(model, _as_stream(batches), scored_mean_loss)
 
     def transform(grads: dict[str, mx.array], params: dict[str, mx.array]) -> dict[str, mx.array]:
         public = next_gradient()
@@ -110,9 +111,17 @@ def public_gradient_transform(
 def distill_to_base_loss(model: nn.Module, batch: Any) -> mx.array:
     """KL(p_base ‖ p_model) per response token: how far the adapter moved the model's
     predictions on ``batch`` from the bare base's (the base = ``model`` with LoRA off)."""
+    scored = scored_positions(batch.mask) if output_head(model) is not None else None
+    if scored is None:
+        with lora_off(model):
+            base_logits = mx.stop_gradient(model(batch.inputs))
+        return logit_kd_loss(model(batch.inputs), base_logits, batch.mask)
+    # Logits at the response tokens only: the KL is averaged over those, and projecting the
+    # prompt's positions to the vocabulary twice (base and adapted) is most of the pull's cost.
+    positions, valid = scored
     with lora_off(model):
-        base_logits = mx.stop_gradient(model(batch.inputs))
-    return logit_kd_loss(model(batch.inputs), base_logits, batch.mask)
+        base_logits = mx.stop_gradient(scored_logits(model, batch.inputs, positions))
+    return logit_kd_loss(scored_logits(model, batch.inputs, positions), base_logits, valid)
 
 
 def distill_to_base_transform(

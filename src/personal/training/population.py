@@ -29,7 +29,7 @@ from functools import partial
 
 from personal.model.base import BaseModel
 from personal.model.batching import Batch, make_batch
-from personal.model.fit import masked_ce_loss
+from personal.model.evaluate import scored_mean_loss
 from personal.model.guarded_update import GuardedUpdate, StepGuard
 from personal.model.lora import fresh_adapter_weights, get_adapter_weights, set_adapter_weights
 from personal.model.tokenizer import encode_interaction
@@ -95,7 +95,7 @@ def train_population_adapter(
         pull = public_batches(base.tokenizer, public, batch_size=public_batch_size)
 
     def loss(module: nn.Module, batch: Batch, anchor: Batch | None) -> mx.array:
-        value = masked_ce_loss(module, batch)
+        value = scored_mean_loss(module, batch)
         if anchor is not None:
             value = value + distill_weight * distill_to_base_loss(module, anchor)
         return value
