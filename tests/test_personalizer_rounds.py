@@ -88,19 +88,26 @@ def test_a_round_that_cannot_train_charges_no_validation_first(tmp_path, tiny_mo
         assert p.ledger.verify().ok
 
 
-@pytest.mark.parametrize("reference", ["active", "base"])
-def test_general_regression_is_measured_against_the_chosen_reference(
-    tmp_path, tiny_model_factory, reference
-):
+def _two_rounds(tmp_path, factory, reference: str) -> tuple[dict, dict, float]:
+    """Two passing rounds under ``gates.general_reference = reference``: their gate reports
+    and the runner's bare-base reference afterwards."""
     policy = _policy(**{
         "gates.max_general_regression": 1.0, "gates.min_personal_gain": -1.0,
         "gates.general_reference": reference,
     })  # fmt: skip
-    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
+    with Personalizer.open(tmp_path / "s", factory(), policy, KEY, create=True) as p:
         _fill(p, 8)
         first = _update(p).gates
         p.log("navigate home", "Starting directions home.")
         second = _update(p).gates
+        return first, second, p.rounds.bare_general_loss()
+
+
+@pytest.mark.parametrize("reference", ["active", "base"])
+def test_general_regression_is_measured_against_the_chosen_reference(
+    tmp_path, tiny_model_factory, reference
+):
+    first, second, _ = _two_rounds(tmp_path, tiny_model_factory, reference)
     assert first["passed"] and second["passed"]
     bare_base = first["general_loss_before"]  # before round 1 the active model is the base
     if reference == "base":
@@ -122,16 +129,8 @@ def test_the_bare_base_reference_is_measured_once_per_base(
     calls = []
     real = runner.general_loss
     monkeypatch.setattr(runner, "general_loss", lambda *a: calls.append(1) or real(*a))
-    policy = _policy(**{
-        "gates.max_general_regression": 1.0, "gates.min_personal_gain": -1.0,
-        "gates.general_reference": "base",
-    })  # fmt: skip
-    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
-        _fill(p, 8)
-        first = _update(p).gates
-        p.log("navigate home", "Starting directions home.")
-        second = _update(p).gates
-        assert p.rounds.bare_general_loss() == first["general_loss_before"]
+    first, second, bare = _two_rounds(tmp_path, tiny_model_factory, "base")
+    assert bare == first["general_loss_before"]
     assert second["general_loss_before"] == first["general_loss_before"]
     assert len(calls) == 1 + 2  # the bare base once, each round's adapter once
 
