@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 
@@ -34,6 +32,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from interleave import interleaved_medians
 from mlx.utils import tree_flatten, tree_unflatten
 
 
@@ -83,13 +82,7 @@ def main() -> None:
     for run in runs.values():  # warm-up: compile, allocate
         run()
         run()
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    for _ in range(args.repeats):
-        for key, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - start)
-    median = {key: statistics.median(values) for key, values in times.items()}
+    median, _ = interleaved_medians(runs, args.repeats)
     result = {
         "base": base.name,
         "trainable_parameters": size,

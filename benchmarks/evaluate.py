@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +43,7 @@ from personal.training.continual import distill_to_base_loss
 
 import mlx.core as mx
 import mlx.nn as nn
+from interleave import interleaved_medians
 
 
 def full_evaluate(model: nn.Module, batches: list[Batch]) -> float:
@@ -111,13 +110,7 @@ def main() -> None:
         runs["pull_full"] = lambda: pull_gradient(full_pull, base.model, pull)
         runs["pull_scored"] = lambda: pull_gradient(distill_to_base_loss, base.model, pull)
     losses = {key: run() for key, run in runs.items()}  # warm-up, and the values compared
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    for _ in range(args.repeats):
-        for key, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - start)
-    median = {key: statistics.median(values) for key, values in times.items()}
+    median, times = interleaved_medians(runs, args.repeats)
     result = {
         "base": base.name,
         "examples": len(gate),
