@@ -42,7 +42,7 @@ combines three published measures:
 the DP step's extra cost. The draw is therefore split into chunks computed on all cores (the
 same keystream words and the same additions whatever the chunking: bit-identical values), and
 :meth:`GaussianNoise.prefetch` lets a DP step start it on a background thread before the
-gradients are computed, since it depends on nothing private. Neither changes the distribution,
+gradients are computed (opt-in), since it depends on nothing private. Neither changes the distribution,
 the key handling (one fresh key per draw) or the snapping.
 
 **Residual risk, stated plainly.** This is not an exact sampler. The probability of each grid
@@ -222,8 +222,9 @@ class GaussianNoise:
     def prefetch(self, size: int) -> None:
         """Start drawing the next ``size``-value draw on a background thread.
 
-        The noise does not depend on the data, so a DP step starts it before computing the
-        gradients and the draw runs while MLX works (whose evaluation releases the GIL). The
+        The noise does not depend on the data, so a DP step may start it before computing the
+        gradients (``DPStep.prefetch_noise``, off by default: no measurable gain on 2 cores)
+        and the draw runs while MLX works (whose evaluation releases the GIL). The
         next :meth:`sample` of exactly ``size`` values uses it, once; any other draw ignores
         it. The key is taken now, so a seeded source draws the same values as without it when
         the prefetched draw is the next one made. A prefetch not used is discarded by the next.
@@ -266,8 +267,8 @@ class GaussianNoise:
         (radii from the first half of the words, angles from the second), so a chunk of values
         needs four disjoint word ranges, which :func:`keystream_words` produces on its own. The
         result is the same whatever the chunking and the thread count: one fresh key per draw,
-        one keystream, every word used once. numpy and OpenSSL release the GIL in these loops,
-        so the chunks run in parallel (measured in docs/performance.md). ``key``: the draw's
+        one keystream, every word used once. numpy releases the GIL in its loops, so the chunks
+        run in parallel (the draw 1.87× faster on 2 cores, docs/performance.md). ``key``: the draw's
         key when the caller took it already (:meth:`prefetch`); else a fresh one now.
         """
         key = self.random.stream_key() if key is None else key
