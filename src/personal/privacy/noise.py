@@ -42,8 +42,8 @@ combines three published measures:
 the DP step's extra cost. The draw is therefore split into chunks computed on all cores (the
 same keystream words and the same additions whatever the chunking: bit-identical values), and
 :meth:`GaussianNoise.prefetch` lets a DP step start it on a background thread before the
-gradients are computed (opt-in), since it depends on nothing private. Neither changes the distribution,
-the key handling (one fresh key per draw) or the snapping.
+gradients are computed (opt-in), since it depends on nothing private. Neither changes the
+distribution, the key handling (one fresh key per draw) or the snapping.
 
 **Residual risk, stated plainly.** This is not an exact sampler. The probability of each grid
 bin deviates from the ideal Gaussian's by an amount we argue is far below 2⁻³⁰ relative but have
