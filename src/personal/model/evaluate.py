@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from personal.model.batching import Batch
 from personal.model.fastmath import cross_entropy
 from personal.model.fit import masked_ce_loss
-from personal.model.head import output_head, scored_logits, scored_positions
+from personal.model.head import scored_logits, split_positions
 from personal.model.mlx_typing import scalar
 
 import mlx.core as mx
@@ -31,9 +31,7 @@ def _scored(model: nn.Module, batch: Batch) -> tuple[mx.array, mx.array, mx.arra
     interaction on a real base, and projecting them to the vocabulary and taking a softmax
     there is most of an evaluation's element-wise cost: the loss never reads them.
     """
-    if output_head(model) is None:
-        return None
-    scored = scored_positions(batch.mask)
+    scored = split_positions(model, batch.mask)
     if scored is None:
         return None
     index, valid = scored

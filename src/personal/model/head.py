@@ -76,6 +76,13 @@ def scored_positions(mask: mx.array) -> tuple[mx.array, mx.array] | None:
     return mx.array(positions), mx.array(valid)
 
 
+def split_positions(model: nn.Module, mask: mx.array) -> tuple[mx.array, mx.array] | None:
+    """:func:`scored_positions` of ``mask`` when ``model``'s head splits off
+    (:func:`output_head`); ``None`` when it does not or nothing is scored (compute every
+    position's logits then). Eager code only, as :func:`scored_positions`."""
+    return None if output_head(model) is None else scored_positions(mask)
+
+
 def scored_logits(model: nn.Module, inputs: mx.array, positions: mx.array) -> mx.array:
     """Logits at ``positions`` only: ``model(inputs)[s, positions[s]]`` without the rest.
 

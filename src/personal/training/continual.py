@@ -33,7 +33,7 @@ from typing import Any
 from personal.errors import ConfigError
 from personal.model.distill import logit_kd_loss
 from personal.model.evaluate import scored_mean_loss
-from personal.model.head import output_head, scored_logits, scored_positions
+from personal.model.head import scored_logits, split_positions
 from personal.model.lora import get_adapter_weights, lora_off
 from personal.policy import Policy
 from personal.privacy.noise import RandomBytes
@@ -111,7 +111,7 @@ def public_gradient_transform(
 def distill_to_base_loss(model: nn.Module, batch: Any) -> mx.array:
     """KL(p_base ‖ p_model) per response token: how far the adapter moved the model's
     predictions on ``batch`` from the bare base's (the base = ``model`` with LoRA off)."""
-    scored = scored_positions(batch.mask) if output_head(model) is not None else None
+    scored = split_positions(model, batch.mask)
     if scored is None:
         with lora_off(model):
             base_logits = mx.stop_gradient(model(batch.inputs))
