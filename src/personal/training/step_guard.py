@@ -23,7 +23,8 @@ import math
 from typing import Any
 
 from personal.errors import ConfigError
-from personal.model.evaluate import evaluate
+from personal.model.evaluate import scored_mean_loss
+from personal.model.mlx_typing import scalar
 from personal.model.lora import lora_off
 
 import mlx.nn as nn
@@ -79,7 +80,6 @@ class PublicLossGuard:
 
 
 def _loss(model: nn.Module, batch: Any) -> float:
-    # evaluate(): the token-weighted loss of masked_ce_loss, with logits at scored positions
-    # only (a check runs after every update and every retry: on a real base most positions
-    # are the chat template's system prompt).
-    return evaluate(model, [batch]).loss
+    # masked_ce_loss with logits at scored positions only (a check runs after every update and
+    # every retry: on a real base most positions are the chat template's system prompt).
+    return scalar(scored_mean_loss(model, batch))
