@@ -24,8 +24,8 @@ from typing import Any
 
 from personal.errors import ConfigError
 from personal.model.evaluate import scored_mean_loss
-from personal.model.mlx_typing import scalar
 from personal.model.lora import lora_off
+from personal.model.mlx_typing import scalar
 
 import mlx.nn as nn
 
