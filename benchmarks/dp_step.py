@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import os
 import statistics
@@ -82,6 +81,7 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
 import numpy as np  # noqa: E402
+from interleave import emit  # noqa: E402
 from mlx_lm.utils import dequantize_model, quantize_model  # noqa: E402
 from reference import reference_model  # noqa: E402
 from reference_config import CLIP, LEARNING_RATE, RANK, REFERENCE, SCALE, SIGMA  # noqa: E402
@@ -308,7 +308,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--noise-baseline", action="store_true",
-        help="also time the DP step with its noise drawn on one thread, and the draw alone",
+        help="also time the DP step with its noise drawn on 1 thread or every core, after or "
+        "beside the gradients, and the draw alone",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -397,10 +398,7 @@ def main() -> None:
             result[f"{label}_step_s"] = round(median[label], 4)
         result["noise_draw_s"] = round(median["noise_draw"], 4)
         result["noise_draw_1thread_s"] = round(median["noise_draw_1thread"], 4)
-    if not args.json:
-        for key, values in times.items():
-            print(key, " ".join(f"{v:.3f}" for v in values))
-    print(json.dumps(result))
+    emit(result, times, args.json)
 
 
 if __name__ == "__main__":

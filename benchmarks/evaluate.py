@@ -21,7 +21,6 @@ with ``--pull`` also one gradient of the pull to the base on one public batch
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +42,7 @@ from personal.training.continual import distill_to_base_loss
 
 import mlx.core as mx
 import mlx.nn as nn
-from interleave import interleaved_medians
+from interleave import emit, interleaved_medians
 
 
 def full_evaluate(model: nn.Module, batches: list[Batch]) -> float:
@@ -135,10 +134,7 @@ def main() -> None:
         "repeats": args.repeats,
         "personal": personal.__version__,
     }
-    if not args.json:
-        for key, values in times.items():
-            print(key, " ".join(f"{v:.3f}" for v in values))
-    print(json.dumps(result))
+    emit(result, times, args.json)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ that load from other processes hits every variant alike (machines here are share
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -19,3 +20,11 @@ def interleaved_medians(
             run()
             times[key].append(time.perf_counter() - start)
     return {key: statistics.median(values) for key, values in times.items()}, times
+
+
+def emit(result: Mapping[str, object], times: Mapping[str, list[float]], as_json: bool) -> None:
+    """Print every time per run (unless ``as_json``), then ``result`` as one JSON line."""
+    if not as_json:
+        for key, values in times.items():
+            print(key, " ".join(f"{v:.3f}" for v in values))
+    print(json.dumps(result))
