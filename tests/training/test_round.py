@@ -187,3 +187,42 @@ def test_a_quantile_round_that_cannot_split_sigma_is_refused_uncharged(setup):
     with pytest.raises(ConfigError, match="clip_count_noise"):  # σ_b = 0.2 < σ/2 = 1
         run_round(base.model, base.tokenizer, log, ledger, plan, context=CONTEXT)
     assert ledger.rounds() == []
+
+
+def test_a_round_from_the_cached_trunk_trains_the_same_adapter(tmp_path, tiny_model_factory,
+                                                                monkeypatch):  # fmt: skip
+    """LoRA on the last block only: the first block's output is computed once per row and
+    round (personal.model.trunk), and the round ends with the adapter the full forward gives."""
+    import personal.training.round as round_module
+    from personal.model.trunk import TrunkCache
+
+    computed: list[int] = []
+    hidden = TrunkCache.hidden
+
+    def spy(self, inputs):
+        out = hidden(self, inputs)
+        computed.append(self.computed)
+        return out
+
+    monkeypatch.setattr(TrunkCache, "hidden", spy)
+    results = []
+    for attempt, cached in enumerate((True, False)):
+        if not cached:
+            monkeypatch.setattr(round_module, "trunk_depth", lambda model: None)
+        with InteractionLog.create(tmp_path / f"s{attempt}", KEY, synchronous="NORMAL") as log:
+            for i in range(6):
+                log.append(f"call mom at {i}", f"Calling mom at {i}.", unit=f"u{i}")
+            ledger = Ledger.open(log.store, epsilon=8.0, delta=1e-6)
+            base = load_base(tiny_model_factory("llama"))
+            inject_lora(base.model, LoRAConfig(rank=2, num_layers=1), seed=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SeededNoiseWarning)
+                run_round(
+                    base.model, base.tokenizer, log, ledger, _plan(expected_batch_size=6),
+                    context=CONTEXT, noise=_quiet(seed=3), sampler_seed=4,
+                )  # fmt: skip
+            results.append({k: np.array(v) for k, v in get_adapter_weights(base.model).items()})
+    # every unit is drawn at every step (q = 1): its rows' trunk ran at the first step only
+    assert computed[0] >= 6 and computed == [computed[0]] * 3
+    for name, value in results[1].items():
+        np.testing.assert_allclose(results[0][name], value, rtol=1e-4, atol=1e-6)

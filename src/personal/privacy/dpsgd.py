@@ -54,6 +54,7 @@ from personal.model.guarded_update import GuardedUpdate, StepGuard
 from personal.model.head import scored_logits
 from personal.model.mlx_typing import array_sum, flat_params, scalar
 from personal.model.per_example import RowLoss, per_example_grads
+from personal.model.trunk import injected
 from personal.privacy.noise import GaussianNoise
 from personal.privacy.quantile import QuantileClipping
 from personal.privacy.sampler import UnitBatch
@@ -210,6 +211,26 @@ def scored_ce_loss(
     logits = scored_logits(model, inputs, positions).astype(mx.float32)  # (S, K, V)
     losses = cross_entropy(logits, targets)  # (S, K)
     return (losses * mask).sum(axis=-1) / mx.maximum(mask.sum(axis=-1), 1.0)
+
+
+def trunk_ce_loss(depth: int) -> ExampleLoss:
+    """:func:`scored_ce_loss` from cached trunk outputs: ``loss(model, inputs, hidden,
+    positions, targets, mask)``, with ``hidden`` ``(S, T, D)`` the states entering block
+    ``depth`` (:class:`~personal.model.trunk.TrunkCache`); only the blocks from ``depth`` on,
+    the adapted ones, run. Same values and gradients as :func:`scored_ce_loss` (a test)."""
+
+    def loss(
+        model: nn.Module,
+        inputs: mx.array,
+        hidden: mx.array,
+        positions: mx.array,
+        targets: mx.array,
+        mask: mx.array,
+    ) -> mx.array:
+        with injected(model, depth, hidden):
+            return scored_ce_loss(model, inputs, positions, targets, mask)
+
+    return loss
 
 
 def clipped_unit_sum(

@@ -29,18 +29,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from personal.errors import BudgetExhausted, ConfigError, NoEligibleUnits, SamplerMismatch
 from personal.model.head import output_head
 from personal.model.tokenizer import encode_interaction
+from personal.model.trunk import TrunkCache, trunk_depth
 from personal.privacy.dpsgd import (
     DPConfig,
     DPStepReport,
     example_ce_loss,
     make_dp_step,
     scored_ce_loss,
+    trunk_ce_loss,
 )
 from personal.privacy.filter import Charge
 from personal.privacy.ledger import Ledger
@@ -351,8 +353,14 @@ def _train(
     # Logits at the reply's positions only where the model allows it (same gradients, less
     # work: docs/performance.md); gradient canaries read full-width arrays.
     scored_only = canaries is None and output_head(model) is not None
+    # The frozen blocks before the adapted ones run once per row and round, not once per step
+    # (same gradients: personal.model.trunk).
+    depth = trunk_depth(model) if scored_only else None
+    trunk = TrunkCache(model, depth) if depth else None
     if canaries:
         loss = canaries.loss(plan.clip_norm)
+    elif trunk is not None:
+        loss = trunk_ce_loss(trunk.depth)
     else:
         loss = scored_ce_loss if scored_only else example_ce_loss
     config = DPConfig(plan.noise_multiplier, plan.clip_norm, quantile=plan.quantile)
@@ -376,6 +384,9 @@ def _train(
             )  # fmt: skip
             if canaries:
                 batch = canaries.attach(batch, units, sequences)
+            elif trunk is not None:
+                inputs, *rest = batch.arrays
+                batch = replace(batch, arrays=(inputs, trunk.hidden(inputs), *rest))
             result = step(batch)
         clipped += result.clipped_fraction * result.num_units
         if plan.quantile is not None:

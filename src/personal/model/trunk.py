@@ -1,0 +1,185 @@
+"""The frozen trunk of a model with LoRA on its last blocks only, computed once per input.
+
+The shipped policies adapt the last few transformer blocks (``training.lora.num_layers = 2``).
+Every block before the first adapted one, and the embedding, is frozen for the whole round: its
+output for a row depends on the row's tokens only, not on the adapter. Yet each DP step runs the
+whole model forward again, and on a real base that is most of a round's time (SmolLM2-135M has
+30 blocks, the adapter sits in 2; docs/performance.md). Here the trunk's output ``h`` (the hidden
+states entering the first adapted block) is computed once and fed back in:
+
+* :func:`trunk_depth`: ``k``, the index of the first block holding any LoRA layer or trainable
+  parameter; ``None`` when nothing can be cached (``k = 0``, trainable parameters outside the
+  blocks, or a family not known to run its blocks as a plain sequence);
+* :func:`trunk_hidden`: ``h`` for a batch of token ids (blocks ``0 .. k-1``; the run stops there);
+* :func:`injected`: within the block, block ``k - 1`` returns the given ``h`` and blocks before it
+  return their input unchanged, so ``model.model(inputs)`` costs the adapted blocks only.
+
+Blocks are switched by swapping their class, as :mod:`personal.model.per_example` does, so
+parameter paths, the block list (and its length, which some families read) and ``mx.compile``
+inputs are untouched. The result is exact: the same arithmetic on the same values (a test checks
+losses and per-example gradients against the full forward on every enabled family).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from personal.model.head import output_head
+from personal.model.lora import lora_modules, transformer_blocks
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
+
+#: mlx-lm families whose body is ``h = embed(inputs); for block: h = block(h, mask, cache);
+#: norm(h)``, with the mask a function of ``h``'s shape only and nothing else carried between
+#: blocks (read in mlx-lm's sources; each is tested against the full forward in tests/model).
+TRUNK_FAMILIES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "gemma3_text"}
+)
+
+
+def _model_type(model: nn.Module) -> str | None:
+    args: Any = getattr(model, "args", None)
+    return getattr(args, "model_type", None) or getattr(model, "model_type", None)
+
+
+def trunk_depth(model: nn.Module) -> int | None:
+    """``k``: blocks ``0 .. k-1`` are frozen and adapter-free, so their output can be cached.
+
+    Returns:
+        ``k >= 1``; ``None`` when there is nothing to cache or it would not be exact: the family
+        is not in :data:`TRUNK_FAMILIES`, its head does not split off
+        (:func:`~personal.model.head.output_head`), the first block is adapted, or a trainable
+        parameter lives outside the blocks (an embedding being trained, say).
+    """
+    if _model_type(model) not in TRUNK_FAMILIES or output_head(model) is None:
+        return None
+    try:
+        blocks = transformer_blocks(model)
+    except Exception:  # no recognisable block list: run the model whole
+        return None
+    adapted = {id(m) for m in lora_modules(model).values()}
+    depth = None
+    for index, block in enumerate(blocks):
+        has_lora = any(id(m) in adapted for _, m in block.named_modules())
+        if has_lora or tree_flatten(block.trainable_parameters()):
+            depth = index
+            break
+    if not depth:  # None: nothing adapted; 0: the first block is adapted
+        return None
+    in_blocks = sum(len(tree_flatten(b.trainable_parameters())) for b in blocks[depth:])
+    if in_blocks != len(tree_flatten(model.trainable_parameters())):
+        return None
+    return depth
+
+
+class _TrunkDone(Exception):
+    """Raised by block ``k - 1`` to stop the forward pass once the trunk's output exists."""
+
+    def __init__(self, hidden: mx.array) -> None:
+        super().__init__("trunk computed")
+        self.hidden = hidden
+
+
+_CLASSES: dict[tuple[str, type], type] = {}
+
+
+def _switched(kind: str, base: type) -> type:
+    key = (kind, base)
+    if key not in _CLASSES:
+        if kind == "stop":
+
+            def call(self: Any, x: mx.array, *args: Any, **kwargs: Any) -> Any:
+                raise _TrunkDone(base.__call__(self, x, *args, **kwargs))
+
+        elif kind == "skip":
+
+            def call(self: Any, x: mx.array, *args: Any, **kwargs: Any) -> Any:
+                return x
+
+        else:  # "inject"
+
+            def call(self: Any, x: mx.array, *args: Any, **kwargs: Any) -> Any:
+                return self.__dict__["_trunk_hidden"]
+
+        _CLASSES[key] = type(f"Trunk{kind.title()}{base.__name__}", (base,), {"__call__": call})
+    return _CLASSES[key]
+
+
+@contextlib.contextmanager
+def _swapped(blocks: list[nn.Module], kinds: list[str]) -> Iterator[None]:
+    originals = [type(b) for b in blocks]
+    try:
+        for block, kind, cls in zip(blocks, kinds, originals, strict=True):
+            block.__class__ = _switched(kind, cls)
+        yield
+    finally:
+        for block, cls in zip(blocks, originals, strict=True):
+            block.__class__ = cls
+            block.__dict__.pop("_trunk_hidden", None)
+
+
+def trunk_hidden(model: nn.Module, inputs: mx.array, depth: int) -> mx.array:
+    """The hidden states entering block ``depth`` for token ids ``inputs`` ``(S, T)``:
+    ``(S, T, D)``, without gradient (the trunk is frozen). Blocks from ``depth`` on don't run."""
+    blocks = transformer_blocks(model)[:depth]
+    try:
+        with _swapped(blocks[-1:], ["stop"]):
+            model.model(inputs)
+    except _TrunkDone as done:
+        return mx.stop_gradient(done.hidden)
+    raise RuntimeError(f"the model's body never reached its block {depth - 1}")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def injected(model: nn.Module, depth: int, hidden: mx.array) -> Iterator[None]:
+    """Within the block, ``model.model(inputs)`` starts from ``hidden`` at block ``depth``:
+    the blocks before it don't compute (``inputs`` still sets the shapes the body reads)."""
+    blocks = transformer_blocks(model)[:depth]
+    with _swapped(blocks, ["skip"] * (depth - 1) + ["inject"]):
+        blocks[-1].__dict__["_trunk_hidden"] = hidden
+        yield
+
+
+class TrunkCache:
+    """The trunk's output of every row a round has seen, keyed by the row's token ids.
+
+    A round's steps draw the same units again and again (every unit, every step, when the
+    sampling rate is 1, as on a phone's store), so each row's trunk runs once per round. Rows
+    are cached up to ``max_bytes``; past it, new rows are computed and not kept. Keep one cache
+    per round: the trunk is frozen within a round, not across an adapter swap or a new base.
+    """
+
+    def __init__(self, model: nn.Module, depth: int, max_bytes: int = 1 << 30) -> None:
+        self.model, self.depth, self.max_bytes = model, depth, max_bytes
+        self._rows: dict[bytes, mx.array] = {}
+        self._bytes = 0
+        #: rows whose trunk was computed, and rows served from the cache
+        self.computed = self.reused = 0
+
+    def hidden(self, inputs: mx.array) -> mx.array:
+        """``(S, T, D)``: :func:`trunk_hidden` of ``inputs`` ``(S, T)``, each distinct row's
+        computed once over the cache's life."""
+        rows = np.asarray(inputs)
+        keys = [row.tobytes() for row in rows]  # rows of one batch share a width
+        new = list(dict.fromkeys(k for k in keys if k not in self._rows))
+        fresh: dict[bytes, mx.array] = {}
+        if new:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            computed = trunk_hidden(self.model, mx.array(rows[[first[k] for k in new]]), self.depth)
+            mx.eval(computed)
+            for i, key in enumerate(new):
+                fresh[key] = computed[i]
+                if self._bytes + computed[i].nbytes <= self.max_bytes:
+                    self._rows[key] = fresh[key]
+                    self._bytes += computed[i].nbytes
+        self.computed += len(new)
+        self.reused += len(set(keys)) - len(new)
+        return mx.stack([fresh[k] if k in fresh else self._rows[k] for k in keys])
+
+
+__all__ = ["TRUNK_FAMILIES", "TrunkCache", "injected", "trunk_depth", "trunk_hidden"]
