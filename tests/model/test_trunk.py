@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mlx.utils import tree_flatten
 from tiny_models import perturb_lora_b, tiny_config
 
 VOCAB = 96
@@ -131,3 +132,50 @@ def test_nothing_is_cached_where_it_would_not_be_exact() -> None:
             self.model = nn.Linear(2, 2)
 
     assert trunk_depth(Custom()) is None
+
+
+@pytest.mark.parametrize(
+    ("arch", "quantize"), [("llama", False), ("gemma3", False), ("mixtral", True)]
+)
+def test_an_attached_cache_serves_every_eager_forward(arch: str, quantize: bool) -> None:
+    """Under ``attached()`` the model, its bare base and its gradients are those of the full
+    forward, and each distinct row's trunk runs once; the classes come back afterwards."""
+    from personal.model.lora import lora_off
+
+    model = _model(arch, quantize)
+    rows = mx.array(np.random.default_rng(4).integers(1, VOCAB, (3, WIDTH)).astype(np.int32))
+
+    def loss(m: nn.Module, inputs: mx.array) -> mx.array:
+        return m(inputs).astype(mx.float32).square().mean()
+
+    expected = model(rows)
+    with lora_off(model):
+        bare = model(rows)
+    _, grads = nn.value_and_grad(model, loss)(model, rows)
+    cache = TrunkCache.for_model(model)
+    classes = [type(m) for m in (model.model.embed_tokens, *model.model.layers)]
+    with cache.attached():
+        served = model(rows)
+        with lora_off(model):
+            served_bare = model(rows)
+        _, served_grads = nn.value_and_grad(model, loss)(model, rows)
+        # a graph that brings its own trunk (the DP step) works inside the block too
+        batch = _batch(5, [20, 9], [12, 3])
+        inside = per_example_grads(
+            model, trunk_ce_loss(cache.depth),
+            (batch.arrays[0], cache.hidden(batch.arrays[0]), *batch.arrays[1:]),
+        )[0]  # fmt: skip
+    assert classes == [type(m) for m in (model.model.embed_tokens, *model.model.layers)]
+    for got, want in ((served, expected), (served_bare, bare)):
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=5e-5)
+    flat, served_flat = dict(tree_flatten(grads)), dict(tree_flatten(served_grads))
+    for name, value in flat.items():
+        scale = float(np.abs(np.array(value)).max()) + 1e-12
+        np.testing.assert_allclose(np.array(served_flat[name]), np.array(value), atol=5e-5 * scale)
+    np.testing.assert_allclose(
+        np.array(inside), np.array(scored_ce_loss(model, *batch.arrays)), rtol=1e-5, atol=1e-6
+    )
+    assert cache.computed == 3 + 2 + 1  # the rows, the batch's, its padding row
+    assert cache.reused >= 2
+    with pytest.raises(RuntimeError, match="already attached"), cache.attached(), cache.attached():
+        pass

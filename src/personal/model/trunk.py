@@ -58,6 +58,8 @@ def trunk_depth(model: nn.Module) -> int | None:
     """
     if _model_type(model) not in TRUNK_FAMILIES or output_head(model) is None:
         return None
+    if not isinstance(getattr(model.model, "embed_tokens", None), nn.Module):
+        return None
     try:
         blocks = transformer_blocks(model)
     except Exception:  # no recognisable block list: run the model whole
@@ -85,27 +87,60 @@ class _TrunkDone(Exception):
         self.hidden = hidden
 
 
+def _stop(base: type) -> Any:
+    def call(self: Any, x: mx.array, *args: Any, **kwargs: Any) -> Any:
+        raise _TrunkDone(base.__call__(self, x, *args, **kwargs))
+
+    return call
+
+
+def _skip(base: type) -> Any:
+    def call(self: Any, x: mx.array, *args: Any, **kwargs: Any) -> Any:
+        return x
+
+    return call
+
+
+def _inject(base: type) -> Any:
+    def call(self: Any, x: mx.array, *args: Any, **kwargs: Any) -> Any:
+        return self.__dict__["_trunk_hidden"]
+
+    return call
+
+
+def _record(base: type) -> Any:
+    """The embedding, noting the token ids it embeds for :func:`_cached`."""
+
+    def call(self: Any, x: mx.array) -> Any:
+        self.__dict__["_trunk_tokens"] = x
+        return base.__call__(self, x)
+
+    return call
+
+
+def _cached(base: type) -> Any:
+    """Block ``k - 1`` under :meth:`TrunkCache.attached`: the cache's trunk output of the
+    tokens the embedding just saw (eager code only: the tokens are read on the host)."""
+
+    def call(self: Any, x: mx.array, *args: Any, **kwargs: Any) -> Any:
+        cache, embedding = self.__dict__["_trunk_source"]
+        return cache.hidden(embedding.__dict__["_trunk_tokens"])
+
+    return call
+
+
+#: What a :class:`TrunkCache` keeps at most by default: SmolLM2-135M's trunk output is 147 KB a
+#: row of 64 tokens, so a round of 150 units × 4 examples and its public batches fit.
+DEFAULT_MAX_BYTES = 512 << 20
+
+_KINDS = {"stop": _stop, "skip": _skip, "inject": _inject, "record": _record, "cached": _cached}
 _CLASSES: dict[tuple[str, type], type] = {}
 
 
 def _switched(kind: str, base: type) -> type:
     key = (kind, base)
     if key not in _CLASSES:
-        if kind == "stop":
-
-            def call(self: Any, x: mx.array, *args: Any, **kwargs: Any) -> Any:
-                raise _TrunkDone(base.__call__(self, x, *args, **kwargs))
-
-        elif kind == "skip":
-
-            def call(self: Any, x: mx.array, *args: Any, **kwargs: Any) -> Any:
-                return x
-
-        else:  # "inject"
-
-            def call(self: Any, x: mx.array, *args: Any, **kwargs: Any) -> Any:
-                return self.__dict__["_trunk_hidden"]
-
+        call = _KINDS[kind](base)
         _CLASSES[key] = type(f"Trunk{kind.title()}{base.__name__}", (base,), {"__call__": call})
     return _CLASSES[key]
 
@@ -120,7 +155,6 @@ def _swapped(blocks: list[nn.Module], kinds: list[str]) -> Iterator[None]:
     finally:
         for block, cls in zip(blocks, originals, strict=True):
             block.__class__ = cls
-            block.__dict__.pop("_trunk_hidden", None)
 
 
 def trunk_hidden(model: nn.Module, inputs: mx.array, depth: int) -> mx.array:
@@ -142,7 +176,10 @@ def injected(model: nn.Module, depth: int, hidden: mx.array) -> Iterator[None]:
     blocks = transformer_blocks(model)[:depth]
     with _swapped(blocks, ["skip"] * (depth - 1) + ["inject"]):
         blocks[-1].__dict__["_trunk_hidden"] = hidden
-        yield
+        try:
+            yield
+        finally:
+            blocks[-1].__dict__.pop("_trunk_hidden", None)
 
 
 class TrunkCache:
@@ -154,12 +191,54 @@ class TrunkCache:
     per round: the trunk is frozen within a round, not across an adapter swap or a new base.
     """
 
-    def __init__(self, model: nn.Module, depth: int, max_bytes: int = 1 << 30) -> None:
+    def __init__(self, model: nn.Module, depth: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.model, self.depth, self.max_bytes = model, depth, max_bytes
         self._rows: dict[bytes, mx.array] = {}
         self._bytes = 0
         #: rows whose trunk was computed, and rows served from the cache
         self.computed = self.reused = 0
+        self._attached: list[tuple[nn.Module, type]] = []  # (module, its own class)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, max_bytes: int = DEFAULT_MAX_BYTES) -> TrunkCache | None:
+        """A cache for ``model``'s trunk, or ``None`` where :func:`trunk_depth` finds none."""
+        depth = trunk_depth(model)
+        return None if depth is None else cls(model, depth, max_bytes)
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[TrunkCache]:
+        """Within the block, every forward of ``model``'s body (``model(inputs)``,
+        ``model.model(inputs)``, with or without LoRA, under ``nn.value_and_grad`` too) takes
+        the trunk's output from the cache: a round's public checks and gates read the same
+        rows again and again. Eager code only (the token ids are read on the host); a graph
+        compiled inside the block must bring its own trunk (:func:`injected`)."""
+        if self._attached:
+            raise RuntimeError("this TrunkCache is already attached")
+        embedding = self.model.model.embed_tokens
+        blocks = transformer_blocks(self.model)[: self.depth]
+        modules = [embedding, *blocks]
+        self._attached = [(m, type(m)) for m in modules]
+        kinds = ["record", *(["skip"] * (self.depth - 1)), "cached"]
+        try:
+            with _swapped(modules, kinds):
+                blocks[-1].__dict__["_trunk_source"] = (self, embedding)
+                yield self
+        finally:
+            blocks[-1].__dict__.pop("_trunk_source", None)
+            embedding.__dict__.pop("_trunk_tokens", None)
+            self._attached = []
+
+    @contextlib.contextmanager
+    def _detached(self) -> Iterator[None]:
+        """The modules' own classes for the block (to compute the trunk itself)."""
+        current = [(m, type(m)) for m, _ in self._attached]
+        try:
+            for module, own in self._attached:
+                module.__class__ = own
+            yield
+        finally:
+            for module, cls in current:
+                module.__class__ = cls
 
     def hidden(self, inputs: mx.array) -> mx.array:
         """``(S, T, D)``: :func:`trunk_hidden` of ``inputs`` ``(S, T)``, each distinct row's
@@ -170,7 +249,10 @@ class TrunkCache:
         fresh: dict[bytes, mx.array] = {}
         if new:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            computed = trunk_hidden(self.model, mx.array(rows[[first[k] for k in new]]), self.depth)
+            with self._detached():
+                computed = trunk_hidden(
+                    self.model, mx.array(rows[[first[k] for k in new]]), self.depth
+                )
             mx.eval(computed)
             for i, key in enumerate(new):
                 fresh[key] = computed[i]

@@ -237,6 +237,7 @@ def run_round(
     hooks: Callable[[int], dict[str, Any]] | None = None,
     max_budget_share: float | None = None,
     finish: bool = True,
+    trunk: TrunkCache | None = None,
 ) -> RoundReport:
     """Run one DP round on ``model``'s trainable parameters (inject LoRA and freeze first).
 
@@ -265,6 +266,9 @@ def run_round(
             it open for the caller, who records the gates' outcome and the adapter version it
             produced with :meth:`Ledger.finish_round` (an error during training still closes
             it as ``aborted`` here).
+        trunk: the round's cache of the frozen blocks' outputs (:class:`TrunkCache`, e.g. one
+            the caller keeps attached for its gates); default: a new one when the model has a
+            frozen trunk (:func:`~personal.model.trunk.trunk_depth`).
 
     Raises:
         NoEligibleUnits: the log holds no unit at all.
@@ -301,7 +305,7 @@ def run_round(
     try:
         _train(
             model, tokenizer, log, plan, eligible, report, noise, sampler, progress, canaries,
-            hooks(len(eligible)) if hooks else {},
+            hooks(len(eligible)) if hooks else {}, trunk,
         )  # fmt: skip
     except BaseException:
         done = {"completed_steps": len(report.train_loss), **report.end_summary()}
@@ -349,14 +353,18 @@ def _train(
     progress: Progress | None,
     canaries: GradientCanaries | None,
     step_hooks: dict[str, Any],
+    trunk: TrunkCache | None,
 ) -> None:
     # Logits at the reply's positions only where the model allows it (same gradients, less
     # work: docs/performance.md); gradient canaries read full-width arrays.
     scored_only = canaries is None and output_head(model) is not None
     # The frozen blocks before the adapted ones run once per row and round, not once per step
     # (same gradients: personal.model.trunk).
-    depth = trunk_depth(model) if scored_only else None
-    trunk = TrunkCache(model, depth) if depth else None
+    if not scored_only:
+        trunk = None
+    elif trunk is None:
+        depth = trunk_depth(model)
+        trunk = TrunkCache(model, depth) if depth else None
     if canaries:
         loss = canaries.loss(plan.clip_norm)
     elif trunk is not None:

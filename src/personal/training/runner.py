@@ -28,6 +28,7 @@ starts from its weights instead of a zero adapter (public: nothing is charged fo
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -39,6 +40,7 @@ from personal.errors import BudgetExhausted, NoEligibleUnits, TooFewNewUnits
 from personal.model.base import BaseModel
 from personal.model.batching import Batch
 from personal.model.lora import get_adapter_weights, lora_off, set_adapter_weights
+from personal.model.trunk import TrunkCache
 from personal.policy import Policy
 from personal.privacy.ledger import Ledger
 from personal.privacy.noise import GaussianNoise, RandomBytes
@@ -355,42 +357,46 @@ class RoundRunner:
         if admitted:
             plan.gradient_noise_multiplier(charge.sample_rate * len(admitted))
         public, public_train = self.public_batches()
-        # The gate's reference: the active adapter (this round's step) or the bare base (the
-        # total drift; the base is frozen, so measuring it before the round is the same).
-        reference = self.policy.gates.general_reference
-        if reference == "base":
-            general_before = self.bare_general_loss()
-        else:
-            general_before = general_loss(model, public)
-        validation = None
-        if draw.held_out:
-            validation = Validation.open(
-                self.base, self.interactions, self.ledger, draw.held_out,
-                sigma=validation_noise_multiplier(self.policy),
-                keep=self.policy.training.examples_per_unit, context=context,
-                max_share=max_budget_share,
-            )  # fmt: skip
-        report: RoundReport | None = None
-        try:
-            # The training round stays open until the gates decide: its finish entry records
-            # their outcome and the adapter version it produced (the audit shows both).
-            report = run_round(
-                model, self.base.tokenizer, self.interactions, self.ledger, plan,
-                context=context, noise=noise, sampler_seed=sampler_seed, progress=progress,
-                candidates=draw.train, max_budget_share=max_budget_share,
-                hooks=lambda eligible: self.continual.hooks(model, plan, eligible, public_train),
-                finish=False,
-            )  # fmt: skip
-            general_after = general_loss(model, public)
-            gain = validation.measure(noise) if validation else None
-        except BaseException:
-            set_adapter_weights(model, previous)
-            if validation:
-                validation.abort()
-            if report is not None:
-                done = {"completed_steps": plan.steps, **report.end_summary()}
-                self.ledger.finish_round(report.round_id, "aborted", done)
-            raise
+        # The frozen blocks before the adapted ones run once per row for the whole round: its
+        # steps, public checks and gates read the same rows again and again (personal.model.trunk).
+        trunk = TrunkCache.for_model(model)
+        with trunk.attached() if trunk else contextlib.nullcontext():
+            # The gate's reference: the active adapter (this round's step) or the bare base (the
+            # total drift; the base is frozen, so measuring it before the round is the same).
+            reference = self.policy.gates.general_reference
+            if reference == "base":
+                general_before = self.bare_general_loss()
+            else:
+                general_before = general_loss(model, public)
+            validation = None
+            if draw.held_out:
+                validation = Validation.open(
+                    self.base, self.interactions, self.ledger, draw.held_out,
+                    sigma=validation_noise_multiplier(self.policy),
+                    keep=self.policy.training.examples_per_unit, context=context,
+                    max_share=max_budget_share,
+                )  # fmt: skip
+            report: RoundReport | None = None
+            try:
+                # The training round stays open until the gates decide: its finish entry records
+                # their outcome and the adapter version it produced (the audit shows both).
+                report = run_round(
+                    model, self.base.tokenizer, self.interactions, self.ledger, plan,
+                    context=context, noise=noise, sampler_seed=sampler_seed, progress=progress,
+                    candidates=draw.train, max_budget_share=max_budget_share, trunk=trunk,
+                    hooks=lambda units: self.continual.hooks(model, plan, units, public_train),
+                    finish=False,
+                )  # fmt: skip
+                general_after = general_loss(model, public)
+                gain = validation.measure(noise) if validation else None
+            except BaseException:
+                set_adapter_weights(model, previous)
+                if validation:
+                    validation.abort()
+                if report is not None:
+                    done = {"completed_steps": plan.steps, **report.end_summary()}
+                    self.ledger.finish_round(report.round_id, "aborted", done)
+                raise
         gate = decide(
             general_before=general_before,
             general_after=general_after,
