@@ -1,5 +1,5 @@
-"""Smoke tests of ``benchmarks/evaluate.py`` and ``benchmarks/dp_step.py --noise-baseline`` on
-the bundled base: small runs print the documented JSON keys."""
+"""Smoke tests of ``benchmarks/evaluate.py``, ``benchmarks/dp_step.py --noise-baseline`` and
+``benchmarks/round_trunk.py`` on the bundled base: small runs print the documented JSON keys."""
 
 from __future__ import annotations
 
@@ -48,3 +48,13 @@ def test_dp_step_noise_baseline_times_every_way_of_drawing() -> None:
     for key in ("nondp_step_s", "dp_step_s", *keys):
         assert isinstance(result[key], float) and result[key] > 0, key
     assert result["trainable_parameters"] > 0
+
+
+@pytest.mark.slow  # ~1 minute: two rounds of the default policy on base-v1, each in a process
+@pytest.mark.timeout(900)
+def test_round_trunk_benchmark_gives_the_same_round_both_ways() -> None:
+    result = _run("round_trunk.py", "--repeats", "1", "--days", "2")
+    assert result["base"] == "base-v1" and result["eligible_units"] > 0
+    assert result["trunk_s"] > 0 and result["full_s"] > 0
+    assert result["same_outcome"] is True
+    assert result["max_train_loss_diff"] < 1e-4
