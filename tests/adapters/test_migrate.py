@@ -165,3 +165,47 @@ def test_residual_distill_transfers_the_adapters_shift(tiny_model_factory):
     batch = make_batch([list(range(1, 12)), list(range(20, 28))], [3, 2])
     losses = residual_distill(old.model, new.model, [batch] * 40, optim.Adam(learning_rate=1e-3))
     assert losses[0] > 0 and losses[-1] < 0.3 * losses[0]
+
+
+def test_residual_distill_at_scored_positions_from_cached_trunks_equals_the_full_one(monkeypatch):
+    """4-block bases with LoRA on the last one: the targets and the student's logits at the
+    replies' positions, each model's trunk computed once; the same losses and the same trained
+    adapter as every position's logits through the whole models."""
+    import personal.adapters.migrate as migrate
+    from personal.model.base import model_classes
+    from personal.model.batching import make_batch
+    from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora
+
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from tiny_models import perturb_lora_b, tiny_config
+
+    def base(seed: int):
+        config = {**tiny_config("llama", 96), "num_hidden_layers": 4}
+        model_cls, args_cls = model_classes(config)
+        mx.random.seed(seed)
+        model = model_cls(args_cls.from_dict(config))
+        inject_lora(model, LoRAConfig(rank=2, num_layers=1), seed=seed)
+        return perturb_lora_b(model)
+
+    rng = np.random.default_rng(3)
+    batches = [
+        make_batch([rng.integers(1, 96, 14).tolist(), rng.integers(1, 96, 9).tolist()], [8, 5])
+        for _ in range(3)
+    ] * 2  # repeated rows: the trunk cache serves the second epoch
+
+    def run():
+        student = base(2)
+        # SGD: Adam's g/sqrt(v) would blow float32 rounding of near-zero gradients up to ±lr
+        losses = migrate.residual_distill(base(1), student, batches, optim.SGD(0.5))
+        return losses, {k: np.array(v) for k, v in get_adapter_weights(student).items()}
+
+    losses, adapter = run()
+    monkeypatch.setattr(migrate, "output_head", lambda model: None)
+    monkeypatch.setattr(migrate.TrunkCache, "for_model", classmethod(lambda cls, model: None))
+    full_losses, full_adapter = run()
+    np.testing.assert_allclose(losses, full_losses, rtol=1e-4, atol=1e-6)
+    start = get_adapter_weights(base(2))
+    assert max(float(np.abs(adapter[k] - np.array(v)).max()) for k, v in start.items()) > 1e-3
+    for name, value in full_adapter.items():
+        np.testing.assert_allclose(adapter[name], value, rtol=1e-3, atol=1e-5)

@@ -21,6 +21,7 @@ the new base to behave like the old base with its adapter:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,8 +31,10 @@ from personal.model.base import BaseModel
 from personal.model.batching import Batch
 from personal.model.distill import logit_kd_loss
 from personal.model.fit import train
+from personal.model.head import output_head, scored_logits, scored_positions
 from personal.model.lora import lora_off
 from personal.model.seqkd import sequence_level_batches, teacher_generations
+from personal.model.trunk import TrunkCache
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -124,40 +127,68 @@ def distill_migration(
     return len(losses), [float(v) for v in losses], False
 
 
-def residual_target(teacher: nn.Module, student: nn.Module, inputs: mx.array) -> mx.array:
+def _logits(model: nn.Module, inputs: mx.array, positions: mx.array | None) -> mx.array:
+    """Log-probabilities at ``positions`` (every position when ``None``), float32."""
+    logits = model(inputs) if positions is None else scored_logits(model, inputs, positions)
+    return nn.log_softmax(logits.astype(mx.float32), axis=-1)
+
+
+def residual_target(
+    teacher: nn.Module, student: nn.Module, inputs: mx.array, positions: mx.array | None = None
+) -> mx.array:
     """``log p_new + (log p_old+adapter - log p_old)``: the new base shifted by the adapter.
 
     Unnormalised log-probabilities (``logit_kd_loss`` normalises them). With a zero adapter the
     target is the new base itself, so a migration can never make the new base worse than the
-    adapter made the old one.
+    adapter made the old one. ``positions`` ``(B, K)``: only there (both models' heads must
+    split off, :func:`~personal.model.head.scored_logits`); ``None``: every position.
     """
-    shifted = nn.log_softmax(teacher(inputs).astype(mx.float32), axis=-1)
+    shifted = _logits(teacher, inputs, positions)
     with lora_off(teacher):
-        old = nn.log_softmax(teacher(inputs).astype(mx.float32), axis=-1)
+        old = _logits(teacher, inputs, positions)
     with lora_off(student):
-        new = nn.log_softmax(student(inputs).astype(mx.float32), axis=-1)
+        new = _logits(student, inputs, positions)
     return mx.stop_gradient(new + shifted - old)
 
 
 def residual_distill(
     teacher: nn.Module, student: nn.Module, batches: Sequence[Batch], optimizer: optim.Optimizer
 ) -> list[float]:
-    """Train ``student``'s LoRA towards :func:`residual_target` on ``batches``' masked tokens."""
+    """Train ``student``'s LoRA towards :func:`residual_target` on ``batches``' masked tokens.
 
-    def loss(model: nn.Module, batch: Batch, target: mx.array) -> mx.array:
-        return logit_kd_loss(model(batch.inputs), target, batch.mask, 1.0)
+    Where both models allow it, the targets and the student's logits are computed at the
+    replies' (masked) positions only, and each model's frozen trunk once per distinct row
+    (:class:`~personal.model.trunk.TrunkCache`: four forward passes a step share two trunks);
+    the loss is the same KL over the same tokens.
+    """
+
+    def loss(
+        model: nn.Module, inputs: mx.array, positions: mx.array | None, mask: mx.array,
+        target: mx.array,
+    ) -> mx.array:  # fmt: skip
+        logits = model(inputs) if positions is None else scored_logits(model, inputs, positions)
+        return logit_kd_loss(logits, target, mask, 1.0)
 
     loss_and_grad = nn.value_and_grad(student, loss)
     teacher.eval()
     student.eval()  # no dropout: the bare-base pass and the trained pass must agree
+    split = output_head(teacher) is not None and output_head(student) is not None
     losses = []
-    for batch in batches:
-        target = residual_target(teacher, student, batch.inputs)
-        mx.eval(target)
-        value, grads = loss_and_grad(student, batch, target)
-        optimizer.update(student, grads)
-        mx.eval(value, student.parameters(), optimizer.state)
-        losses.append(float(value.item()))
+    with contextlib.ExitStack() as stack:
+        models = [teacher] if teacher is student else [teacher, student]
+        for model in models:
+            trunk = TrunkCache.for_model(model)
+            if trunk is not None:
+                stack.enter_context(trunk.attached())
+        for batch in batches:
+            scored = scored_positions(batch.mask) if split else None
+            positions, mask = scored if scored is not None else (None, batch.mask)
+            target = residual_target(teacher, student, batch.inputs, positions)
+            mx.eval(target)
+            value, grads = loss_and_grad(student, batch.inputs, positions, mask, target)
+            optimizer.update(student, grads)
+            mx.eval(value, student.parameters(), optimizer.state)
+            losses.append(float(value.item()))
     return losses
 
 

@@ -215,6 +215,8 @@ class TrunkCache:
         if self._attached:
             raise RuntimeError("this TrunkCache is already attached")
         embedding = self.model.model.embed_tokens
+        if type(embedding).__name__.startswith("Trunk"):  # another cache holds this model
+            raise RuntimeError("this model is already attached to a TrunkCache")
         blocks = transformer_blocks(self.model)[: self.depth]
         modules = [embedding, *blocks]
         self._attached = [(m, type(m)) for m in modules]
