@@ -86,6 +86,12 @@ class Arm:
         (with or without memory) on the same store."""
         return self.dp, self.train, json.dumps(self.overrides, sort_keys=True)
 
+    def before_update(self) -> tuple[bool, bool, str]:
+        """:meth:`training` up to the OS update: the same but for ``migration.strategy``
+        (``dp`` and ``drop`` go through the same days until then; a run shares them)."""
+        overrides = {k: v for k, v in self.overrides.items() if k != "migration.strategy"}
+        return self.dp, self.train, json.dumps(overrides, sort_keys=True)
+
 
 def _rate_arms(rate: float, why: str) -> tuple[Arm, Arm]:
     """``dp-lr{rate}`` and its non-DP reference ``non-dp-lr{rate}`` (the DP share's

@@ -7,7 +7,8 @@ Only the library's public API is used.
 
 Arms that go through the same rounds (:meth:`Arm.training <personal_sim.scenario.Arm.training>`:
 ``dp`` and ``dp+memory``) share one store: it trains once and each arm is measured on it, with
-or without personal memory. An arm with memory scores every held-out request with what the
+or without personal memory. Arms that part only at the OS update (``dp`` and ``drop``: their
+``migration.strategy``) share the days before it, and the store is copied on the update day. An arm with memory scores every held-out request with what the
 store recalls for it from what the user logged so far (held-out requests are never logged):
 in ``"cache"`` mode the token cache ``Personalizer.memory_cache`` builds
 (:func:`~personal.model.token_cache.evaluate_with_caches`), in ``"context"`` mode the turns
@@ -18,6 +19,7 @@ greedy replies are generated the same way. The bare base it is compared with is 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -348,54 +350,47 @@ def _migrate(
 
 
 def _run_arms(run: _UserRun, arms: Sequence[Arm], home: Path) -> dict[str, dict[str, Any]]:
-    """``arms`` (the same :meth:`Arm.training`) on one store: rounds, migration and logging
-    once, each arm measured with or without memory; by arm name."""
-    config, lead = run.config, arms[0]
-    policy = lead.policy(config.base_policy())
-    budget = policy.privacy.lifetime_epsilon
+    """``arms`` (the same :meth:`Arm.before_update`) on one store: rounds, migration and
+    logging once, each arm measured with or without memory; by arm name.
+
+    Arms that part only at the OS update (their ``migration.strategy``: ``dp`` and ``drop``)
+    share the days before it; on the update day the store is copied, one copy per strategy,
+    and each copy goes on alone (the same seeds as a run of its own: the same rounds).
+    """
+    config = run.config
+    lead_policy = arms[0].policy(config.base_policy())
     days: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in arms}
     migration: dict[str, dict[str, Any]] = {}
     key = RawKey(os.urandom(32))
     started = time.perf_counter()
     public = simulation_public_data(config.public_data)  # passed in, like any app's
     memory = any(arm.memory for arm in arms)
+
+    def opened(path: Path, create: bool) -> Personalizer:
+        return Personalizer.open(
+            path, config.base, lead_policy, key, create=create, seed=run.seed("replay"),
+            public_data=public, memory=memory,
+        )  # fmt: skip
+
+    forks: dict[str, list[Arm]] = {}
+    for arm in arms:
+        forks.setdefault(arm.policy(config.base_policy()).migration.strategy, []).append(arm)
+    split = config.update_day if config.has_update and len(forks) > 1 else config.days
     run.open_store()
-    with Personalizer.open(
-        home, config.base, policy, key, create=True, seed=run.seed("replay"), public_data=public,
-        memory=memory,
-    ) as p:  # fmt: skip
-        logged = 0
-        for day in range(config.days):
-            if config.has_update and day == config.update_day:
-                migration = _migrate(p, run, policy, day, arms)
-            for ts, it in run.logs[day]:
-                p.log(it.prompt, it.response, ts=ts)
-            logged += len(run.logs[day])
-            round_ = _round(p, run, lead, day) if lead.train else None
-            active = p.active_adapter
-            modes = {arm.memory_mode for arm in arms if arm.memory}
-            recall = {mode: run.recalled(p, day, mode) for mode in modes}
-            for arm in arms:
-                turns = recall[arm.memory_mode] if arm.memory else None
-                days[arm.name].append({
-                    "day": day,
-                    "base": config.base_on(day),
-                    "logged": len(run.logs[day]),
-                    "logged_total": logged,
-                    "round": round_,
-                    "active_version": active.version if active else None,
-                    "epsilon": _epsilon(p),
-                    "epsilon_budget": budget,
-                    **run.measure(p, config.base_on(day), day, turns),
-                })  # fmt: skip
-                if day == config.days - 1:  # greedy replies: on the last day only
-                    days[arm.name][-1].update(run.slots(p, config.base_on(day), day, turns))
-                run.tick()
+    with opened(home, True) as p:
+        logged = _live_days(p, run, arms, range(split), days, migration, 0)
+    if split < config.days:
+        for index, fork in enumerate(forks.values()):
+            copy = home.with_name(f"{home.name}-{index}")
+            shutil.copytree(home, copy)
+            run.open_store()
+            with opened(copy, False) as p:
+                _live_days(p, run, fork, range(split, config.days), days, migration, logged)
     seconds = round(time.perf_counter() - started, 3)
     return {
         arm.name: {
             "arm": arm.name,
-            "policy_digest": policy.digest(),
+            "policy_digest": arm.policy(config.base_policy()).digest(),
             "memory": arm.memory,
             "train": arm.train,
             "days": days[arm.name],
@@ -406,16 +401,63 @@ def _run_arms(run: _UserRun, arms: Sequence[Arm], home: Path) -> dict[str, dict[
     }
 
 
+def _live_days(
+    p: Personalizer,
+    run: _UserRun,
+    arms: Sequence[Arm],
+    span: range,
+    days: dict[str, list[dict[str, Any]]],
+    migration: dict[str, dict[str, Any]],
+    logged: int,
+) -> int:
+    """The days ``span`` of ``arms`` on the store ``p``: log, the day's round, the update,
+    each arm's measures appended to ``days``; returns the count logged by the end."""
+    config, lead = run.config, arms[0]
+    policy = lead.policy(config.base_policy())
+    budget = policy.privacy.lifetime_epsilon
+    for day in span:
+        if config.has_update and day == config.update_day:
+            migration.update(_migrate(p, run, policy, day, arms))
+        for ts, it in run.logs[day]:
+            p.log(it.prompt, it.response, ts=ts)
+        logged += len(run.logs[day])
+        round_ = _round(p, run, lead, day) if lead.train else None
+        active = p.active_adapter
+        modes = {arm.memory_mode for arm in arms if arm.memory}
+        recall = {mode: run.recalled(p, day, mode) for mode in modes}
+        measured: dict[str | None, dict[str, Any]] = {}  # arms alike in memory: measured once
+        for arm in arms:
+            mode = arm.memory_mode if arm.memory else None
+            if mode not in measured:
+                turns = recall[mode] if mode is not None else None
+                measured[mode] = run.measure(p, config.base_on(day), day, turns)
+                if day == config.days - 1:  # greedy replies: on the last day only
+                    measured[mode].update(run.slots(p, config.base_on(day), day, turns))
+            days[arm.name].append({
+                "day": day,
+                "base": config.base_on(day),
+                "logged": len(run.logs[day]),
+                "logged_total": logged,
+                "round": round_,
+                "active_version": active.version if active else None,
+                "epsilon": _epsilon(p),
+                "epsilon_budget": budget,
+                **measured[mode],
+            })  # fmt: skip
+            run.tick()
+    return logged
+
+
 def _run_arm(run: _UserRun, arm: Arm, home: Path) -> dict[str, Any]:
     """One arm on its own store."""
     return _run_arms(run, [arm], home)[arm.name]
 
 
 def _shared(arms: Sequence[Arm]) -> list[list[Arm]]:
-    """``arms`` grouped by :meth:`Arm.training` (in order of first appearance)."""
+    """``arms`` grouped by :meth:`Arm.before_update` (in order of first appearance)."""
     groups: dict[tuple[bool, bool, str], list[Arm]] = {}
     for arm in arms:
-        groups.setdefault(arm.training(), []).append(arm)
+        groups.setdefault(arm.before_update(), []).append(arm)
     return list(groups.values())
 
 

@@ -49,3 +49,33 @@ def test_the_probe_runs_once_per_served_adapter_and_changes_no_metric(monkeypatc
     served = {(day["base"], day["active_version"]) for day in days}
     assert cached_calls == len(served) + 1  # each served adapter once, the bare base once
     assert fresh_calls == len(days) + 1
+
+
+def test_arms_that_part_at_the_update_share_the_days_before_it(monkeypatch):
+    """``dp`` and ``drop`` train once until the OS update, then each goes on from a copy of the
+    store: every day measures as in a run of ``drop`` alone (the same seeds, the same rounds)."""
+    import dataclasses
+
+    config = dataclasses.replace(CONFIG, days=4, update_day=2, arms=("dp", "drop"))
+    opened: list[Any] = []
+    real_open = user_task.Personalizer.open
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        opened.append(kwargs.get("create"))
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(user_task.Personalizer, "open", counting)
+    both = run_user(config, 0)
+    assert opened == [True, False, False]  # one store, copied once per strategy at the update
+    alone = run_user(dataclasses.replace(config, arms=("drop",)), 0)
+    shared, solo = both["arms"]["drop"], alone["arms"]["drop"]
+    assert solo["policy_digest"] == shared["policy_digest"] != both["arms"]["dp"]["policy_digest"]
+    assert shared["migration"]["strategy"] == "drop" == solo["migration"]["strategy"]
+    assert both["arms"]["dp"]["migration"]["strategy"] == "distill"
+    for ours, theirs in zip(shared["days"], solo["days"], strict=True):
+        assert ours["round"] is None or ours["round"]["ran"] == theirs["round"]["ran"]
+        assert ours["personal_loss"] == pytest.approx(theirs["personal_loss"], rel=1e-5)
+        assert ours["epsilon"] == pytest.approx(theirs["epsilon"])
+    pre = config.update_day
+    for ours, theirs in zip(shared["days"][:pre], both["arms"]["dp"]["days"][:pre], strict=True):
+        assert ours["personal_loss"] == theirs["personal_loss"]
