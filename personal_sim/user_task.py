@@ -8,8 +8,9 @@ Only the library's public API is used.
 Arms that go through the same rounds (:meth:`Arm.training <personal_sim.scenario.Arm.training>`:
 ``dp`` and ``dp+memory``) share one store: it trains once and each arm is measured on it, with
 or without personal memory. Arms that part only at the OS update (``dp`` and ``drop``: their
-``migration.strategy``) share the days before it, and the store is copied on the update day. An arm with memory scores every held-out request with what the
-store recalls for it from what the user logged so far (held-out requests are never logged):
+``migration.strategy``) share the days before it, and the store is copied on the update day.
+An arm with memory scores every held-out request with what the store recalls for it from what
+the user logged so far (held-out requests are never logged):
 in ``"cache"`` mode the token cache ``Personalizer.memory_cache`` builds
 (:func:`~personal.model.token_cache.evaluate_with_caches`), in ``"context"`` mode the turns
 ``Personalizer.memory_context`` puts before it (``ChatFormat.encode(..., history=turns)``); its
