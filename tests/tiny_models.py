@@ -102,12 +102,23 @@ def perturb_lora_b(model: nn.Module, scale: float = 0.05) -> nn.Module:
 
 
 def tiny_lora_model(
-    arch: str, vocab_size: int, *, quantize: bool = False, tied: bool = False, seed: int = 0
+    arch: str,
+    vocab_size: int,
+    *,
+    quantize: bool = False,
+    tied: bool = False,
+    seed: int = 0,
+    layers: int | None = None,
+    adapted: int | None = None,
 ) -> nn.Module:
-    """A tiny model of ``arch`` (tied embeddings and 4-bit on request) with rank-2 LoRA on its
-    default layers, every LoRA B perturbed (so every LoRA tensor has a gradient)."""
-    if tied:
-        config = {**tiny_config(arch, vocab_size), "tie_word_embeddings": True}
+    """A tiny model of ``arch`` (tied embeddings, 4-bit and ``layers`` blocks on request) with
+    rank-2 LoRA on its default layers of the last ``adapted`` blocks (all by default), every
+    LoRA B perturbed (so every LoRA tensor has a gradient)."""
+    if tied or layers is not None:
+        config = tiny_config(arch, vocab_size)
+        config["tie_word_embeddings"] = tied
+        if layers is not None:
+            config["num_hidden_layers"] = layers
         model_cls, args_cls = model_classes(config)
         mx.random.seed(seed)
         model = model_cls(args_cls.from_dict(config))
@@ -115,5 +126,5 @@ def tiny_lora_model(
             nn.quantize(model, group_size=32, bits=4)
     else:
         model, _ = build_tiny_model(arch, vocab_size, seed=seed, quantize=quantize)
-    inject_lora(model, LoRAConfig(rank=2))
+    inject_lora(model, LoRAConfig(rank=2, num_layers=adapted), seed=seed)
     return perturb_lora_b(model)

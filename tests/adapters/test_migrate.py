@@ -172,21 +172,14 @@ def test_residual_distill_at_scored_positions_from_cached_trunks_equals_the_full
     replies' positions, each model's trunk computed once; the same losses and the same trained
     adapter as every position's logits through the whole models."""
     import personal.adapters.migrate as migrate
-    from personal.model.base import model_classes
     from personal.model.batching import make_batch
-    from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora
+    from personal.model.lora import get_adapter_weights
 
-    import mlx.core as mx
     import mlx.optimizers as optim
-    from tiny_models import perturb_lora_b, tiny_config
+    from tiny_models import tiny_lora_model
 
     def base(seed: int):
-        config = {**tiny_config("llama", 96), "num_hidden_layers": 4}
-        model_cls, args_cls = model_classes(config)
-        mx.random.seed(seed)
-        model = model_cls(args_cls.from_dict(config))
-        inject_lora(model, LoRAConfig(rank=2, num_layers=1), seed=seed)
-        return perturb_lora_b(model)
+        return tiny_lora_model("llama", 96, seed=seed, layers=4, adapted=1)
 
     rng = np.random.default_rng(3)
     batches = [

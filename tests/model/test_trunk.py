@@ -3,8 +3,6 @@ full forward's losses and per-example gradients, on every family it is enabled f
 
 from __future__ import annotations
 
-from personal.model.base import model_classes
-from personal.model.lora import LoRAConfig, inject_lora
 from personal.model.per_example import per_example_grads
 from personal.model.trunk import TrunkCache, injected, trunk_depth, trunk_hidden
 from personal.privacy.dpsgd import scored_ce_loss, trunk_ce_loss
@@ -17,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlx.utils import tree_flatten
-from tiny_models import perturb_lora_b, tiny_config
+from tiny_models import tiny_lora_model
 
 VOCAB = 96
 WIDTH = 24
@@ -35,14 +33,9 @@ KINDS = [
 
 
 def _model(arch: str, quantize: bool = False, adapted: int | None = 2, seed: int = 3) -> nn.Module:
-    config = {**tiny_config(arch, VOCAB), "num_hidden_layers": LAYERS}
-    model_cls, args_cls = model_classes(config)
-    mx.random.seed(seed)
-    model = model_cls(args_cls.from_dict(config))
-    if quantize:
-        nn.quantize(model, group_size=32, bits=4)
-    inject_lora(model, LoRAConfig(rank=2, num_layers=adapted))
-    return perturb_lora_b(model)
+    return tiny_lora_model(
+        arch, VOCAB, quantize=quantize, seed=seed, layers=LAYERS, adapted=adapted
+    )
 
 
 def _batch(seed: int, lengths: list[int], starts: list[int]):
