@@ -73,6 +73,11 @@ def test_teacher_generations_are_text_and_reproducible(teacher) -> None:
     assert first == again
     assert [p for p, _ in first] == PROMPTS[:2]
     assert all(isinstance(reply, str) for _, reply in first)
+    # greedy prompts run as one batch: the replies one prompt at a time gives
+    one_by_one = [
+        generate(teacher.model, teacher.tokenizer, p, max_tokens=6).text for p in PROMPTS[:2]
+    ]
+    assert [reply for _, reply in first] == one_by_one
 
 
 def test_batches_mask_the_reply_in_student_tokens(student_tokenizer) -> None:

@@ -27,6 +27,8 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlx.utils import tree_flatten
 from tiny_models import build_tiny_model, perturb_lora_b
 
@@ -285,3 +287,58 @@ def test_default_noise_is_csprng() -> None:
         warnings.simplefilter("error", SeededNoiseWarning)
         step = make_dp_step(_model(), optim.SGD(learning_rate=0.1), DPConfig(1.0, 1.0))
     assert not step.noise.seeded
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    groups=st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=3), min_size=1, max_size=5),
+    max_rows=st.integers(1, 6),
+    quantile=st.booleans(),
+)
+def test_a_step_in_chunks_of_whole_units_is_the_same_step(groups, max_rows, quantile) -> None:
+    """The sample split into chunks (chunk_units) releases the same noised sum: the same
+    parameters, clipped share, loss and (quantile clipping) released count and next C."""
+    from personal.privacy.quantile import QuantileClipping
+    from personal.privacy.sampler import chunk_units
+
+    chunks = chunk_units([len(g) for g in groups], max_rows)
+    assert [i for chunk in chunks for i in chunk] == list(range(len(groups)))
+    assert all(sum(len(groups[i]) for i in c) <= max_rows or len(c) == 1 for c in chunks)
+    config = DPConfig(1.2, 0.3, quantile=QuantileClipping(count_noise=0.2) if quantile else None)
+
+    def run(chunked: bool):
+        model = _model(2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SeededNoiseWarning)
+            step = make_dp_step(
+                model, optim.SGD(learning_rate=0.5), config, noise=GaussianNoise(seed=9)
+            )
+        batch = (
+            [_units_batch([groups[i] for i in chunk], 4.0) for chunk in chunks]
+            if chunked
+            else _units_batch(groups, 4.0)
+        )
+        report = step(batch)
+        return _flat(dict(tree_flatten(model.trainable_parameters()))), report, step.clip_norm
+
+    (whole, whole_report, whole_c), (parts, parts_report, parts_c) = run(False), run(True)
+    np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-6)
+    assert parts_report.num_units == whole_report.num_units == len(groups)
+    assert parts_report.num_examples == whole_report.num_examples
+    assert parts_report.clipped_fraction == whole_report.clipped_fraction
+    assert parts_report.loss == pytest.approx(whole_report.loss, rel=1e-5)
+    assert parts_report.noisy_count == whole_report.noisy_count
+    assert parts_c == pytest.approx(whole_c)
+
+
+def test_chunks_must_share_the_expected_size() -> None:
+    step = make_dp_step(_model(), optim.SGD(learning_rate=0.1), DPConfig(0.0, 1.0))
+    with pytest.raises(ConfigError, match="expected size"):
+        step([_units_batch([[0]], 2.0), _units_batch([[1]], 3.0)])
+    with pytest.raises(ConfigError, match="at least one chunk"):
+        step([])
+    from personal.privacy.sampler import chunk_units
+
+    with pytest.raises(ConfigError, match="max_rows"):
+        chunk_units([1, 2], 0)
+    assert chunk_units([5, 1, 1, 3], 2) == [[0], [1, 2], [3]]

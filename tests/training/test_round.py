@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import warnings
 
-from personal.errors import BudgetExhausted, NoEligibleUnits, SamplerMismatch, SeededNoiseWarning
+from personal.errors import (
+    BudgetExhausted,
+    ConfigError,
+    NoEligibleUnits,
+    SamplerMismatch,
+    SeededNoiseWarning,
+)
 from personal.model.base import load_base
 from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora
 from personal.privacy.ledger import Ledger
@@ -226,3 +232,34 @@ def test_a_round_from_the_cached_trunk_trains_the_same_adapter(tmp_path, tiny_mo
     assert computed[0] >= 6 and computed == [computed[0]] * 3
     for name, value in results[1].items():
         np.testing.assert_allclose(results[0][name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_a_round_in_chunks_of_whole_units_trains_the_same_adapter(tmp_path, tiny_model_factory):
+    """``RoundPlan.max_rows``: each step's sample in chunks of at most 3 rows (whole units of
+    2 examples each), the same adapter and report as one pass."""
+    results = []
+    for attempt, max_rows in enumerate((None, 3)):
+        with InteractionLog.create(tmp_path / f"s{attempt}", KEY, synchronous="NORMAL") as log:
+            for i in range(7):
+                for j in range(2):
+                    log.append(f"call mom at {i}:{j}", f"Calling mom at {i}.", unit=f"u{i}")
+            ledger = Ledger.open(log.store, epsilon=8.0, delta=1e-6)
+            base = load_base(tiny_model_factory("llama"))
+            inject_lora(base.model, LoRAConfig(rank=2), seed=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SeededNoiseWarning)
+                report = run_round(
+                    base.model, base.tokenizer, log, ledger,
+                    _plan(expected_batch_size=7, examples_per_unit=2, max_rows=max_rows),
+                    context=CONTEXT, noise=_quiet(seed=3), sampler_seed=4,
+                )  # fmt: skip
+            weights = {k: np.array(v) for k, v in get_adapter_weights(base.model).items()}
+            results.append((weights, report))
+    (whole, whole_report), (chunked, chunked_report) = results
+    assert chunked_report.sampled_units == whole_report.sampled_units
+    assert chunked_report.clipped_fraction == whole_report.clipped_fraction
+    np.testing.assert_allclose(chunked_report.train_loss, whole_report.train_loss, rtol=1e-5)
+    for name, value in whole.items():
+        np.testing.assert_allclose(chunked[name], value, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="max_rows"):
+        _plan(max_rows=0)

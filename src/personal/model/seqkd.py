@@ -14,7 +14,7 @@ from typing import Any
 from personal.errors import ConfigError
 from personal.model.batching import Batch, make_batch
 from personal.model.fit import train
-from personal.model.generate import generate
+from personal.model.generate import generate, greedy_replies
 from personal.model.tokenizer import PAD_ID, encode_interaction
 
 import mlx.nn as nn
@@ -51,10 +51,14 @@ def teacher_generations(
         tokenizer: the teacher's tokenizer.
         prompts: user prompts (wrapped in the teacher's chat template).
         max_tokens: longest reply; longer ones are cut (and then taught as if complete).
-        temperature: 0 takes the teacher's greedy reply, an approximation of its mode.
+        temperature: 0 takes the teacher's greedy reply, an approximation of its mode
+            (:func:`~personal.model.generate.greedy_replies`, batched: ~10x faster).
         seed: prompt ``i`` samples with ``seed + i``, so results do not depend on order.
     """
     teacher.eval()
+    if temperature == 0:  # greedy: many prompts at a time (mlx-lm's BatchGenerator)
+        replies = greedy_replies(teacher, tokenizer, prompts, max_tokens=max_tokens)
+        return [(prompt, text) for prompt, (text, _) in zip(prompts, replies, strict=True)]
     pairs = []
     for i, prompt in enumerate(prompts):
         reply = generate(

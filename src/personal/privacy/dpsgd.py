@@ -43,7 +43,7 @@ eligible unit ``(σ, q)`` per step; that is done by the ledger, not here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, runtime_checkable
@@ -52,7 +52,7 @@ from personal.errors import ConfigError
 from personal.model.fastmath import cross_entropy
 from personal.model.guarded_update import GuardedUpdate, StepGuard
 from personal.model.head import scored_logits
-from personal.model.mlx_typing import array_sum, flat_params, scalar
+from personal.model.mlx_typing import array_sum, flat_params
 from personal.model.per_example import RowLoss, per_example_grads
 from personal.model.trunk import injected
 from personal.privacy.noise import GaussianNoise
@@ -62,6 +62,7 @@ from personal.privacy.sampler import UnitBatch
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 #: ``loss(model, *arrays) -> (S,)`` per-row losses of a batch (see :data:`RowLoss`).
@@ -353,43 +354,67 @@ class DPStep:
         else:
             self._guarded(lambda: self._apply(flat_grads, scale))
 
-    def __call__(self, batch: UnitBatch) -> DPStepReport:
+    def __call__(self, batch: UnitBatch | Sequence[UnitBatch]) -> DPStepReport:
         """One DP-SGD step on ``batch``; returns its (non-private) report.
 
+        ``batch`` may be a sequence of chunks of one Poisson sample (every unit whole in one
+        chunk, the same expected size: :func:`~personal.privacy.sampler.chunk_units`): each
+        chunk's clipped unit sum is computed in its own pass and the sums are added before the
+        noise. The release is the same (a sum of per-unit clipped gradients, sensitivity C);
+        the peak memory is a chunk's, and no pass pads a large sample to the next power of two.
+
         Raises:
-            ConfigError: the batch's expected size is not a positive number.
+            ConfigError: the batch's expected size is not a positive number, or the chunks
+                disagree on it.
         """
-        _check_expected_size(batch.expected_size)
-        if batch.num_units == 0:
-            return self.empty(batch.expected_size, slots=batch.slots)
+        parts = [batch] if isinstance(batch, UnitBatch) else list(batch)
+        if not parts:
+            raise ConfigError("A DP step needs a batch (or at least one chunk).")
+        expected = parts[0].expected_size
+        _check_expected_size(expected)
+        if any(part.expected_size != expected for part in parts):
+            raise ConfigError("The chunks of one step must share the sample's expected size.")
+        slots = sum(part.slots for part in parts)
+        units = sum(part.num_units for part in parts)
+        if units == 0:
+            return self.empty(expected, slots=slots)
         # The noise multiplier first: a quantile step that cannot be private fails untouched.
-        multiplier = self.config.gradient_noise_multiplier(batch.expected_size)
+        multiplier = self.config.gradient_noise_multiplier(expected)
         if multiplier > 0 and self.prefetch_noise:
             # The noise depends on nothing private: draw it while MLX computes the gradients.
             self.noise.prefetch(self._noise_size)
         limit = self.clip_norm
         clip = mx.array(limit, dtype=mx.float32)
-        sums, norms, rows, losses = self._core(batch.arrays, batch.units, batch.valid, clip)
-        mx.eval(sums, norms, rows, losses)
-        real = rows > 0  # (S,) unit slots that hold a unit
-        over = (norms > limit * CLIP_SAFETY) & real  # NaN (dropped) compares False
-        count = None
-        if self.config.quantile is not None:
-            # Σ (1[‖g_i‖ ≤ C] − ½) over the units: ±½ each (sensitivity ½); a dropped unit
-            # contributes 0, a function of its own data only.
+        sums: dict[str, mx.array] = {}
+        clipped = nonfinite = kept_count = loss_sum = 0.0
+        for part in parts:
+            if part.num_units == 0:
+                continue
+            part_sums, norms, rows, losses = self._core(part.arrays, part.units, part.valid, clip)
+            real = rows > 0  # (S,) unit slots that hold a unit
+            over = (norms > limit * CLIP_SAFETY) & real  # NaN (dropped) compares False
+            # Σ (1[‖g_i‖ ≤ C] − ½) over the units (quantile clipping): ±½ each (sensitivity
+            # ½); a dropped unit contributes 0, a function of its own data only.
             kept = real & ~mx.isnan(norms)
-            count = scalar(mx.where(kept, mx.where(over, -0.5, 0.5), 0.0).sum())
-        noise_std = self._release(sums, batch.expected_size, batch.slots, multiplier, count)
-        clipped = scalar(over.sum())
-        nonfinite = scalar((mx.isnan(norms) & real).sum())
-        mean_loss = scalar((losses * batch.valid).sum() / batch.num_examples)
+            stats = mx.stack([
+                over.sum(), (mx.isnan(norms) & real).sum(),
+                mx.where(kept, mx.where(over, -0.5, 0.5), 0.0).sum(), (losses * part.valid).sum(),
+            ]).astype(mx.float32)  # fmt: skip
+            sums = part_sums if not sums else {k: sums[k] + v for k, v in part_sums.items()}
+            mx.eval(sums, stats)
+            over_n, nan_n, kept_n, loss_n = np.asarray(stats, dtype=np.float64).tolist()
+            clipped, nonfinite = clipped + over_n, nonfinite + nan_n
+            kept_count, loss_sum = kept_count + kept_n, loss_sum + loss_n
+        count = kept_count if self.config.quantile is not None else None
+        noise_std = self._release(sums, expected, slots, multiplier, count)
+        examples = sum(part.num_examples for part in parts)
         return DPStepReport(
-            num_examples=batch.num_examples,
-            num_units=batch.num_units,
-            slots=batch.slots,
-            expected_size=batch.expected_size,
-            clipped_fraction=clipped / batch.num_units,
-            loss=float(mean_loss),
+            num_examples=examples,
+            num_units=units,
+            slots=slots,
+            expected_size=expected,
+            clipped_fraction=clipped / units,
+            loss=loss_sum / examples,
             noise_std=noise_std,
             nonfinite_units=int(nonfinite),
             clip_norm=limit,

@@ -186,6 +186,24 @@ def pack_units(
     )
 
 
+def chunk_units(rows_per_unit: Sequence[int], max_rows: int) -> list[list[int]]:
+    """Consecutive units grouped so that each group has at most ``max_rows`` rows (a unit with
+    more rows is a group of its own): the chunks of one step (see
+    :meth:`~personal.privacy.dpsgd.DPStep.__call__`). A unit is never split, so each chunk
+    clips whole units. Returns the unit indices of each chunk."""
+    if max_rows < 1:
+        raise ConfigError(f"max_rows must be >= 1, got {max_rows!r}.")
+    chunks: list[list[int]] = []
+    rows = 0
+    for index, count in enumerate(rows_per_unit):
+        if not chunks or rows + count > max_rows:
+            chunks.append([])
+            rows = 0
+        chunks[-1].append(index)
+        rows += count
+    return chunks
+
+
 def pack_token_units(
     unit_sequences: Sequence[Sequence[Sequence[int]]],
     expected_size: float,

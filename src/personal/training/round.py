@@ -48,7 +48,7 @@ from personal.privacy.filter import Charge
 from personal.privacy.ledger import Ledger
 from personal.privacy.noise import GaussianNoise
 from personal.privacy.quantile import QuantileClipping
-from personal.privacy.sampler import PoissonSampler, pack_token_units
+from personal.privacy.sampler import PoissonSampler, chunk_units, pack_token_units
 from personal.runtime import peak_memory_bytes, reset_peak_memory
 from personal.store.log import InteractionLog
 from personal.training.gradient_canary import GradientCanaries
@@ -76,6 +76,11 @@ class RoundPlan:
             hold many; the unit is clipped as one whatever this is).
         purpose: what the ledger records the round as (``"training"``, ``"replay"``, ...).
         quantile: quantile clipping (``None``: C is fixed for the round).
+        max_rows: examples per forward and backward pass: a step's sample is split into
+            chunks of whole units of at most this many rows, whose clipped sums are added
+            before the noise (the same release; :meth:`DPStep.__call__`). Bounds a step's
+            peak memory, and avoids padding a large sample to the next power of two.
+            ``None``: one pass.
     """
 
     noise_multiplier: float
@@ -88,6 +93,7 @@ class RoundPlan:
     examples_per_unit: int = 4
     purpose: str = "training"
     quantile: QuantileClipping | None = None
+    max_rows: int | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -99,6 +105,8 @@ class RoundPlan:
             "max_tokens": isinstance(self.max_tokens, int) and self.max_tokens >= 2,
             "examples_per_unit": isinstance(self.examples_per_unit, int)
             and self.examples_per_unit >= 1,
+            "max_rows": self.max_rows is None
+            or (isinstance(self.max_rows, int) and self.max_rows >= 1),
         }
         for name, ok in checks.items():
             value = getattr(self, name)
@@ -386,16 +394,25 @@ def _train(
         if not units:  # none drawn, or every drawn unit was erased meanwhile
             result = step.empty(sample.expected_size)
         else:
-            batch = pack_token_units(
-                sequences, sample.expected_size, loss_starts=starts, width=plan.max_tokens,
-                scored_only=scored_only,
-            )  # fmt: skip
-            if canaries:
-                batch = canaries.attach(batch, units, sequences)
-            elif trunk is not None:
-                inputs, *rest = batch.arrays
-                batch = replace(batch, arrays=(inputs, trunk.hidden(inputs), *rest))
-            result = step(batch)
+            groups = (
+                chunk_units([len(rows) for rows in sequences], plan.max_rows)
+                if plan.max_rows is not None and canaries is None
+                else [list(range(len(units)))]
+            )
+            chunks = []
+            for group in groups:
+                batch = pack_token_units(
+                    [sequences[i] for i in group], sample.expected_size,
+                    loss_starts=[starts[i] for i in group], width=plan.max_tokens,
+                    scored_only=scored_only,
+                )  # fmt: skip
+                if canaries:
+                    batch = canaries.attach(batch, units, sequences)
+                elif trunk is not None:
+                    inputs, *rest = batch.arrays
+                    batch = replace(batch, arrays=(inputs, trunk.hidden(inputs), *rest))
+                chunks.append(batch)
+            result = step(chunks)
         clipped += result.clipped_fraction * result.num_units
         if plan.quantile is not None:
             report.clip_norm_final = step.clip_norm

@@ -66,6 +66,9 @@ import mlx.core as mx
 TRIGGER_KEY = "update_trigger"
 #: The sealed setting holding quantile clipping's current C (post-processing of DP releases).
 CLIP_KEY = "adaptive_clip"
+#: Examples per forward and backward pass of a round's DP step (``RoundPlan.max_rows``);
+#: ``None``: one pass per step.
+STEP_ROWS: int | None = None
 
 
 class Draw(NamedTuple):
@@ -228,6 +231,7 @@ class RoundRunner:
             max_tokens=training.max_tokens,
             examples_per_unit=training.examples_per_unit,
             quantile=privacy.quantile_clipping(),
+            max_rows=STEP_ROWS,
         )
         if privacy.noise_multiplier is None:
             # Calibrated against the per-unit filter rule (the Rényi filter's conversion runs
