@@ -16,8 +16,9 @@ states entering the first adapted block) is computed once and fed back in:
 
 Blocks are switched by swapping their class, as :mod:`personal.model.per_example` does, so
 parameter paths, the block list (and its length, which some families read) and ``mx.compile``
-inputs are untouched. The result is exact: the same arithmetic on the same values (a test checks
-losses and per-example gradients against the full forward on every enabled family).
+inputs are untouched. The result is the full forward's: the same operations on the same values,
+within float32 rounding (the trunk's matmuls may run on other batch shapes); a test checks
+losses and per-example gradients against the full forward on every enabled family.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def trunk_depth(model: nn.Module) -> int | None:
     """``k``: blocks ``0 .. k-1`` are frozen and adapter-free, so their output can be cached.
 
     Returns:
-        ``k >= 1``; ``None`` when there is nothing to cache or it would not be exact: the family
+        ``k >= 1``; ``None`` when there is nothing to cache or caching would change the result:
+        the family
         is not in :data:`TRUNK_FAMILIES`, its head does not split off
         (:func:`~personal.model.head.output_head`), the first block is adapted, or a trainable
         parameter lives outside the blocks (an embedding being trained, say).
