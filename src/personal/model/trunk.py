@@ -53,8 +53,7 @@ def trunk_depth(model: nn.Module) -> int | None:
 
     Returns:
         ``k >= 1``; ``None`` when there is nothing to cache or caching would change the result:
-        the family
-        is not in :data:`TRUNK_FAMILIES`, its head does not split off
+        the family is not in :data:`TRUNK_FAMILIES`, its head does not split off
         (:func:`~personal.model.head.output_head`), the first block is adapted, or a trainable
         parameter lives outside the blocks (an embedding being trained, say).
     """
