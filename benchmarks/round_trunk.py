@@ -50,7 +50,6 @@ def one_round(
     """Run one round in this process and return what it did."""
     import personal  # noqa: F401  (first: configures MLX's BLAS)
     import personal.model.trunk as trunk_module
-    import personal.training.round as round_module
     import personal.training.runner as runner_module
     from personal import Personalizer
     from personal.privacy.noise import GaussianNoise
@@ -61,7 +60,7 @@ def one_round(
     from personal_sim.user_task import _UserRun
 
     if mode == "full":  # the computation before: no trunk anywhere
-        trunk_module.trunk_depth = round_module.trunk_depth = lambda model: None
+        trunk_module.trunk_depth = lambda model: None
     # "chunked": each step's sample in passes of at most max_rows examples; else one pass
     runner_module.STEP_ROWS = max_rows if mode == "chunked" else None
     config = SimConfig(users=1, days=days, seed=seed, min_rate=min_rate, base=base)

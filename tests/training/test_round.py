@@ -199,7 +199,7 @@ def test_a_round_from_the_cached_trunk_trains_the_same_adapter(tmp_path, tiny_mo
                                                                 monkeypatch):  # fmt: skip
     """LoRA on the last block only: the first block's output is computed once per row and
     round (personal.model.trunk), and the round ends with the adapter the full forward gives."""
-    import personal.training.round as round_module
+    import personal.model.trunk as trunk_module
     from personal.model.trunk import TrunkCache
 
     computed: list[int] = []
@@ -214,7 +214,7 @@ def test_a_round_from_the_cached_trunk_trains_the_same_adapter(tmp_path, tiny_mo
     results = []
     for attempt, cached in enumerate((True, False)):
         if not cached:
-            monkeypatch.setattr(round_module, "trunk_depth", lambda model: None)
+            monkeypatch.setattr(trunk_module, "trunk_depth", lambda model: None)
         with InteractionLog.create(tmp_path / f"s{attempt}", KEY, synchronous="NORMAL") as log:
             for i in range(6):
                 log.append(f"call mom at {i}", f"Calling mom at {i}.", unit=f"u{i}")

@@ -128,9 +128,13 @@ def distill_migration(
 
 
 def _logits(model: nn.Module, inputs: mx.array, positions: mx.array | None) -> mx.array:
+    """Logits at ``positions`` (every position when ``None``)."""
+    return model(inputs) if positions is None else scored_logits(model, inputs, positions)
+
+
+def _log_probs(model: nn.Module, inputs: mx.array, positions: mx.array | None) -> mx.array:
     """Log-probabilities at ``positions`` (every position when ``None``), float32."""
-    logits = model(inputs) if positions is None else scored_logits(model, inputs, positions)
-    return nn.log_softmax(logits.astype(mx.float32), axis=-1)
+    return nn.log_softmax(_logits(model, inputs, positions).astype(mx.float32), axis=-1)
 
 
 def residual_target(
@@ -143,11 +147,11 @@ def residual_target(
     adapter made the old one. ``positions`` ``(B, K)``: only there (both models' heads must
     split off, :func:`~personal.model.head.scored_logits`); ``None``: every position.
     """
-    shifted = _logits(teacher, inputs, positions)
+    shifted = _log_probs(teacher, inputs, positions)
     with lora_off(teacher):
-        old = _logits(teacher, inputs, positions)
+        old = _log_probs(teacher, inputs, positions)
     with lora_off(student):
-        new = _logits(student, inputs, positions)
+        new = _log_probs(student, inputs, positions)
     return mx.stop_gradient(new + shifted - old)
 
 
@@ -166,8 +170,7 @@ def residual_distill(
         model: nn.Module, inputs: mx.array, positions: mx.array | None, mask: mx.array,
         target: mx.array,
     ) -> mx.array:  # fmt: skip
-        logits = model(inputs) if positions is None else scored_logits(model, inputs, positions)
-        return logit_kd_loss(logits, target, mask, 1.0)
+        return logit_kd_loss(_logits(model, inputs, positions), target, mask, 1.0)
 
     loss_and_grad = nn.value_and_grad(student, loss)
     teacher.eval()

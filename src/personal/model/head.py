@@ -31,7 +31,8 @@ SPLIT_FAMILIES = frozenset(
 Head = Callable[[mx.array], mx.array]
 
 
-def _model_type(model: nn.Module) -> str | None:
+def model_type(model: nn.Module) -> str | None:
+    """The mlx-lm ``model_type`` of ``model`` (``None`` when it names none)."""
     args: Any = getattr(model, "args", None)
     return getattr(args, "model_type", None) or getattr(model, "model_type", None)
 
@@ -43,7 +44,7 @@ def output_head(model: nn.Module) -> Head | None:
         ``lm_head`` or the tied embedding's ``as_linear``; ``None`` when ``model`` is not of a
         family known to be ``head(model.model(inputs))`` (compute full logits then).
     """
-    if _model_type(model) not in SPLIT_FAMILIES or not isinstance(
+    if model_type(model) not in SPLIT_FAMILIES or not isinstance(
         getattr(model, "model", None), nn.Module
     ):
         return None

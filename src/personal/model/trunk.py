@@ -27,7 +27,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from personal.model.head import output_head
+from personal.model.head import model_type, output_head
 from personal.model.lora import lora_modules, transformer_blocks
 
 import mlx.core as mx
@@ -43,11 +43,6 @@ TRUNK_FAMILIES = frozenset(
 )
 
 
-def _model_type(model: nn.Module) -> str | None:
-    args: Any = getattr(model, "args", None)
-    return getattr(args, "model_type", None) or getattr(model, "model_type", None)
-
-
 def trunk_depth(model: nn.Module) -> int | None:
     """``k``: blocks ``0 .. k-1`` are frozen and adapter-free, so their output can be cached.
 
@@ -57,7 +52,7 @@ def trunk_depth(model: nn.Module) -> int | None:
         (:func:`~personal.model.head.output_head`), the first block is adapted, or a trainable
         parameter lives outside the blocks (an embedding being trained, say).
     """
-    if _model_type(model) not in TRUNK_FAMILIES or output_head(model) is None:
+    if model_type(model) not in TRUNK_FAMILIES or output_head(model) is None:
         return None
     if not isinstance(getattr(model.model, "embed_tokens", None), nn.Module):
         return None

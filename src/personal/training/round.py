@@ -35,7 +35,7 @@ from typing import Any
 from personal.errors import BudgetExhausted, ConfigError, NoEligibleUnits, SamplerMismatch
 from personal.model.head import output_head
 from personal.model.tokenizer import encode_interaction
-from personal.model.trunk import TrunkCache, trunk_depth
+from personal.model.trunk import TrunkCache
 from personal.privacy.dpsgd import (
     DPConfig,
     DPStepReport,
@@ -371,8 +371,7 @@ def _train(
     if not scored_only:
         trunk = None
     elif trunk is None:
-        depth = trunk_depth(model)
-        trunk = TrunkCache(model, depth) if depth else None
+        trunk = TrunkCache.for_model(model)
     if canaries:
         loss = canaries.loss(plan.clip_norm)
     elif trunk is not None:
