@@ -119,23 +119,35 @@ def test_a_crash_mid_round_stays_charged(setup, monkeypatch):
     assert min(ledger.epsilons().values()) > 0  # charged, never refunded
 
 
+def _seeded_round(path, model_dir, records, lora: LoRAConfig, plan: RoundPlan, epsilon: float):
+    """One round with seeded noise and draws on a new store of ``records`` ``(prompt,
+    response, unit)``: the trained adapter's weights and the round's report."""
+    with InteractionLog.create(path, KEY, synchronous="NORMAL") as log:
+        for prompt, response, unit in records:
+            log.append(prompt, response, unit=unit)
+        ledger = Ledger.open(log.store, epsilon=epsilon, delta=1e-6)
+        base = load_base(model_dir)
+        inject_lora(base.model, lora, seed=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SeededNoiseWarning)
+            report = run_round(
+                base.model, base.tokenizer, log, ledger, plan, context=CONTEXT,
+                noise=_quiet(seed=3), sampler_seed=4,
+            )  # fmt: skip
+        weights = {k: np.array(v) for k, v in get_adapter_weights(base.model).items()}
+    mx.clear_cache()
+    return weights, report
+
+
+MOM = [(f"call mom at {i}", f"Calling mom at {i}.", f"u{i}") for i in range(6)]
+
+
 def test_seeded_rounds_are_reproducible(tmp_path, tiny_model_factory):
-    results = []
-    for attempt in range(2):
-        with InteractionLog.create(tmp_path / f"s{attempt}", KEY, synchronous="NORMAL") as log:
-            for i in range(6):
-                log.append(f"call mom at {i}", f"Calling mom at {i}.", unit=f"u{i}")
-            ledger = Ledger.open(log.store, epsilon=4.0, delta=1e-6)
-            base = load_base(tiny_model_factory("llama"))
-            inject_lora(base.model, LoRAConfig(rank=2), seed=1)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", SeededNoiseWarning)
-                run_round(
-                    base.model, base.tokenizer, log, ledger, _plan(), context=CONTEXT,
-                    noise=_quiet(seed=3), sampler_seed=4,
-                )  # fmt: skip
-            results.append({k: np.array(v) for k, v in get_adapter_weights(base.model).items()})
-            mx.clear_cache()
+    model_dir = tiny_model_factory("llama")
+    results = [
+        _seeded_round(tmp_path / f"s{attempt}", model_dir, MOM, LoRAConfig(rank=2), _plan(), 4.0)[0]
+        for attempt in range(2)
+    ]
     assert all(np.array_equal(results[0][k], results[1][k]) for k in results[0])
 
 
@@ -215,19 +227,11 @@ def test_a_round_from_the_cached_trunk_trains_the_same_adapter(tmp_path, tiny_mo
     for attempt, cached in enumerate((True, False)):
         if not cached:
             monkeypatch.setattr(trunk_module, "trunk_depth", lambda model: None)
-        with InteractionLog.create(tmp_path / f"s{attempt}", KEY, synchronous="NORMAL") as log:
-            for i in range(6):
-                log.append(f"call mom at {i}", f"Calling mom at {i}.", unit=f"u{i}")
-            ledger = Ledger.open(log.store, epsilon=8.0, delta=1e-6)
-            base = load_base(tiny_model_factory("llama"))
-            inject_lora(base.model, LoRAConfig(rank=2, num_layers=1), seed=1)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", SeededNoiseWarning)
-                run_round(
-                    base.model, base.tokenizer, log, ledger, _plan(expected_batch_size=6),
-                    context=CONTEXT, noise=_quiet(seed=3), sampler_seed=4,
-                )  # fmt: skip
-            results.append({k: np.array(v) for k, v in get_adapter_weights(base.model).items()})
+        weights, _ = _seeded_round(
+            tmp_path / f"s{attempt}", tiny_model_factory("llama"), MOM,
+            LoRAConfig(rank=2, num_layers=1), _plan(expected_batch_size=6), 8.0,
+        )  # fmt: skip
+        results.append(weights)
     # every unit is drawn at every step (q = 1): its rows' trunk ran at the first step only
     assert computed[0] >= 6 and computed == [computed[0]] * 3
     for name, value in results[1].items():
@@ -237,24 +241,22 @@ def test_a_round_from_the_cached_trunk_trains_the_same_adapter(tmp_path, tiny_mo
 def test_a_round_in_chunks_of_whole_units_trains_the_same_adapter(tmp_path, tiny_model_factory):
     """``RoundPlan.max_rows``: each step's sample in chunks of at most 3 rows (whole units of
     2 examples each), the same adapter and report as one pass."""
-    results = []
-    for attempt, max_rows in enumerate((None, 3)):
-        with InteractionLog.create(tmp_path / f"s{attempt}", KEY, synchronous="NORMAL") as log:
-            for i in range(7):
-                for j in range(2):
-                    log.append(f"call mom at {i}:{j}", f"Calling mom at {i}.", unit=f"u{i}")
-            ledger = Ledger.open(log.store, epsilon=8.0, delta=1e-6)
-            base = load_base(tiny_model_factory("llama"))
-            inject_lora(base.model, LoRAConfig(rank=2), seed=1)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", SeededNoiseWarning)
-                report = run_round(
-                    base.model, base.tokenizer, log, ledger,
-                    _plan(expected_batch_size=7, examples_per_unit=2, max_rows=max_rows),
-                    context=CONTEXT, noise=_quiet(seed=3), sampler_seed=4,
-                )  # fmt: skip
-            weights = {k: np.array(v) for k, v in get_adapter_weights(base.model).items()}
-            results.append((weights, report))
+    records = [
+        (f"call mom at {i}:{j}", f"Calling mom at {i}.", f"u{i}")
+        for i in range(7)
+        for j in range(2)
+    ]
+    results = [
+        _seeded_round(
+            tmp_path / f"s{attempt}",
+            tiny_model_factory("llama"),
+            records,
+            LoRAConfig(rank=2),
+            _plan(expected_batch_size=7, examples_per_unit=2, max_rows=max_rows),
+            8.0,
+        )
+        for attempt, max_rows in enumerate((None, 3))
+    ]
     (whole, whole_report), (chunked, chunked_report) = results
     assert chunked_report.sampled_units == whole_report.sampled_units
     assert chunked_report.clipped_fraction == whole_report.clipped_fraction
