@@ -22,11 +22,13 @@ LoRA then goes on every linear layer (MoE experts included, routers excluded). A
 base trains as is (``--quantized-path keep``) or on a float32 copy made at load
 (``--quantized-path dequantize``).
 
-``--noise-baseline`` also times the DP step with its noise drawn four ways: on one thread or
-on every core, after the gradients (one thread: as before) or prefetched beside them
-(``dp_noise_1thread_step_s``, ``dp_noise_threads_step_s``, ``dp_noise_threads_prefetch_step_s``,
-``dp_noise_1thread_prefetch_step_s``), and the draw alone on every core and on one
-(``noise_draw_s``, ``noise_draw_1thread_s``).
+``--noise-baseline`` also times the DP step with its noise drawn five ways: on one thread or
+on every core, after the gradients or prefetched beside them (``dp_noise_1thread_step_s``,
+``dp_noise_threads_step_s``, ``dp_noise_threads_prefetch_step_s``,
+``dp_noise_1thread_prefetch_step_s``), and with numpy's transform instead of the C++ one of
+``personal.kernels`` (``dp_noise_numpy_step_s``, as before it); and the draw alone on every
+core, on one, and with numpy's transform (``noise_draw_s``, ``noise_draw_1thread_s``,
+``noise_draw_numpy_s``).
 
 ``--scored-share S`` scores only the last ``S`` of each row's positions (the reply of a chat
 interaction; 0.25 is what the simulator's interactions measure on smollm2-135m-instruct's chat
@@ -56,6 +58,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 # What a user's own PyTorch process would see: the environment before `import personal` sets
 # OpenBLAS's core type for MLX (see personal.runtime).
@@ -247,13 +250,32 @@ def without_kernels(run: Callable[[], None]) -> Callable[[], None]:
     return run_without
 
 
+#: ``--noise-baseline``'s DP steps: (label, threads, prefetch, C++ transform).
+NOISE_SETTINGS = (
+    ("dp_noise_1thread", 1, False, True),
+    ("dp_noise_threads", None, False, True),  # the default
+    ("dp_noise_threads_prefetch", None, True, True),
+    ("dp_noise_1thread_prefetch", 1, True, True),
+    ("dp_noise_numpy", None, False, False),  # as every draw was made before the C++ transform
+)
+
+
 def noise_setting(
-    run: Callable[[], None], threads: int | None, step: DPStep | None = None, prefetch: bool = False
+    run: Callable[[], None],
+    threads: int | None,
+    step: DPStep | None = None,
+    prefetch: bool = False,
+    vector: bool = True,
 ) -> Callable[[], None]:
     """``run`` with the DP noise drawn on ``threads`` threads (``None``: the default, every
-    core) and, for a DP ``step``, prefetched beside the gradients or drawn after them."""
+    core), for a DP ``step`` prefetched beside the gradients or drawn after them, and with the
+    C++ transform of ``personal.kernels`` (``vector``, the default) or numpy's."""
 
     def run_with() -> None:
+        if not vector:  # numpy's transform: the kernel declines, as when it is not built
+            with mock.patch.object(kernels, "box_muller_sums", lambda words, out: False):
+                noise_setting(run, threads, step, prefetch)()
+            return
         before = os.environ.get(NOISE_THREADS_ENV)
         if threads is not None:
             os.environ[NOISE_THREADS_ENV] = str(threads)
@@ -332,13 +354,9 @@ def main() -> None:
         runs["dp_mlx_ops"] = lambda: timed(ops_dp)
         warm += [ops_plain, ops_dp]
     if args.noise_baseline:  # the same DP step, its noise drawn as before; the draw alone
-        for label, threads, prefetch in (
-            ("dp_noise_1thread", 1, False),  # as every draw was made before
-            ("dp_noise_threads", None, False),
-            ("dp_noise_threads_prefetch", None, True),
-            ("dp_noise_1thread_prefetch", 1, True),
-        ):
-            runs[label] = partial(timed, noise_setting(run_dp, threads, dp_step, prefetch))
+        for label, threads, prefetch, vector in NOISE_SETTINGS:
+            setting = noise_setting(run_dp, threads, dp_step, prefetch, vector)
+            runs[label] = partial(timed, setting)
         size, source = trainable_parameter_count(model), GaussianNoise()
 
         def draw() -> None:
@@ -346,6 +364,7 @@ def main() -> None:
 
         runs["noise_draw"] = lambda: timed(draw)
         runs["noise_draw_1thread"] = lambda: timed(noise_setting(draw, 1))
+        runs["noise_draw_numpy"] = lambda: timed(noise_setting(draw, None, vector=False))
     peer = None
     if name == "reference" and not args.no_torch:
         peer = OpacusPeer(args.batch, args.seq, scored)  # warms itself up
@@ -389,15 +408,10 @@ def main() -> None:
         result["dp_kernels_speedup"] = round(median["dp_mlx_ops"] / median["dp"], 3)
         result["nondp_kernels_speedup"] = round(median["nondp_mlx_ops"] / median["nondp"], 3)
     if args.noise_baseline:
-        for label in (
-            "dp_noise_1thread",
-            "dp_noise_threads",
-            "dp_noise_threads_prefetch",
-            "dp_noise_1thread_prefetch",
-        ):
+        for label, *_ in NOISE_SETTINGS:
             result[f"{label}_step_s"] = round(median[label], 4)
-        result["noise_draw_s"] = round(median["noise_draw"], 4)
-        result["noise_draw_1thread_s"] = round(median["noise_draw_1thread"], 4)
+        for label in ("noise_draw", "noise_draw_1thread", "noise_draw_numpy"):
+            result[f"{label}_s"] = round(median[label], 4)
     emit(result, times, args.json)
 
 

@@ -171,3 +171,19 @@ def test_vmap_over_any_axis_equals_mlx(axis: int) -> None:
         grad = mx.grad(lambda a, f=ours: (mx.vmap(f, in_axes=axis)(a) ** 2).sum())(x)
         want_grad = mx.grad(lambda a, f=theirs: (mx.vmap(f, in_axes=axis)(a) ** 2).sum())(x)
         np.testing.assert_allclose(np.array(grad), np.array(want_grad), rtol=1e-5, atol=2e-6)
+
+
+@linux
+def test_box_muller_sums_checks_shapes_and_honours_the_off_switch() -> None:
+    words = np.arange(4 * 9, dtype=np.uint64).reshape(4, 9) * np.uint64(0x9E3779B97F4A7C15)
+    out = np.zeros(9)
+    assert kernels.box_muller_sums(words, out)
+    assert np.all(np.isfinite(out)) and np.all(out != 0)
+    with pytest.raises(ValueError, match=r"\(4, n\)"):
+        kernels.box_muller_sums(words[:3].copy(), np.zeros(9))
+    with pytest.raises(ValueError, match=r"\(4, n\)"):
+        kernels.box_muller_sums(words, np.zeros(8))
+    untouched = np.full(9, 7.0)
+    with kernels.use(False):
+        assert not kernels.box_muller_sums(words, untouched)
+    assert np.all(untouched == 7.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+from personal import kernels
 from personal.errors import ConfigError, SeededNoiseWarning
 from personal.privacy import noise as noise_module
 from personal.privacy.noise import (
@@ -152,21 +153,52 @@ def _unchunked(seed: int, size: int, std: float) -> np.ndarray:
     return standard_normal(words).reshape(DRAWS, size).sum(axis=0) * (std / math.sqrt(DRAWS))
 
 
-@settings(max_examples=25, deadline=None)
-@given(size=st.integers(1, 70), chunk=st.integers(1, 16), threads=st.sampled_from(["1", "3"]))
-def test_chunked_threaded_draw_is_the_unchunked_stream(size: int, chunk: int, threads: str) -> None:
-    """Splitting a draw into chunks on threads changes no value: same key, same words, same
-    order of additions, for any chunk size, size and thread count."""
+def _one_pass(seed: int, size: int, std: float) -> np.ndarray:
+    """The sampler's own draw in one chunk on one thread (whichever transform is in use)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(noise_module, "NOISE_CHUNK", chunk)
-        patch.setenv(NOISE_THREADS_ENV, threads)
-        drawn = _seeded(11).sample(size, 2.5)
-    np.testing.assert_array_equal(drawn, _unchunked(11, size, 2.5))
+        patch.setattr(noise_module, "NOISE_CHUNK", size + 1)
+        patch.setenv(NOISE_THREADS_ENV, "1")
+        return _seeded(seed).sample(size, std)
 
 
-def test_default_chunking_matches_the_stream_across_chunk_boundaries() -> None:
+@settings(max_examples=25, deadline=None)
+@given(
+    size=st.integers(1, 70),
+    chunk=st.integers(1, 16),
+    threads=st.sampled_from(["1", "3"]),
+    vector=st.booleans(),
+)
+def test_chunked_threaded_draw_is_the_unchunked_stream(
+    size: int, chunk: int, threads: str, vector: bool
+) -> None:
+    """Splitting a draw into chunks on threads changes no value: same key, same words, same
+    order of additions, for any chunk size, size and thread count, with the C++ transform
+    (every value through the same 8-lane block) and with numpy's."""
+    with kernels.use(vector):
+        reference = _one_pass(11, size, 2.5)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(noise_module, "NOISE_CHUNK", chunk)
+            patch.setenv(NOISE_THREADS_ENV, threads)
+            drawn = _seeded(11).sample(size, 2.5)
+    np.testing.assert_array_equal(drawn, reference)
+
+
+def test_numpy_transform_is_the_documented_stream() -> None:
+    """Without the kernels a draw is exactly standard_normal over the key's stream, summed."""
     size = 2 * noise_module.NOISE_CHUNK + 3
-    np.testing.assert_array_equal(_seeded(4).sample(size, 1.0), _unchunked(4, size, 1.0))
+    with kernels.use(False):
+        np.testing.assert_array_equal(_seeded(4).sample(size, 1.0), _unchunked(4, size, 1.0))
+
+
+@pytest.mark.skipif(not kernels.status().available, reason="personal.kernels not built")
+def test_vector_transform_agrees_with_numpy() -> None:
+    """The C++ transform computes numpy's values within libmvec's few ulp (values of a sum
+    of four normals are at most ~17 in size, so 1e-12 absolute is ~1e4 ulp of headroom),
+    across chunk boundaries and a padded last block."""
+    size = 2 * noise_module.NOISE_CHUNK + 3
+    vector = _seeded(4).sample(size, 1.0)
+    np.testing.assert_allclose(vector, _unchunked(4, size, 1.0), rtol=0, atol=1e-12)
+    assert noise_module.transform_description().startswith("float64 C++")
 
 
 def test_noise_threads_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

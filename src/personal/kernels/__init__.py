@@ -3,7 +3,8 @@
 The ``mlx[cpu]`` wheels compute ``exp`` element by element at about 22 ns an element (15-20x
 torch or numpy), and a training step spends about half its time there: the softmax over the
 vocabulary in the loss, the attention softmax and SiLU. This package compiles three MLX
-primitives (``softmax`` and ``logsumexp`` over the last axis, ``sigmoid``; ``fastkernels.cpp``)
+primitives (``softmax`` and ``logsumexp`` over the last axis, ``sigmoid``; ``fastkernels.cpp``),
+and the DP noise's Box-Muller transform in float64 (``noise_transform.cpp``),
 on the user's machine the first time they are needed (:mod:`personal.kernels.build`, about 30 s,
 cached), and :mod:`personal.model.fastmath` routes the training maths through them. Each has a
 vjp, so gradients flow as through MLX's own ops; results agree within float32 rounding (tested).
@@ -29,6 +30,7 @@ from types import ModuleType
 from personal.errors import KernelBuildError, SlowKernelsWarning
 
 import mlx.core as mx
+import numpy as np
 
 ENV_VAR = "PERSONAL_FAST_KERNELS"
 #: Threads per kernel call (default 1, measured: see fastkernels.cpp's ``g_threads``).
@@ -136,6 +138,24 @@ def _kernels() -> ModuleType:
     return _module
 
 
+def box_muller_sums(words: np.ndarray, out: np.ndarray) -> bool:
+    """The noise transform of :mod:`personal.privacy.noise` in one vectorised C++ pass.
+
+    ``out[j]`` becomes the sum of the four Box-Muller normals built from ``words[:, j]``, as
+    ``noise.py``'s numpy path computes them (within glibc libmvec's 4 ulp of libm's values;
+    tested). Returns False, touching nothing, when the kernels are not in use (see
+    :func:`use`), so the caller runs the numpy path. The GIL is released while it runs.
+
+    Args:
+        words: ``(4, n)`` C-contiguous uint64 random words.
+        out: ``(n,)`` C-contiguous float64, written in place.
+    """
+    if not (_enabled and status().available):
+        return False
+    _kernels().box_muller_sums(words, out)
+    return True
+
+
 def softmax(x: mx.array) -> mx.array:
     """Softmax over the last axis (as ``mx.softmax(x, axis=-1, precise=True)``)."""
     if not applies(x):
@@ -165,6 +185,7 @@ __all__ = [
     "THREADS_ENV",
     "KernelStatus",
     "applies",
+    "box_muller_sums",
     "logsumexp",
     "sigmoid",
     "softmax",

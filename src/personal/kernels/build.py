@@ -33,6 +33,8 @@ from personal.filesafety import fsync_dir, locked
 from personal.runtime import cpu_flags
 
 SOURCE = Path(__file__).with_name("fastkernels.cpp")
+#: The noise transform, compiled apart (noise_transform.cpp says why) into the same extension.
+NOISE_SOURCE = Path(__file__).with_name("noise_transform.cpp")
 MODULE = "_fastkernels"
 #: ``$PERSONAL_KERNELS_DIR`` names the cache directly (tests share one across sessions).
 DIR_ENV = "PERSONAL_KERNELS_DIR"
@@ -87,6 +89,7 @@ def build_key(cxx: str) -> str:
     """A digest of every input of the build (see the module docstring)."""
     parts = [
         SOURCE.read_bytes().hex(),
+        NOISE_SOURCE.read_bytes().hex(),
         metadata.version("mlx"),
         metadata.version("nanobind"),
         sysconfig.get_config_var("EXT_SUFFIX") or "",
@@ -102,6 +105,13 @@ def library_path(cxx: str) -> Path:
     return _cache_root() / build_key(cxx) / f"{MODULE}{suffix}"
 
 
+def _vector_maths() -> list[str]:
+    """glibc's SIMD maths library on x86-64 (noise_transform.cpp declares its functions)."""
+    if platform.machine() in ("x86_64", "AMD64") and platform.libc_ver()[0] == "glibc":
+        return ["-lmvec"]
+    return []
+
+
 def _command(cxx: str, output: Path) -> list[str]:
     nb, mlx_dir = _nanobind_dir(), _mlx_dir()
     python_include = sysconfig.get_paths()["include"]
@@ -111,6 +121,10 @@ def _command(cxx: str, output: Path) -> list[str]:
         "-O3",
         "-march=native",
         "-fopenmp",
+        # For noise_transform.cpp's vector maths; neither changes fastkernels.cpp's results.
+        "-fno-math-errno",
+        "-fno-builtin-sin",
+        "-fno-builtin-cos",
         "-fPIC",
         "-shared",
         "-fvisibility=hidden",
@@ -121,9 +135,11 @@ def _command(cxx: str, output: Path) -> list[str]:
         f"-I{python_include}",
         f"-I{mlx_dir / 'include'}",
         str(SOURCE),
+        str(NOISE_SOURCE),
         str(nb / "src" / "nb_combined.cpp"),
         f"-L{mlx_dir / 'lib'}",
         "-lmlx",
+        *_vector_maths(),
         f"-Wl,-rpath,{mlx_dir / 'lib'}",
         "-o",
         str(output),

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/vector.h>
 #include "mlx/mlx.h"
 #include "mlx/primitives.h"
@@ -204,10 +205,25 @@ mx::array fast_sigmoid(const mx::array& x_) {
   return mx::array(x.shape(), mx::float32, std::make_shared<FastSigmoid>(s), {x});
 }
 
+// noise_transform.cpp (its own translation unit: see why there).
+void personal_box_muller_sums(const uint64_t* words, double* out, int64_t n);
+
+using Words = nb::ndarray<const uint64_t, nb::numpy, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using Doubles = nb::ndarray<double, nb::numpy, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+static void box_muller_sums(Words words, Doubles out) {
+  if (words.shape(0) != 4 || words.shape(1) != out.shape(0))
+    throw std::invalid_argument("box_muller_sums: words must be (4, n) and out (n,)");
+  personal_box_muller_sums(words.data(), out.data(), static_cast<int64_t>(out.shape(0)));
+}
+
 NB_MODULE(_fastkernels, m) {
   m.def("softmax", &fast_softmax, nb::arg("x"), "Softmax over the last axis (float32, CPU).");
   m.def("logsumexp", &fast_logsumexp, nb::arg("x"), "logsumexp over the last axis, dropped.");
   m.def("sigmoid", &fast_sigmoid, nb::arg("x"), "Element-wise sigmoid (float32, CPU).");
+  m.def("box_muller_sums", &box_muller_sums, nb::arg("words"), nb::arg("out"),
+        nb::call_guard<nb::gil_scoped_release>(),
+        "out[j] = the sum of the four Box-Muller normals of words[:, j] (float64, in place).");
   m.def("set_threads", [](int n) { g_threads = n < 1 ? 1 : n; }, nb::arg("n"), "Threads per kernel.");
   m.def("threads", []() { return g_threads; });
 }
