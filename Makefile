@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 REAL_POPULATION_STEPS ?= 10
 
-.PHONY: install system-deps test test-slow test-all lint typecheck demo bench bench-long build-models population-adapters population-adapter-real real-v2 clean
+.PHONY: install system-deps test test-slow test-all lint typecheck demo bench bench-long build-models population-adapters adapter-banks population-adapter-real real-v2 clean
 
 install: $(STAMP)
 
@@ -86,6 +86,11 @@ build-models: install
 # src/personal/data/models/*/population/ (~15 min on 2 cores).
 population-adapters: install
 	$(BIN)/python -m personal_sim.build_population_adapter --out src/personal/data/models
+
+# The bundled bases' public adapter banks (training.update = "bank"): 32 public users' own
+# adapters per base, no DP, public data only (~10 minutes here; docs/dp-utility.md).
+adapter-banks: install
+	$(BIN)/python -m personal_sim.build_adapter_bank --out src/personal/data/models
 
 # SmolLM2-135M-Instruct's public population adapter (the default policy's warm start on the real
 # base), built on its self-generated public text into the model cache (never committed). 10

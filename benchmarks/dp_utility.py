@@ -111,9 +111,12 @@ def base_metrics(config: SimConfig, users: list[dict[str, Any]], arm: str) -> di
     }
 
 
-def goals(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The issue's goals, each with its measured value."""
-    dp, nondp, base = arms["dp"], arms["nondp"], arms["base"]
+def goals(
+    arms: dict[str, dict[str, Any]], dp_arm: str = "dp", nondp_arm: str = "nondp"
+) -> dict[str, Any]:
+    """The issue's goals, each with its measured value (for ``dp_arm`` against
+    ``nondp_arm``; the default pair also gets the served-with-memory goal)."""
+    dp, nondp, base = arms[dp_arm], arms[nondp_arm], arms["base"]
     kept = dp["mean_gain"] / nondp["mean_gain"] if nondp["mean_gain"] > 0 else None
     ci = dp["light_median_gain_ci"]
     slot_points = (
@@ -133,7 +136,7 @@ def goals(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "no_unit_over_budget": {
             "value": dp["epsilon_max"], "met": dp["epsilon_max"] <= dp["epsilon_budget"] + 1e-9
         },
-        **_served_with_memory(arms),
+        **(_served_with_memory(arms) if dp_arm == "dp" else {}),
     }  # fmt: skip
 
 
@@ -161,6 +164,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"arms": out_arms}
     if "dp" in out_arms and "nondp" in out_arms:
         result["goals"] = goals(out_arms)
+    for bank in ("dp-bank", "dp-bank-min16"):  # the adapter bank, against its own non-DP run
+        if bank in out_arms and "non-dp-bank" in out_arms:
+            result[f"goals_{bank}"] = goals(out_arms, bank, "non-dp-bank")
     result["config"] = {
         "users": args.users, "days": args.days, "seed": args.seed, "held_out": args.held_out,
         "policy": "default", "policy_digest": metrics["config"]["policy_digest"],

@@ -106,6 +106,43 @@ def _rate_arms(rate: float, why: str) -> tuple[Arm, Arm]:
     return dp, reference
 
 
+#: A round on the base's adapter bank (personal.model.bank): 32 members of rank 1, so the
+#: served mixture has LoRA rank 32; coefficients start at 0 (no warm start), no EWC (it anchors
+#: LoRA tensors); plain SGD at 2.0 with the pull to the base at 1, the pilot's recipe
+#: (docs/dp-utility.md, "The adapter bank").
+BANK_OVERRIDES: dict[str, Any] = {
+    "training.update": "bank",
+    "training.lora.rank": 32,
+    "training.warm_start": "none",
+    "continual.ewc_lambda": 0.0,
+    "training.learning_rate": 2.0,
+    "continual.public_distill_weight": 1.0,
+}
+
+
+def _bank_arms() -> tuple[Arm, ...]:
+    return (
+        Arm(
+            "dp-bank",
+            "DP on the mixing coefficients of the base's public adapter bank (32 public users' "
+            "own adapters) instead of the adapter's weights",
+            overrides=BANK_OVERRIDES,
+        ),
+        Arm(
+            "dp-bank-min16",
+            "dp-bank with rounds from 16 new units on: 128 coefficients need fewer units than "
+            "1,472 weights for the same noise-to-signal ratio",
+            overrides={**BANK_OVERRIDES, "training.min_new_units": 16},
+        ),
+        Arm(
+            "non-dp-bank",
+            "dp-bank without noise: the reference for its share of the gain",
+            dp=False,
+            overrides={**NON_DP_OVERRIDES, **BANK_OVERRIDES},
+        ),
+    )
+
+
 ARMS: dict[str, Arm] = {
     arm.name: arm
     for arm in (
@@ -199,6 +236,9 @@ ARMS: dict[str, Arm] = {
             "the doubled rate buys (docs/dp-utility.md)",
         ),
         *_rate_arms(1.2, "twice the default learning rate, the step-size guard on"),
+        # The public adapter bank (docs/dp-utility.md): DP on 32 mixing coefficients per adapted
+        # layer instead of the adapter's 1,472 weights on base-v1.
+        *_bank_arms(),
         # The public population warm start (docs/dp-utility.md): public, so it charges nothing.
         Arm(
             "dp-warm",
@@ -269,6 +309,9 @@ CANDIDATE_ARMS = (
     "warm-only",
     "dp-lr1.2",
     "non-dp-lr1.2",
+    "dp-bank",
+    "dp-bank-min16",
+    "non-dp-bank",
 )
 
 

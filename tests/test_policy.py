@@ -59,6 +59,7 @@ OTHER = {
     "training.max_tokens": 128,
     "training.examples_per_unit": 1,
     "training.warm_start": "none",
+    "training.update": "bank",
     "training.step_guard": "off",
     "training.lora.rank": 4,
     "training.lora.scale": 2.0,
@@ -111,6 +112,7 @@ BAD = {
     "training.max_tokens": (128.0, 4),
     "training.examples_per_unit": (False, 0),
     "training.warm_start": (True, "public"),
+    "training.update": (True, "adapter"),
     "training.step_guard": (False, "gate"),
     "training.lora.rank": (8.5, 0),
     "training.lora.scale": ("20", 0),
@@ -160,6 +162,9 @@ def _with(dotted: str, value: Any) -> dict[str, Any]:
     pairs |= {"validation_noise_multiplier": "validation_epsilon"}
     if dotted.rpartition(".")[2] in pairs:
         section.pop(pairs[dotted.rpartition(".")[2]], None)
+    if dotted == "training.update" and value == "bank":  # what a bank policy needs besides
+        _set(data, "training.warm_start", "none")
+        _set(data, "continual.ewc_lambda", 0.0)
     return data
 
 
@@ -335,6 +340,23 @@ def test_warm_start_defaults_to_the_population_adapter():
     assert Policy.from_dict(cold.to_dict()) == cold and cold.digest() != Policy().digest()
     message = _error(_with("training.warm_start", "pretrained"))
     assert "training.warm_start" in message and '"none", "population"' in message
+
+
+def test_a_bank_policy_needs_a_cold_start_and_no_ewc():
+    """training.update = "bank" trains coefficients: no population warm start, no EWC; the key
+    at its default ("lora") leaves the digest as it was before it."""
+    assert Policy().training.update == "lora"
+    explicit = _base()
+    explicit["training"] = {**explicit.get("training", {}), "update": "lora"}
+    assert Policy.from_dict(explicit).digest() == Policy.from_dict(_base()).digest()
+    data = _base()
+    _set(data, "training.update", "bank")
+    message = _error(data)
+    assert 'training.warm_start = "none"' in message and "continual.ewc_lambda = 0" in message
+    bank = Policy().with_overrides(
+        {"training.update": "bank", "training.warm_start": "none", "continual.ewc_lambda": 0.0}
+    )
+    assert bank.training.update == "bank" and bank.digest() != Policy().digest()
 
 
 def test_quantile_clipping_keys_are_implicit_at_their_defaults():

@@ -127,6 +127,11 @@ class PopulationAdapterMismatch(AdapterBaseMismatch):
     LoRA shape than the policy's ``training.lora``: it cannot be the warm start."""
 
 
+class AdapterBankMismatch(PopulationAdapterMismatch):
+    """The policy trains on an adapter bank (``training.update = "bank"``) that the base does
+    not ship, or one built for another base or LoRA shape."""
+
+
 class AdapterNotFound(AdapterError):
     """No adapter version (or no active version) exists where one was asked for."""
 

@@ -106,6 +106,20 @@ class Policy(Validated):
                 "undefined. Raise clip_count_noise, lower noise_multiplier, or set privacy.clip = "
                 '"fixed".'
             )
+        training = out["training"]
+        if training.update == "bank":
+            # The bank trains coefficients, not LoRA tensors: a population warm start (another
+            # LoRA shape) and EWC (anchored on LoRA tensors) do not apply to it (yet).
+            if training.warm_start != "none":
+                problems.append(
+                    'training.update = "bank" needs training.warm_start = "none" (the bank\'s '
+                    "first round starts from zero coefficients, the bare base); set it."
+                )
+            if out["continual"].ewc_lambda > 0:
+                problems.append(
+                    'training.update = "bank" needs continual.ewc_lambda = 0 (EWC anchors LoRA '
+                    "tensors, which a bank round does not train); set it to 0."
+                )
         lifetime, val = privacy.lifetime_epsilon, out["gates"].validation_epsilon
         if val is not None and val > lifetime:
             problems.append(

@@ -167,6 +167,10 @@ class TrainingPolicy(Validated):
             only on public synthetic users, so it charges nothing;
             :mod:`personal.adapters.population`; measured in docs/dp-utility.md) or ``"none"``
             (a zero adapter: the bare base).
+        update: what a round trains: ``"lora"`` (default: the LoRA adapter's weights) or
+            ``"bank"`` (K mixing coefficients per adapted layer of the base's public adapter
+            bank, :mod:`personal.model.bank`; ``training.lora.rank`` must then be the bank's
+            K·r, ``warm_start`` ``"none"`` and ``continual.ewc_lambda`` 0).
         step_guard: ``"public"`` (default) checks every optimiser update on a public batch
             and halves the learning rate while the update would break the general-regression
             gate (:mod:`personal.training.step_guard`; free post-processing), or ``"off"``.
@@ -184,6 +188,7 @@ class TrainingPolicy(Validated):
     max_tokens: int = spec_field(Number(int, 8, 32768), 64)
     examples_per_unit: int = spec_field(Number(int, 1, 1024), 4)
     warm_start: str = spec_field(Choice(("none", "population")), "population")
+    update: str = spec_field(Choice(("lora", "bank"), implicit="lora"), "lora")
     step_guard: str = spec_field(Choice(("public", "off")), "public")
     lora: LoRAPolicy = field(default_factory=LoRAPolicy)
 

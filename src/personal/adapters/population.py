@@ -86,9 +86,11 @@ class PopulationAdapter:
         }
 
 
-def population_dir(model_dir: str | Path) -> Path:
-    """Where a base model directory keeps its population adapter."""
-    return Path(model_dir) / DIRECTORY
+def population_dir(model_dir: str | Path, directory: str = DIRECTORY) -> Path:
+    """Where a base model directory keeps its population adapter (or, with ``directory``,
+    another public adapter in the same format: its adapter bank,
+    :mod:`personal.adapters.bank`)."""
+    return Path(model_dir) / directory
 
 
 def _lora_dict(lora: LoRAConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -107,6 +109,7 @@ def write_population_adapter(
     lora: LoRAConfig | Mapping[str, Any],
     built: Mapping[str, Any],
     measured: Mapping[str, Any] | None = None,
+    directory: str = DIRECTORY,
 ) -> PopulationAdapter:
     """Write ``weights`` as ``model_dir``'s population adapter (each file atomically).
 
@@ -128,52 +131,57 @@ def write_population_adapter(
         "built": dict(built),
         "measured": dict(measured or {}),
     }
-    directory = population_dir(model_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    folder = population_dir(model_dir, directory)
+    folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    atomic_write_bytes(directory / WEIGHTS_NAME, data, mode=0o644)
-    atomic_write_bytes(directory / MANIFEST_NAME, text.encode("utf-8"), mode=0o644)
-    return PopulationAdapter(directory, manifest, arrays)
+    atomic_write_bytes(folder / WEIGHTS_NAME, data, mode=0o644)
+    atomic_write_bytes(folder / MANIFEST_NAME, text.encode("utf-8"), mode=0o644)
+    return PopulationAdapter(folder, manifest, arrays)
 
 
-def read_population_adapter(model_dir: str | Path) -> PopulationAdapter | None:
-    """``model_dir``'s population adapter, hash-verified; ``None`` when it ships none.
+def read_population_adapter(
+    model_dir: str | Path, directory: str = DIRECTORY
+) -> PopulationAdapter | None:
+    """``model_dir``'s population adapter (or the public adapter in ``directory``),
+    hash-verified; ``None`` when it ships none.
 
     Raises:
         AdapterCorrupt: the manifest is malformed, or the weights fail its SHA-256 or do not
             parse.
         AdapterFormatTooNew: written by a newer version of `personal`.
     """
-    directory = population_dir(model_dir)
-    manifest_path, weights_path = directory / MANIFEST_NAME, directory / WEIGHTS_NAME
+    folder = population_dir(model_dir, directory)
+    manifest_path, weights_path = folder / MANIFEST_NAME, folder / WEIGHTS_NAME
     if not manifest_path.is_file():
         return None
-    where = str(directory)
+    where = str(folder)
+    what = "population adapter" if directory == DIRECTORY else "adapter bank"
+    rebuild = "`make population-adapters`" if directory == DIRECTORY else "`make adapter-banks`"
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         data = weights_path.read_bytes()
     except (OSError, ValueError) as exc:
-        raise AdapterCorrupt(f"population adapter {where}: unreadable ({exc})") from None
+        raise AdapterCorrupt(f"{what} {where}: unreadable ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise AdapterCorrupt(f"population adapter {where}: manifest.json is not a {FORMAT}")
+        raise AdapterCorrupt(f"{what} {where}: manifest.json is not a {FORMAT}")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise AdapterFormatTooNew(
-            f"population adapter {where} has format version {version!r}; this `personal` "
+            f"{what} {where} has format version {version!r}; this `personal` "
             f"reads up to {FORMAT_VERSION}: upgrade personal"
         )
     for key in ("base_fingerprint", "base_name", "weights_sha256"):
         if not isinstance(manifest.get(key), str):
-            raise AdapterCorrupt(f"population adapter {where}: manifest.json lacks {key!r}")
+            raise AdapterCorrupt(f"{what} {where}: manifest.json lacks {key!r}")
     if not isinstance(manifest.get("lora"), dict):
-        raise AdapterCorrupt(f"population adapter {where}: manifest.json lacks 'lora'")
+        raise AdapterCorrupt(f"{what} {where}: manifest.json lacks 'lora'")
     if hashlib.sha256(data).hexdigest() != manifest["weights_sha256"]:
         raise AdapterCorrupt(
-            f"population adapter {where}: {WEIGHTS_NAME} fails the SHA-256 in its manifest "
-            "(damaged or replaced); rebuild it (`make population-adapters`) or reinstall"
+            f"{what} {where}: {WEIGHTS_NAME} fails the SHA-256 in its manifest "
+            f"(damaged or replaced); rebuild it ({rebuild}) or reinstall"
         )
     weights, _ = codec.decode(data, where=f"{where}/{WEIGHTS_NAME}")
-    return PopulationAdapter(directory, manifest, weights)
+    return PopulationAdapter(folder, manifest, weights)
 
 
 def population_adapter_for(base: BaseModel, lora: LoRAConfig) -> PopulationAdapter | None:

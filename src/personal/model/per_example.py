@@ -46,7 +46,9 @@ from mlx_lm.tuner.lora import LoRASwitchLinear
 RowLoss = Callable[..., mx.array]
 
 _EXPERT_TYPES = (SwitchLinear, QuantizedSwitchLinear, LoRASwitchLinear)
-_LORA_KEYS = ("lora_a", "lora_b")
+# Tensors a layer can take with a leading per-example axis: LoRA's, and an adapter bank's
+# mixing coefficients (personal.model.bank.BankLoRALinear).
+_LORA_KEYS = ("lora_a", "lora_b", "coefficients")
 
 
 def per_example_grads(

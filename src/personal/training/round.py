@@ -165,6 +165,9 @@ class RoundReport:
     step_scale: float = 1.0
     #: ... and how many updates it undid to get there.
     guard_rejections: int = 0
+    #: what the round trained when not the LoRA tensors: an adapter bank's coefficients
+    #: (``training.update = "bank"``: kind, bank digest, members, trained parameters; public).
+    update: dict[str, Any] | None = None
 
     def public_summary(self) -> dict[str, Any]:
         """Only what may leave the device with the adapter: public parameters and charges.
@@ -178,6 +181,8 @@ class RoundReport:
         )  # fmt: skip
         if self.clip != "fixed":  # the last C is a DP release's output: public
             keys += ("clip", "clip_norm_final")
+        if self.update is not None:  # the public bank the coefficients mix
+            keys += ("update",)
         return {k: getattr(self, k) for k in keys}
 
     def end_summary(self) -> dict[str, Any]:

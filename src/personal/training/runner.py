@@ -34,9 +34,11 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from personal.adapters.artifact import Manifest
+from personal.adapters.bank import bank_for
 from personal.adapters.population import PopulationAdapter, warm_start_for
 from personal.adapters.registry import AdapterRegistry
 from personal.errors import BudgetExhausted, NoEligibleUnits, TooFewNewUnits
+from personal.model.bank import bank_training, trained_parameters
 from personal.model.base import BaseModel
 from personal.model.batching import Batch
 from personal.model.lora import get_adapter_weights, lora_off, set_adapter_weights
@@ -350,6 +352,10 @@ class RoundRunner:
         """The round; the caller holds the round lock. ``max_budget_share`` caps each unit's
         spend (a migration retrain); ``noise`` and ``sampler_seed`` are for tests only."""
         model = self.base.model
+        # Under training.update = "bank" the round trains the base's public bank's mixing
+        # coefficients (personal.model.bank); a missing or mismatched bank fails here, before
+        # anything is read or charged.
+        bank = bank_for(self.policy, self.base)
         previous = {k: mx.array(v) for k, v in get_adapter_weights(model).items()}
         context = self.context()
         draw = self._take_draw(sampler_seed)
@@ -386,13 +392,20 @@ class RoundRunner:
             try:
                 # The training round stays open until the gates decide: its finish entry records
                 # their outcome and the adapter version it produced (the audit shows both).
-                report = run_round(
-                    model, self.base.tokenizer, self.interactions, self.ledger, plan,
-                    context=context, noise=noise, sampler_seed=sampler_seed, progress=progress,
-                    candidates=draw.train, max_budget_share=max_budget_share, trunk=trunk,
-                    hooks=lambda units: self.continual.hooks(model, plan, units, public_train),
-                    finish=False,
-                )  # fmt: skip
+                with bank_training(model, bank[0]) if bank else contextlib.nullcontext():
+                    report = run_round(
+                        model, self.base.tokenizer, self.interactions, self.ledger, plan,
+                        context=context, noise=noise, sampler_seed=sampler_seed,
+                        progress=progress, candidates=draw.train,
+                        max_budget_share=max_budget_share, trunk=trunk,
+                        hooks=lambda units: self.continual.hooks(model, plan, units, public_train),
+                        finish=False,
+                    )  # fmt: skip
+                if bank:
+                    report.update = {
+                        "kind": "bank", "digest": bank[1].digest, "members": bank[0].members,
+                        "trained_parameters": trained_parameters(bank[0]),
+                    }  # fmt: skip
                 general_after = general_loss(model, public)
                 gain = validation.measure(noise) if validation else None
             except BaseException:
