@@ -145,6 +145,12 @@ def _bank_arms() -> tuple[Arm, ...]:
             overrides={**BANK_OVERRIDES, "continual.public_distill_weight": 5.0},
         ),
         Arm(
+            "dp-bank-no-gain-gate",
+            "dp-bank without the noised personal-gain gate (gates.min_personal_gain = -1): only "
+            "the general-drift gate decides; the validation release is still made and charged",
+            overrides={**BANK_OVERRIDES, "gates.min_personal_gain": -1.0},
+        ),
+        Arm(
             "non-dp-bank",
             "dp-bank without noise: the reference for its share of the gain",
             dp=False,
@@ -323,6 +329,7 @@ CANDIDATE_ARMS = (
     "dp-bank-min16",
     "dp-bank-lr1",
     "dp-bank-pull5",
+    "dp-bank-no-gain-gate",
     "non-dp-bank",
 )
 

