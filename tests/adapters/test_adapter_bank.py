@@ -9,7 +9,7 @@ from pathlib import Path
 
 from personal.adapters.bank import bank_for, read_adapter_bank, write_adapter_bank
 from personal.errors import AdapterBankMismatch, AdapterCorrupt, SeededNoiseWarning
-from personal.model.bank import AdapterBank
+from personal.model.bank import AdapterBank, trained_parameters
 from personal.model.base import load_base
 from personal.model.lora import LoRAConfig, get_adapter_weights, inject_lora, remove_lora
 from personal.personalizer import Personalizer
@@ -138,6 +138,7 @@ def test_each_bundled_base_ships_a_bank_for_the_bank_arm(name):
     assert found is not None
     bank, stored = found
     assert bank.members == 32 and bank.rank == 1
+    assert trained_parameters(bank) == 128  # 32 a layer, 4 adapted layers (README, docs)
     built = stored.manifest["built"]
     assert stored.manifest["public"] is True and built["dp"] is False
     assert built["population"]["seed"] != 0  # never an evaluated seed

@@ -142,7 +142,8 @@ def test_train_defaults_its_base_respects_the_trigger_and_numbers_rounds_as_the_
     # The same day again: max_rounds_per_day = 1, so not due (nothing charged) ...
     not_due = _run("train", str(store))  # no --base: the store's own
     assert not_due.exit_code == 4 and "not due" in not_due.output and "--force" in not_due.output
-    assert "nothing was charged" in not_due.output and len(_rounds(store)) == 2
+    # (1 or 2 rounds so far: the held-out draw above may have drawn no unit)
+    assert "nothing was charged" in not_due.output and len(_rounds(store)) == len(rounds)
     # ... unless forced.
     forced = _run("train", str(store), "--force", "--json")
     assert forced.exit_code == 0, forced.output
