@@ -239,6 +239,18 @@ ARMS: dict[str, Arm] = {
             overrides={"privacy.filter": "gaussian", "privacy.noise_multiplier": 1.35},
         ),
         Arm(
+            "dp-no-gain-gate",
+            "DP without the noised personal-gain gate (gates.min_personal_gain = -1): only the "
+            "general-drift gate decides; the validation release is still made and charged",
+            overrides={"gates.min_personal_gain": -1.0},
+        ),
+        Arm(
+            "dp-no-holdout",
+            'DP with gates.personal_check = "off": no unit held out (all train), no personal '
+            "metric released or charged; the general-drift gate alone decides",
+            overrides={"gates.personal_check": "off"},
+        ),
+        Arm(
             "dp-quantile",
             'DP with quantile clipping (privacy.clip = "quantile": C starts at clip_norm and '
             "each step's noisy unclipped count steers it to the median unit gradient norm; "
@@ -320,6 +332,8 @@ ABLATION_ARMS = (
 #: Recipes measured against the shipped one before they may replace it.
 CANDIDATE_ARMS = (
     "dp-gaussian",
+    "dp-no-gain-gate",
+    "dp-no-holdout",
     "dp-quantile",
     "dp-warm",
     "warm-only",

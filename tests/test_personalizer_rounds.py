@@ -72,6 +72,22 @@ def test_held_out_units_are_charged_for_the_personal_metric(tmp_path, tiny_model
         assert p.ledger.verify().ok
 
 
+def test_with_the_personal_check_off_every_unit_trains_and_nothing_is_validated(
+    tmp_path, tiny_model_factory
+):
+    policy = _policy(**{"gates.max_general_regression": 1.0, "gates.personal_check": "off"})
+    with Personalizer.open(tmp_path / "s", tiny_model_factory(), policy, KEY, create=True) as p:
+        _fill(p, 40)
+        report = _update(p)
+        gates = report.gates
+        assert gates["held_out_units"] == 0 and gates["personal_gain"] is None
+        assert any('personal_check = "off"' in r for r in gates["reasons"]), gates["reasons"]
+        rounds = p.ledger.rounds(with_units=True)
+        assert [r.purpose for r in rounds] == ["training"]  # no validation round, no charge
+        assert len(rounds[0].units) == 40 and report.candidates == 40
+        assert p.ledger.verify().ok
+
+
 def test_a_round_that_cannot_train_charges_no_validation_first(tmp_path, tiny_model_factory):
     """The held-out validation is charged before training and never refunded, so a round whose
     training charge fits no unit must fail before it opens the validation (ledger untouched)."""

@@ -250,8 +250,12 @@ class GatesPolicy(Validated):
         general_reference: what that rise is measured against: ``"active"`` (the adapter
             serving now: bounds each round's step, so the drift can add up over rounds) or
             ``"base"`` (the bare base model: bounds the total drift of every adapter served).
+        personal_check: ``"held_out"`` (default) holds out ~10 % of a round's units and gates
+            on their DP-noised personal gain (charged to them); ``"off"`` holds out nothing:
+            every unit trains, no personal metric is released or charged, and the general gate
+            alone decides (docs/dp-utility.md measures both).
         min_personal_gain: smallest relative drop of the DP-noised held-out personal loss,
-            in [-1, 1] (0: no worse; -1 disables the check).
+            in [-1, 1] (0: no worse; -1 disables the check but still measures and charges it).
         validation_noise_multiplier: σ of the Gaussian noise on the personal metric, in
             [0.1, 1000]. Exactly one of this and ``validation_epsilon``; defaults to 4 when
             neither is given.
@@ -263,6 +267,7 @@ class GatesPolicy(Validated):
 
     max_general_regression: float = spec_field(Number(float, 0.0, 1.0), 0.01)
     general_reference: str = spec_field(Choice(("active", "base")), "base")
+    personal_check: str = spec_field(Choice(("held_out", "off"), implicit="held_out"), "held_out")
     min_personal_gain: float = spec_field(Number(float, -1.0, 1.0), -0.5)
     validation_noise_multiplier: float | None = spec_field(
         Number(float, 0.1, 1000.0, optional=True), None

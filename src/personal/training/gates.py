@@ -142,11 +142,13 @@ def decide(
     min_gain: float,
     held_out: int,
     reference: str = "active",
+    personal_check: str = "held_out",
 ) -> GateResult:
     """Apply the policy's thresholds to the measurements.
 
     ``general_before`` is the reference's loss: the active adapter's (``reference="active"``)
-    or the bare base's (``"base"``); ``reference`` only names it in the reasons.
+    or the bare base's (``"base"``); ``reference`` only names it in the reasons, as
+    ``personal_check`` names why no personal gain was measured.
     """
     regression = general_after / general_before - 1 if general_before > 0 else 0.0
     reasons, passed = [], True
@@ -158,7 +160,9 @@ def decide(
         reasons.append(
             f"general loss rose {regression:+.2%} vs {versus}, more than {max_regression:.2%}"
         )
-    if personal_gain is None:
+    if personal_gain is None and personal_check == "off":
+        reasons.append('personal gain not measured: gates.personal_check = "off"')
+    elif personal_gain is None:
         reasons.append(
             "personal gain not measured: no held-out unit (fewer than "
             f"{MIN_CANDIDATES_FOR_HOLDOUT} candidates, or their budget is spent)"

@@ -424,6 +424,7 @@ class RoundRunner:
             min_gain=self.policy.gates.min_personal_gain,
             held_out=len(validation.units) if validation else 0,
             reference=reference,
+            personal_check=self.policy.gates.personal_check,
         )
         if validation:
             validation.finish(gate)
@@ -494,8 +495,11 @@ class RoundRunner:
         """The units of the next round (CSPRNG draws)."""
         self.continual.refresh()
         new_units, replayed = self.continual.candidates()
+        candidates = [*new_units, *replayed]
+        if self.policy.gates.personal_check == "off":  # nothing to measure: every unit trains
+            return Draw(new_units, replayed, candidates, [])
         coins = RandomBytes(None if seed is None else seed + 1, purpose="holdout")
-        train_units, held_out = split_held_out([*new_units, *replayed], coins)
+        train_units, held_out = split_held_out(candidates, coins)
         return Draw(new_units, replayed, train_units, held_out)
 
     def _count_round(self, units: int, now: datetime | None) -> None:
