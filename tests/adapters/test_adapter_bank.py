@@ -100,6 +100,14 @@ def test_a_bank_round_trains_coefficients_and_serves_their_mixture(tmp_path, tin
             warnings.simplefilter("ignore", SeededNoiseWarning)
             p.update(noise=GaussianNoise(seed=3), sampler_seed=4)
         assert bank.coefficients_of(get_adapter_weights(p.base.model)) is not None
+        trained = bank.coefficients_of(get_adapter_weights(p.base.model))
+    # Reopened, the store serves the saved mixture, bit for bit in the bank's span: the next
+    # round starts from the same coefficients.
+    with Personalizer.open(tmp_path / "s", model_dir, policy, KEY) as p:
+        again = bank.coefficients_of(get_adapter_weights(p.base.model))
+        assert again is not None and trained is not None
+        for path in bank.paths:
+            np.testing.assert_array_equal(np.array(again[path]), np.array(trained[path]))
 
 
 def test_a_bank_policy_on_a_base_without_a_bank_fails_before_charging(tmp_path, tiny_model_factory):
