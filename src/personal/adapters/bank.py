@@ -61,7 +61,9 @@ def read_adapter_bank(model_dir: str | Path) -> tuple[AdapterBank, PopulationAda
         AdapterCorrupt: a malformed manifest (no member count), damaged weights.
         AdapterFormatTooNew: written by a newer version of `personal`.
     """
-    stored = read_population_adapter(model_dir, DIRECTORY)
+    stored = read_population_adapter(
+        model_dir, DIRECTORY, what="adapter bank", rebuild="`make adapter-banks`"
+    )
     if stored is None:
         return None
     members = stored.manifest.get("built", {}).get("members")

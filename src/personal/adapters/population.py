@@ -140,10 +140,14 @@ def write_population_adapter(
 
 
 def read_population_adapter(
-    model_dir: str | Path, directory: str = DIRECTORY
+    model_dir: str | Path,
+    directory: str = DIRECTORY,
+    *,
+    what: str = "population adapter",
+    rebuild: str = "`make population-adapters`",
 ) -> PopulationAdapter | None:
-    """``model_dir``'s population adapter (or the public adapter in ``directory``),
-    hash-verified; ``None`` when it ships none.
+    """``model_dir``'s population adapter (or the public adapter in ``directory``, named
+    ``what`` in errors, which advise ``rebuild``), hash-verified; ``None`` when it ships none.
 
     Raises:
         AdapterCorrupt: the manifest is malformed, or the weights fail its SHA-256 or do not
@@ -155,8 +159,6 @@ def read_population_adapter(
     if not manifest_path.is_file():
         return None
     where = str(folder)
-    what = "population adapter" if directory == DIRECTORY else "adapter bank"
-    rebuild = "`make population-adapters`" if directory == DIRECTORY else "`make adapter-banks`"
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         data = weights_path.read_bytes()
