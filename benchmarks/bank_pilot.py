@@ -25,13 +25,16 @@ measures the shipped round in the simulator. Prints one JSON line per user, then
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
 import time
+from dataclasses import replace
 from typing import Any
 
 import personal  # noqa: F401  (fast BLAS before mlx)
+from personal.model.bank import AdapterBank, bank_training
 from personal.model.base import load_base
 from personal.model.batching import Batch, make_batch
 from personal.model.evaluate import evaluate, scored_mean_loss
@@ -54,23 +57,6 @@ from personal_sim.public_data import corpus_eval_examples, corpus_public_data
 from personal_sim.slots import slot_accuracy
 
 DAYS = 14
-
-
-class BankLinear(nn.Module):
-    """The pilot's bank layer: ``W x + s · ((x A) ⊙ c) B``, only ``coef`` trainable."""
-
-    def __init__(self, linear: nn.Module, scale: float, a: mx.array, b: mx.array, k: int):
-        super().__init__()
-        self.linear, self.scale = linear, scale
-        self.bank_a, self.bank_b = a, b
-        self.r = a.shape[1] // k
-        self.coef = mx.zeros((k,))
-        self.freeze()
-        self.unfreeze(keys=["coef"], recurse=False)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        c = mx.repeat(self.coef, self.r) if self.r > 1 else self.coef
-        return self.linear(x) + self.scale * (((x @ self.bank_a) * c) @ self.bank_b)
 
 
 def main() -> None:
@@ -133,26 +119,9 @@ def main() -> None:
             mx.eval(model.parameters(), opt.state)
         members.append(dict(get_adapter_weights(model)))
         remove_lora(model)
-    paths = sorted({k.rsplit(".", 1)[0] for k in members[0]})
-    bank = {
-        p: (
-            mx.concatenate([m[p + ".lora_a"] for m in members], axis=1),
-            mx.concatenate([m[p + ".lora_b"] for m in members], axis=0),
-        )
-        for p in paths
-    }
-    mx.eval(bank)
+    bank = AdapterBank.from_members(members)
+    mixture = replace(lcfg, rank=bank.members * bank.rank)  # the mixture's LoRA: rank K·r
     print(json.dumps({"bank_built_s": round(time.time() - started, 1), "k": args.k}), flush=True)
-
-    def with_bank() -> None:
-        inject_lora(model, lcfg, seed=0)
-        mods = dict(model.named_modules())
-        layers = [(p, BankLinear(mods[p].linear, mods[p].scale, *bank[p], args.k)) for p in paths]
-        model.update_modules(tree_unflatten(layers))
-
-    def without_bank() -> None:
-        mods = dict(model.named_modules())
-        model.update_modules(tree_unflatten([(p, mods[p].linear) for p in paths]))
 
     def dp_round(interactions: list[Any], lr: float, sigma: float, steps: int = 4) -> None:
         """Full batch (q = 1), per-unit clip C, noise σC on the sum, SGD plus the pull."""
@@ -201,9 +170,13 @@ def main() -> None:
             configs += [("bank-dp", float(lr), args.sigma) for lr in args.bank_lrs.split(",")]
             configs += [("bank-nondp", float(lr), 0.0) for lr in args.bank_lrs.split(",")]
             for name, lr, sigma in configs:
-                with_bank() if name.startswith("bank") else inject_lora(model, lcfg, seed=0)
+                on_bank = name.startswith("bank")
+                inject_lora(model, mixture if on_bank else lcfg, seed=0)
                 norms.clear()
-                dp_round(logged, lr, sigma)
+                # On the bank only the coefficients train (personal.model.bank); after the
+                # block the model serves their mixture, a plain LoRA adapter.
+                with bank_training(model, bank) if on_bank else contextlib.nullcontext():
+                    dp_round(logged, lr, sigma)
                 loss, slot, general = measure(held_batches, held)
                 row[f"{name}@{lr:g}"] = {
                     "gain": round((bare_loss - loss) / bare_loss, 4),
@@ -211,7 +184,7 @@ def main() -> None:
                     "drift": round((general - bare_general) / bare_general, 4),
                     "norm": round(statistics.median(norms), 4),
                 }
-                without_bank() if name.startswith("bank") else remove_lora(model)
+                remove_lora(model)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
